@@ -1,0 +1,7 @@
+"""``python -m ivdseg``: the worker entry point used by the Slicer module."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,223 @@
+"""The ``ivdseg`` command: the engine of the Slicer module for batch work.
+
+Errors a user can cause end in one sentence on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+from pathlib import Path
+
+from .errors import IvdsegError
+
+
+def _sizes(text):
+    try:
+        return tuple(int(s) for s in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"sizes must be comma-separated integers, got {text!r}") from None
+
+
+def _class_arg(text):
+    """"intervertebral disc=1,2,3" -> ("intervertebral disc", [1, 2, 3])."""
+    name, sep, values = text.rpartition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"--class takes NAME=VALUE[,VALUE...], got {text!r}")
+    try:
+        return name.strip(), [int(v) for v in values.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--class values must be integers, got {values!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ivdseg", description="Intervertebral disc segmentation in spine MRI.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__import__('ivdseg').__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    e = sub.add_parser("export", help="write a de-identified npz dataset from image + label pairs")
+    e.add_argument("output", type=Path, help="dataset folder to create")
+    e.add_argument("--spec", type=Path, help="JSON with 'classes' and several 'sources' (see README)")
+    e.add_argument("--images", help="glob of images: PNG slices, or NIfTI/NRRD volumes or DICOM folders")
+    e.add_argument("--labels", help="label path template: {stem}, {patient}, {name} of the image")
+    e.add_argument("--kind", choices=["slices", "volumes"], default="volumes")
+    e.add_argument("--source-name", default="source1", help="name of the source (hospital or set)")
+    e.add_argument("--patient-pattern", help="regex on the image file name; group 1 = patient")
+    e.add_argument("--class", dest="classes", action="append", type=_class_arg, default=[],
+                   metavar="NAME=V[,V]", help="output class from source label values (repeatable)")
+    e.add_argument("--sizes", type=_sizes, default=(128, 192, 256))
+    e.add_argument("--no-background-channel", action="store_true")
+    e.add_argument("--val-fraction", type=float, default=0.1)
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--kfold", type=int, default=0, help="also write k stratified group folds")
+    e.add_argument("--drop-unlabelled", action="store_true", help="drop slices without any label")
+    e.add_argument("--pseudonym-key-file", type=Path,
+                   help="file holding the secret key of the pseudonyms (kept outside the dataset)")
+    e.add_argument("--overwrite", action="store_true")
+    e.add_argument("--progress", choices=["auto", "jsonl", "text", "none"], default="auto")
+
+    t = sub.add_parser("train", help="train a network on a dataset folder; writes RUN/model")
+    t.add_argument("dataset", type=Path)
+    t.add_argument("-o", "--output", type=Path, required=True, help="run folder")
+    t.add_argument("--network", default="unet2d", choices=["unet2d", "deeplabv3plus", "res_se_unet"])
+    t.add_argument("--size", type=int, default=256, choices=[128, 192, 256])
+    t.add_argument("--activation", default="relu", choices=["relu", "swish", "mish"])
+    t.add_argument("--depth", type=int, default=4)
+    t.add_argument("--base-filters", type=int, default=16)
+    t.add_argument("--dropout", type=float, default=0.0)
+    t.add_argument("--loss", default="dice_ce", choices=["dice", "dice_ce"])
+    t.add_argument("--epochs", type=int, default=50)
+    t.add_argument("--batch-size", type=int, default=8)
+    t.add_argument("--learning-rate", type=float, default=1e-3)
+    t.add_argument("--steps-per-epoch", type=int)
+    t.add_argument("--patience", type=int, default=15)
+    t.add_argument("--keep-best", type=int, default=3)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--fold", type=int, help="validate on this k-fold fold instead of the train/val split")
+    t.add_argument("--no-augment", action="store_true")
+    t.add_argument("--mixed-precision", choices=["auto", "on", "off"], default="auto")
+    t.add_argument("--init-from", help="model package whose weights start training (fine-tuning)")
+    t.add_argument("--name", default="ivdseg-model")
+    t.add_argument("--model-version", default="1.0.0")
+    t.add_argument("--card", type=Path, help="JSON merged into the model card (licence, citations, description)")
+    t.add_argument("--resume", action="store_true")
+    t.add_argument("--overwrite", action="store_true")
+    t.add_argument("--progress", choices=["auto", "jsonl", "text", "none"], default="auto")
+
+    v = sub.add_parser("evaluate", help="Dice per class of a model package on a dataset's validation cases")
+    v.add_argument("model", help="model package folder or .zip, or a bundled model's name")
+    v.add_argument("dataset", type=Path)
+    v.add_argument("--split", choices=["val", "train", "all"], default="val")
+    v.add_argument("--fold", type=int)
+    v.add_argument("--batch-size", type=int, default=16)
+    v.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    return p
+
+
+def _cmd_export(a) -> int:
+    from .export import ExportOptions, SourceSpec, export_dataset, iter_source_cases
+    from .progress import Reporter
+
+    if a.spec:
+        try:
+            spec = json.loads(a.spec.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise IvdsegError(f"{a.spec} is not a readable JSON export spec ({exc}).") from None
+        classes = list(spec.get("classes") or [])
+        sources = [SourceSpec.from_dict(s, a.spec.parent) for s in spec.get("sources") or []]
+        if not classes or not sources:
+            raise IvdsegError(f"{a.spec} must list 'classes' and at least one entry in 'sources'.")
+    else:
+        if not (a.images and a.labels and a.classes):
+            raise IvdsegError("ivdseg export needs --spec, or --images, --labels and at least one --class.")
+        classes = [name for name, _ in a.classes]
+        sources = [SourceSpec(name=a.source_name, kind=a.kind, images=a.images, labels=a.labels,
+                              class_map=dict(a.classes), patient_pattern=a.patient_pattern, root=Path.cwd())]
+    key = None
+    if a.pseudonym_key_file:
+        if a.pseudonym_key_file.exists():
+            key = a.pseudonym_key_file.read_bytes()
+        else:
+            key = os.urandom(32)
+            a.pseudonym_key_file.write_bytes(key)
+    options = ExportOptions(sizes=a.sizes, background_channel=not a.no_background_channel,
+                            val_fraction=a.val_fraction, seed=a.seed, kfold=a.kfold,
+                            keep_unlabelled=not a.drop_unlabelled, pseudonym_key=key)
+    reporter = Reporter.auto(a.progress)
+
+    def cases():
+        for s in sources:
+            yield from iter_source_cases(s, classes)
+
+    info = export_dataset(cases(), classes, a.output, options, overwrite=a.overwrite, progress=reporter.progress)
+    reporter.emit("done", dataset=str(a.output), cases=len(info.cases),
+                  patients=len({m["patient"] for m in info.cases.values()}),
+                  train_patients=len(info.splits["train"]), val_patients=len(info.splits["val"]))
+    return 0
+
+
+def _cmd_train(a) -> int:
+    from .progress import Reporter
+    from .train import TrainConfig, train
+
+    extra = {}
+    if a.card:
+        try:
+            extra = json.loads(a.card.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise IvdsegError(f"{a.card} is not a readable JSON card extract ({exc}).") from None
+    cfg = TrainConfig(network=a.network, size=a.size, activation=a.activation, depth=a.depth,
+                      base_filters=a.base_filters, dropout=a.dropout, loss=a.loss, epochs=a.epochs,
+                      batch_size=a.batch_size, learning_rate=a.learning_rate, steps_per_epoch=a.steps_per_epoch,
+                      patience=a.patience, keep_best=a.keep_best, seed=a.seed, fold=a.fold,
+                      augment=not a.no_augment, mixed_precision=a.mixed_precision, init_from=a.init_from,
+                      name=a.name, version=a.model_version, card_extra=extra)
+    command = "ivdseg " + " ".join(shlex.quote(x) for x in sys.argv[1:])
+    train(a.dataset, a.output, cfg, Reporter.auto(a.progress), resume=a.resume, overwrite=a.overwrite,
+          command=command)
+    return 0
+
+
+def _cmd_evaluate(a) -> int:
+    from . import dataset as ds
+    from .evaluate import evaluate_cases
+    from .package import load_package, resolve_model
+
+    info = ds.open_dataset(a.dataset)
+    model, card = load_package(resolve_model(a.model))
+    if [c["name"] for c in card["classes"]] != info.classes[1:]:
+        raise IvdsegError(f"The model's classes {[c['name'] for c in card['classes']]} differ from "
+                          f"the dataset's {info.classes[1:]}.")
+    train_cases, val_cases = info.split_cases(a.fold)
+    cases = {"val": val_cases, "train": train_cases, "all": sorted(info.cases)}[a.split]
+    result = evaluate_cases(model, card, info, cases, a.batch_size)
+    rows = [("all", result["overall"])] + list(result["per_source"].items())
+    print(f"{'source':<24}{'patients':>9}  " + "  ".join(f"{n[:18]:>18}" for n in info.classes[1:]))
+    for name, s in rows:
+        vals = "  ".join(f"{s['dice'][n]:>18.4f}" if s["dice"][n] is not None else f"{'n/a':>18}"
+                         for n in info.classes[1:])
+        print(f"{name:<24}{s['patients']:>9}  {vals}")
+    if a.json:
+        from .dataset import write_json
+
+        write_json(a.json, result)
+    return 0
+
+
+COMMANDS = {"export": _cmd_export, "train": _cmd_train, "evaluate": _cmd_evaluate}
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except IvdsegError as exc:
+        print(f"ivdseg {args.command}: {exc}", file=sys.stderr)
+        _emit_error_event(args, str(exc))
+        return 2
+    except KeyboardInterrupt:
+        print(f"ivdseg {args.command}: interrupted.", file=sys.stderr)
+        return 130
+    except OSError as exc:
+        if exc.errno == 28:
+            print(f"ivdseg {args.command}: the disk is full ({exc.filename or 'output'}); nothing was kept.",
+                  file=sys.stderr)
+            return 2
+        if exc.errno in (13, 30):
+            print(f"ivdseg {args.command}: {exc.filename or 'a file'} cannot be written ({exc.strerror}).",
+                  file=sys.stderr)
+            return 2
+        raise
+
+
+def _emit_error_event(args, message):
+    mode = getattr(args, "progress", None)
+    if mode == "jsonl" or (mode == "auto" and not sys.stdout.isatty()):
+        print(json.dumps({"event": "error", "message": message}), flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,332 @@
+"""Dataset export: image + label pairs (volumes or 2D slices) -> the de-identified dataset folder.
+
+Two stages, so that the Slicer training panel can feed nodes instead of files:
+``iter_source_cases(spec)`` reads files into :class:`RawCase` objects, ``export_dataset`` writes them.
+Identifiers (patient IDs, file names) live only in memory: patients become keyed-hash pseudonyms
+whose key is never written, and no path, name, date or UID goes into any exported file.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import hmac
+import re
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+
+from . import dataset as ds
+from .errors import IvdsegError
+from .preprocess import one_hot, resize_stack
+from .sample_data import expand
+
+ProgressFn = Callable[[int, int, str], None]
+
+
+@dataclass
+class RawCase:
+    """One series in memory, before de-identification.
+
+    Attributes:
+        patient: the source's patient identifier (hashed before anything is written).
+        source: name of the source (hospital, data set), kept as the validation stratum.
+        image: (N, H, W) sagittal slices, rows superior->inferior, columns anterior->posterior.
+        label: (N, H, W) uint8 in the OUTPUT class values (0 = background).
+        pixel_spacing_mm: (row, col) spacing, NaN where unknown (e.g. PNG).
+        slice_spacing_mm: spacing between slices, NaN where unknown.
+        origin: where it came from, for error messages only (never written).
+    """
+
+    patient: str
+    source: str
+    image: np.ndarray
+    label: np.ndarray
+    pixel_spacing_mm: tuple = (float("nan"), float("nan"))
+    slice_spacing_mm: float = float("nan")
+    origin: str = ""
+
+
+@dataclass
+class SourceSpec:
+    """Where one source's pairs are and how its labels map to the output classes.
+
+    Attributes:
+        name: source name (stratum of the split; must not identify a patient).
+        kind: "slices" (2D PNG/.npy files, each one slice) or "volumes" (NIfTI, NRRD, DICOM folder).
+        images: glob of image files (or DICOM folders), relative to ``root``.
+        labels: label path template relative to ``root``: ``{stem}`` = image name without extension,
+            ``{patient}`` = the patient pattern's first group, ``{name}`` = image file name.
+        class_map: output class name -> source label values that form it (e.g. {"disc": [2]}).
+        patient_pattern: regex searched in the image file name; group 1 is the patient. Default:
+            each image is its own patient (DICOM: the PatientID tag).
+        root: folder the globs are relative to.
+    """
+
+    name: str
+    kind: str
+    images: str
+    labels: str
+    class_map: dict[str, list[int]]
+    patient_pattern: str | None = None
+    root: Path = field(default_factory=Path)
+
+    @classmethod
+    def from_dict(cls, d: dict, root: Path) -> "SourceSpec":
+        missing = {"name", "kind", "images", "labels", "classes"} - set(d)
+        if missing:
+            raise IvdsegError(f"A source in the export spec lacks {sorted(missing)}.")
+        if d["kind"] not in ("slices", "volumes"):
+            raise IvdsegError(f"Source {d['name']!r}: kind must be 'slices' or 'volumes', not {d['kind']!r}.")
+        return cls(name=d["name"], kind=d["kind"], images=d["images"], labels=d["labels"],
+                   class_map={k: [int(v) for v in vals] for k, vals in d["classes"].items()},
+                   patient_pattern=d.get("patient_pattern"),
+                   root=root / expand(d.get("root", ".")))
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for ext in (".nii.gz", ".seg.nrrd", ".nii", ".nrrd", ".nhdr", ".png", ".npy", ".dcm"):
+        if name.lower().endswith(ext):
+            return name[: -len(ext)]
+    return path.stem
+
+
+def _natural_key(path: Path):
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path.name)]
+
+
+def _patient_of(path: Path, pattern: str | None) -> str | None:
+    if not pattern:
+        return None
+    m = re.search(pattern, path.name)
+    if not m:
+        raise IvdsegError(f"{path} does not match the patient pattern {pattern!r}; fix the pattern.")
+    return m.group(1) if m.groups() else m.group(0)
+
+
+def _label_path(spec: SourceSpec, image: Path, patient: str | None) -> Path:
+    rel = spec.labels.format(stem=_stem(image), patient=patient or _stem(image), name=image.name)
+    return spec.root / rel
+
+
+def map_classes(label: np.ndarray, class_map: dict[str, list[int]], classes: list[str], origin="") -> np.ndarray:
+    """Source label values -> output class values (``classes`` lists foreground names; value = index + 1).
+
+    Values not named in ``class_map`` become background, e.g. keep only label 2 of a
+    vertebra/disc/canal mask as "intervertebral disc".
+    """
+    out = np.zeros(label.shape, np.uint8)
+    for name, values in class_map.items():
+        if name not in classes:
+            raise IvdsegError(f"Class {name!r} of {origin or 'a source'} is not among the output classes {classes}.")
+        out[np.isin(label, values)] = classes.index(name) + 1
+    return out
+
+
+def _read_2d(path: Path, is_label: bool) -> np.ndarray:
+    import cv2
+
+    if path.suffix.lower() == ".npy":
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except ValueError as exc:
+            raise IvdsegError(f"{path} cannot be read without pickle ({exc}); save it as a plain numeric .npy.") from None
+    else:
+        flag = cv2.IMREAD_UNCHANGED
+        arr = cv2.imread(str(path), flag)
+        if arr is None:
+            raise IvdsegError(f"{path} is missing or not an image OpenCV can read.")
+    if arr.ndim == 3:
+        if is_label or not np.allclose(arr[..., 0], arr[..., 1]) or not np.allclose(arr[..., 1], arr[..., 2]):
+            raise IvdsegError(f"{path} has {arr.shape[2]} channels; a greyscale image and a single-channel label map are needed.")
+        arr = arr[..., 0]
+    if arr.ndim != 2:
+        raise IvdsegError(f"{path} has shape {arr.shape}; a 2D slice is needed.")
+    return arr
+
+
+def _iter_slices(spec: SourceSpec, classes: list[str]) -> Iterator[RawCase]:
+    files = sorted((Path(p) for p in glob.glob(str(spec.root / spec.images))), key=_natural_key)
+    by_patient: dict[str, list[Path]] = {}
+    for f in files:
+        by_patient.setdefault(_patient_of(f, spec.patient_pattern) or _stem(f), []).append(f)
+    for patient, paths in by_patient.items():
+        groups: dict[tuple, tuple[list, list]] = {}
+        for p in paths:
+            image = _read_2d(p, is_label=False)
+            lab_path = _label_path(spec, p, patient)
+            label = _read_2d(lab_path, is_label=True)
+            if label.shape != image.shape:
+                raise IvdsegError(f"{lab_path} is {label.shape[1]}x{label.shape[0]} but its image {p.name} is "
+                                  f"{image.shape[1]}x{image.shape[0]}; label and image must match.")
+            g = groups.setdefault(image.shape, ([], []))
+            g[0].append(image)
+            g[1].append(map_classes(label, spec.class_map, classes, str(lab_path)))
+        for imgs, labs in groups.values():
+            yield RawCase(patient=patient, source=spec.name, image=np.stack(imgs), label=np.stack(labs),
+                          origin=str(paths[0].parent))
+
+
+def _iter_volumes(spec: SourceSpec, classes: list[str]) -> Iterator[RawCase]:
+    from .volume import read_volume, sagittal_slices
+
+    for path in sorted((Path(p) for p in glob.glob(str(spec.root / spec.images))), key=_natural_key):
+        patient = _patient_of(path, spec.patient_pattern)
+        if patient is None and path.is_dir():
+            from .dicom import index_folder
+
+            ids = {s.patient_id for s in index_folder(path)}
+            patient = sorted(ids)[0] if ids else None
+        patient = patient or _stem(path)
+        image = read_volume(path)
+        lab_path = _label_path(spec, path, patient)
+        label = read_volume(lab_path)
+        check_same_geometry(image, label, lab_path)
+        img_slices, mapping = sagittal_slices(image)
+        lab_slices, _ = sagittal_slices(label)
+        yield RawCase(patient=patient, source=spec.name, image=img_slices,
+                      label=map_classes(np.rint(lab_slices).astype(np.int64), spec.class_map, classes, str(lab_path)),
+                      pixel_spacing_mm=tuple(float(s) for s in mapping.pixel_spacing_mm),
+                      slice_spacing_mm=float(mapping.slice_spacing_mm), origin=str(path))
+
+
+def check_same_geometry(image, label, label_path, atol_mm=1e-3) -> None:
+    """Raises IvdsegError when a label volume's grid differs from its image's."""
+    if image.array.shape != label.array.shape:
+        raise IvdsegError(f"{label_path} has {label.array.shape[::-1]} voxels but its image has "
+                          f"{image.array.shape[::-1]}; the label must share the image's geometry.")
+    if not np.allclose(image.ijk_to_ras, label.ijk_to_ras, atol=atol_mm):
+        raise IvdsegError(f"{label_path} has another origin, spacing or orientation than its image; "
+                          "resample the label onto the image first.")
+
+
+def iter_source_cases(spec: SourceSpec, classes: list[str]) -> Iterator[RawCase]:
+    """Reads a source's pairs as RawCases (labels already mapped to ``classes``)."""
+    if not glob.glob(str(spec.root / spec.images)):
+        raise IvdsegError(f"No image matches {spec.root / spec.images} (source {spec.name!r}).")
+    return _iter_slices(spec, classes) if spec.kind == "slices" else _iter_volumes(spec, classes)
+
+
+def pseudonym(key: bytes, source: str, patient: str) -> str:
+    """Keyed hash of (source, patient): stable for one key, unlinkable without it."""
+    return "P" + hmac.new(key, f"{source}\x00{patient}".encode(), hashlib.sha256).hexdigest()[:12]
+
+
+@dataclass
+class ExportOptions:
+    sizes: tuple = ds.DEFAULT_SIZES
+    background_channel: bool = True
+    val_fraction: float = 0.1
+    seed: int = 0
+    kfold: int = 0
+    keep_unlabelled: bool = True
+    pseudonym_key: bytes | None = None  # None: a fresh random key, used once and forgotten
+
+
+def export_dataset(cases: Iterable[RawCase], classes: list[str], out, options: ExportOptions | None = None,
+                   overwrite=False, progress: ProgressFn | None = None) -> ds.DatasetInfo:
+    """Writes the dataset folder (module docstring of :mod:`ivdseg.dataset`) atomically.
+
+    Args:
+        cases: RawCases, e.g. from :func:`iter_source_cases` or from Slicer nodes.
+        classes: output class names without background, e.g. ["intervertebral disc"].
+        out: dataset folder to create.
+        options: sizes, split and de-identification settings.
+        overwrite: replace an existing folder (only once the new one is complete).
+        progress: called as progress(done_cases, total_or_0, "export").
+
+    Returns:
+        The written dataset, opened.
+
+    Raises:
+        IvdsegError: no cases, a class with no voxel anywhere, an unwritable or full destination.
+    """
+    options = options or ExportOptions()
+    all_classes = ["background", *classes]
+    if len(set(all_classes)) != len(all_classes):
+        raise IvdsegError(f"Class names must be unique and not 'background': {classes}.")
+    for s in options.sizes:
+        if int(s) < 16 or int(s) % 16:
+            raise IvdsegError(f"Size {s} is not a multiple of 16; the networks halve it four times.")
+    key = options.pseudonym_key or secrets.token_bytes(32)
+    meta_cases: dict[str, dict] = {}
+    sources: dict[str, dict] = {}
+    voxels = np.zeros(len(all_classes), np.int64)
+    series_count: dict[str, int] = {}
+    raw_order: dict[str, str] = {}  # pseudonym -> source identifier, in memory only (split order)
+    with ds.DatasetWriter(out, overwrite=overwrite) as writer:
+        for n, case in enumerate(cases):
+            image, label = np.asarray(case.image), np.asarray(case.label, np.uint8)
+            if image.ndim != 3 or image.shape != label.shape:
+                raise IvdsegError(f"{case.origin or case.patient}: image {image.shape} and label {label.shape} "
+                                  "must be matching (N, H, W) stacks.")
+            if label.max(initial=0) >= len(all_classes):
+                raise IvdsegError(f"{case.origin}: label value {label.max()} has no class.")
+            labelled = label.reshape(len(label), -1).any(axis=1)
+            if not options.keep_unlabelled:
+                image, label, labelled = image[labelled], label[labelled], labelled[labelled]
+                if not len(image):
+                    continue
+            pid = pseudonym(key, case.source, case.patient)
+            raw_order[pid] = f"{case.source}\x00{case.patient}"
+            k = series_count[pid] = series_count.get(pid, -1) + 1
+            case_id = f"{pid}-{k}"
+            if not np.issubdtype(image.dtype, np.number):
+                raise IvdsegError(f"{case.origin}: image is not numeric.")
+            ds.save_npz(writer.path("cases", f"{case_id}.npz"), image=image, label=label,
+                        pixel_spacing_mm=np.asarray(case.pixel_spacing_mm, np.float64),
+                        slice_spacing_mm=np.float64(case.slice_spacing_mm))
+            for size in options.sizes:
+                lab_r = resize_stack(label, int(size), is_label=True)
+                ds.save_npz(writer.path(str(size), f"{case_id}.npz"),
+                            image=resize_stack(image, int(size)), label=lab_r,
+                            mask=one_hot(lab_r, len(all_classes), background=options.background_channel))
+            counts = np.bincount(label.reshape(-1), minlength=len(all_classes))
+            voxels += counts
+            meta_cases[case_id] = {
+                "patient": pid, "source": case.source, "n_slices": int(len(label)),
+                "labelled_slices": int(labelled.sum()), "shape_hw": list(label.shape[1:]),
+                "classes_present": [c for c in range(1, len(all_classes)) if counts[c]],
+            }
+            src = sources.setdefault(case.source, {"patients": set(), "series": 0, "slices": 0, "labelled_slices": 0})
+            src["patients"].add(pid)
+            src["series"] += 1
+            src["slices"] += int(len(label))
+            src["labelled_slices"] += int(labelled.sum())
+            if progress:
+                progress(n + 1, 0, "export")
+        if not meta_cases:
+            raise IvdsegError(f"Nothing to export into {out}: no labelled image was found.")
+        empty = [all_classes[c] for c in range(1, len(all_classes)) if voxels[c] == 0]
+        if empty:
+            raise IvdsegError(f"Class {empty[0]!r} has no voxel in any case; check the class mapping.")
+        _write_meta(writer, all_classes, options, meta_cases, sources, voxels, raw_order)
+    return ds.open_dataset(out)
+
+
+def _write_meta(writer, all_classes, options, meta_cases, sources, voxels, raw_order):
+    patient_strata = {m["patient"]: m["source"] for m in meta_cases.values()}
+    train, val = ds.split_patients(patient_strata, options.val_fraction, options.seed, raw_order)
+    splits = {"seed": options.seed, "val_fraction": options.val_fraction, "stratified_by": "source",
+              "train": train, "val": val}
+    if options.kfold:
+        classes_of: dict[str, set] = {}
+        for m in meta_cases.values():
+            classes_of.setdefault(m["patient"], set()).update(m["classes_present"])
+        strata = {p: f"{patient_strata[p]}|{sorted(classes_of[p])}" for p in patient_strata}
+        splits["folds"] = ds.stratified_group_kfold(strata, options.kfold, options.seed, raw_order)
+    ds.write_json(writer.path("splits.json"), splits)
+    ds.write_json(writer.path("dataset.json"), {
+        "format": ds.FORMAT, "format_version": ds.FORMAT_VERSION,
+        "classes": all_classes, "sizes": [int(s) for s in options.sizes],
+        "background_channel": options.background_channel,
+        "slice_plane": "sagittal", "slice_axes": "rows superior->inferior, columns anterior->posterior",
+        "voxels_per_class": {c: int(v) for c, v in zip(all_classes, voxels)},
+        "sources": {name: {"patients": len(s["patients"]), "series": s["series"], "slices": s["slices"],
+                           "labelled_slices": s["labelled_slices"]} for name, s in sources.items()},
+        "cases": meta_cases,
+    })

@@ -1,0 +1,119 @@
+"""Keras losses and metrics for one-hot segmentation, shapes (B, H, W, C), channel 0 = background.
+
+Each mirrors a numpy reference in :mod:`ivdseg.metrics` and is tested against it.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+
+@keras.saving.register_keras_serializable(package="ivdseg", name="SoftDiceLoss")
+class SoftDiceLoss(keras.losses.Loss):
+    """1 - mean soft Dice over classes, pooled over the batch and pixels (see metrics.soft_dice_per_class).
+
+    Args:
+        include_background: average over channel 0 too (default False: foreground only).
+        smooth: added to numerator and denominator; keeps classes absent from a batch from dominating.
+    """
+
+    def __init__(self, include_background=False, smooth=1e-5, name="soft_dice", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.include_background = include_background
+        self.smooth = smooth
+
+    def call(self, y_true, y_pred):
+        y_true = ops.cast(y_true, y_pred.dtype)
+        axes = (0, 1, 2)
+        inter = ops.sum(y_true * y_pred, axis=axes)
+        denom = ops.sum(y_true, axis=axes) + ops.sum(y_pred, axis=axes)
+        dice = (2.0 * inter + self.smooth) / (denom + self.smooth)
+        if not self.include_background:
+            dice = dice[1:]
+        # A batch-level loss: broadcast it to one value per sample so Keras' reduction keeps it.
+        return ops.ones_like(y_pred[:, 0, 0, 0]) * (1.0 - ops.mean(dice))
+
+    def get_config(self):
+        return {**super().get_config(), "include_background": self.include_background, "smooth": self.smooth}
+
+
+@keras.saving.register_keras_serializable(package="ivdseg", name="DiceCrossEntropyLoss")
+class DiceCrossEntropyLoss(keras.losses.Loss):
+    """Soft Dice loss + ``ce_weight`` x categorical cross-entropy (mean over pixels)."""
+
+    def __init__(self, include_background=False, smooth=1e-5, ce_weight=1.0, name="dice_ce", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.include_background = include_background
+        self.smooth = smooth
+        self.ce_weight = ce_weight
+        self._dice = SoftDiceLoss(include_background, smooth)
+
+    def call(self, y_true, y_pred):
+        y_true = ops.cast(y_true, y_pred.dtype)
+        ce = keras.losses.categorical_crossentropy(y_true, y_pred)  # (B, H, W)
+        return self._dice.call(y_true, y_pred) + self.ce_weight * ops.mean(ce, axis=(1, 2))
+
+    def get_config(self):
+        return {**super().get_config(), "include_background": self.include_background,
+                "smooth": self.smooth, "ce_weight": self.ce_weight}
+
+
+class _OverlapMetric(keras.metrics.Metric):
+    """Hard (argmax) overlap of one class, accumulated over all pixels seen since the last reset."""
+
+    def __init__(self, class_id, name, **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.class_id = int(class_id)
+        self.inter = self.add_variable(shape=(), initializer="zeros", dtype="float32", name="inter")
+        self.n_true = self.add_variable(shape=(), initializer="zeros", dtype="float32", name="n_true")
+        self.n_pred = self.add_variable(shape=(), initializer="zeros", dtype="float32", name="n_pred")
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        t = ops.cast(ops.equal(ops.argmax(y_true, axis=-1), self.class_id), "float32")
+        p = ops.cast(ops.equal(ops.argmax(y_pred, axis=-1), self.class_id), "float32")
+        self.inter.assign_add(ops.sum(t * p))
+        self.n_true.assign_add(ops.sum(t))
+        self.n_pred.assign_add(ops.sum(p))
+
+    def reset_state(self):
+        for v in (self.inter, self.n_true, self.n_pred):
+            v.assign(0.0)
+
+    def get_config(self):
+        return {**super().get_config(), "class_id": self.class_id}
+
+
+@keras.saving.register_keras_serializable(package="ivdseg", name="DiceMetric")
+class DiceMetric(_OverlapMetric):
+    """Dice of class ``class_id`` (0 when truth and prediction are both empty; numpy says NaN)."""
+
+    def __init__(self, class_id=1, name=None, **kwargs):
+        super().__init__(class_id, name or f"dice_{class_id}", **kwargs)
+
+    def result(self):
+        denom = self.n_true + self.n_pred
+        return ops.where(denom > 0, 2.0 * self.inter / ops.maximum(denom, 1.0), 0.0)
+
+
+@keras.saving.register_keras_serializable(package="ivdseg", name="IoUMetric")
+class IoUMetric(_OverlapMetric):
+    """IoU of class ``class_id`` (0 when both are empty)."""
+
+    def __init__(self, class_id=1, name=None, **kwargs):
+        super().__init__(class_id, name or f"iou_{class_id}", **kwargs)
+
+    def result(self):
+        union = self.n_true + self.n_pred - self.inter
+        return ops.where(union > 0, self.inter / ops.maximum(union, 1.0), 0.0)
+
+
+LOSSES = {"dice": SoftDiceLoss, "dice_ce": DiceCrossEntropyLoss}
+
+
+def get_loss(name: str, include_background=False) -> keras.losses.Loss:
+    """Loss by name ("dice" or "dice_ce")."""
+    try:
+        return LOSSES[name](include_background=include_background)
+    except KeyError:
+        raise ValueError(f"loss must be one of {sorted(LOSSES)}, got {name!r}") from None

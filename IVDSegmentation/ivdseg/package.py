@@ -1,0 +1,207 @@
+"""Model packages: a folder (or .zip of one) with ``model.keras`` and the card ``model.json``.
+
+The card (DESIGN.md) says what inference must repeat (input size, channels, normalisation, slicing
+plane) and what the classes are (value, name, colour, SNOMED CT terminology), with the training data
+summary, validation metrics, licence and citations. Models load with Keras ``safe_mode=True``: no
+Python lambda in a package is ever executed, and only registered ``ivdseg>`` objects are known.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+
+from .errors import IvdsegError
+
+CARD_FORMAT = "ivdseg-model"
+CARD_VERSION = 1
+REQUIRED_CARD_KEYS = ("format", "format_version", "name", "version", "network", "input_size", "channels",
+                      "normalization", "slice_plane", "classes")
+
+# SNOMED CT codes as Slicer's terminology entries use them: (coding scheme, code, meaning).
+ANATOMICAL_STRUCTURE = ("SCT", "123037004", "Anatomical Structure")
+TERMINOLOGY = {
+    "intervertebral disc": ("SCT", "360499006", "Intervertebral disc"),
+    "vertebra": ("SCT", "51282000", "Vertebral column"),
+    "spinal canal": ("SCT", "180959008", "Spinal canal"),
+}
+DEFAULT_COLORS = [(0.0, 0.0, 0.0), (0.27, 0.80, 0.64), (0.89, 0.85, 0.62), (0.40, 0.52, 0.90),
+                  (0.90, 0.45, 0.35), (0.70, 0.45, 0.85), (0.95, 0.70, 0.25)]
+
+
+def class_entries(class_names: list[str]) -> list[dict]:
+    """Card entries for the foreground classes ``class_names[1:]`` (index = label value)."""
+    out = []
+    for value, name in enumerate(class_names[1:], start=1):
+        entry = {"value": value, "name": name,
+                 "color": list(DEFAULT_COLORS[value % len(DEFAULT_COLORS)] if value < len(DEFAULT_COLORS)
+                               else DEFAULT_COLORS[1 + value % (len(DEFAULT_COLORS) - 1)])}
+        code = TERMINOLOGY.get(name.lower())
+        if code:
+            entry["terminology"] = {"category": list(ANATOMICAL_STRUCTURE), "type": list(code)}
+        out.append(entry)
+    return out
+
+
+def check_card(card: dict, path) -> dict:
+    """Raises IvdsegError when the card lacks a key or holds an unknown format version."""
+    missing = [k for k in REQUIRED_CARD_KEYS if k not in card]
+    if missing:
+        raise IvdsegError(f"{path} lacks {', '.join(missing)}; it is not a complete ivdseg model card.")
+    if card["format"] != CARD_FORMAT or card["format_version"] != CARD_VERSION:
+        raise IvdsegError(f"{path} is a model card of format {card['format']!r} version {card['format_version']!r}; "
+                          f"this ivdseg reads {CARD_FORMAT!r} version {CARD_VERSION}.")
+    return card
+
+
+def read_card(package) -> dict:
+    """Reads and checks ``model.json`` of a package folder or .zip (without loading Keras)."""
+    package = Path(package)
+    try:
+        if package.suffix.lower() == ".zip":
+            with zipfile.ZipFile(package) as zf:
+                name = next((n for n in zf.namelist() if n.endswith("model.json")), None)
+                if name is None:
+                    raise IvdsegError(f"{package} has no model.json card; it is not an ivdseg model package.")
+                text = zf.read(name).decode("utf-8")
+            return check_card(json.loads(text), package)
+        card_path = package / "model.json"
+        if not package.is_dir():
+            raise IvdsegError(f"{package} is not a model package (a folder or .zip with model.keras and model.json).")
+        if not card_path.is_file():
+            raise IvdsegError(f"{card_path} is missing; every model package needs its card.")
+        return check_card(json.loads(card_path.read_text(encoding="utf-8")), card_path)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise IvdsegError(f"The card of {package} is not valid JSON ({exc}).") from None
+    except zipfile.BadZipFile:
+        raise IvdsegError(f"{package} is not a valid zip file.") from None
+
+
+def _unzip(package: Path) -> Path:
+    tmp = Path(tempfile.mkdtemp(prefix="ivdseg-model-"))
+    with zipfile.ZipFile(package) as zf:
+        for member in zf.namelist():
+            target = (tmp / member).resolve()
+            if not str(target).startswith(str(tmp.resolve())):
+                raise IvdsegError(f"{package} holds a path outside the package ({member}); refused.")
+        zf.extractall(tmp)
+    cards = list(tmp.rglob("model.json"))
+    if not cards:
+        raise IvdsegError(f"{package} has no model.json card.")
+    return cards[0].parent
+
+
+def load_keras_model(path):
+    """Loads a ``.keras`` file with ``safe_mode=True`` and the ivdseg custom objects registered."""
+    import keras
+
+    from . import losses, networks  # noqa: F401  (registers ivdseg> objects)
+
+    try:
+        return keras.saving.load_model(str(path), safe_mode=True, compile=False)
+    except FileNotFoundError:
+        raise IvdsegError(f"{path} is missing.") from None
+    except (TypeError, ValueError) as exc:
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if "lambda" in text.lower() or "unsafe" in text.lower():
+            raise IvdsegError(f"{path} contains Python code (a Lambda layer), refused by safe mode.") from None
+        if "not find" in text.lower() or "unknown" in text.lower() or "register" in text.lower():
+            raise IvdsegError(f"{path} uses a layer or function that ivdseg does not know ({text}).") from None
+        raise IvdsegError(f"{path} is not a loadable Keras model ({text}).") from None
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise IvdsegError(f"{path} is damaged or not a Keras model file ({exc}).") from None
+
+
+def load_package(package):
+    """Loads a model package.
+
+    Args:
+        package: a package folder or a .zip of one.
+
+    Returns:
+        (keras.Model, card dict). The card's ``input_size``/``channels`` are checked against the model.
+
+    Raises:
+        IvdsegError: missing or incomplete card, a model that does not load safely, or that does not fit its card.
+    """
+    package = Path(package)
+    card = read_card(package)
+    folder = _unzip(package) if package.suffix.lower() == ".zip" else package
+    try:
+        model = load_keras_model(folder / "model.keras")
+    finally:
+        if folder != package:
+            shutil.rmtree(folder.parent if folder.parent.name.startswith("ivdseg-model-") else folder,
+                          ignore_errors=True)
+    expected = (card["input_size"], card["input_size"], card["channels"])
+    got = tuple(model.input_shape[1:])
+    if got != expected:
+        raise IvdsegError(f"{package}: the card says input {expected} but the network takes {got}.")
+    n_out = model.output_shape[-1]
+    if n_out != len(card["classes"]) + 1:
+        raise IvdsegError(f"{package}: the card names {len(card['classes'])} classes + background "
+                          f"but the network outputs {n_out} channels.")
+    return model, card
+
+
+def save_package(model, card: dict, folder, overwrite=False, extra_files: dict | None = None) -> Path:
+    """Writes a package folder atomically (staging folder, then rename).
+
+    Args:
+        model: the keras.Model.
+        card: the card; format keys are filled in.
+        folder: destination package folder.
+        overwrite: replace an existing package.
+        extra_files: {name: source path} copied into the package (e.g. model.onnx, training log).
+    """
+    folder = Path(folder)
+    if folder.exists() and not overwrite:
+        raise IvdsegError(f"{folder} already exists; choose another folder or pass --overwrite.")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    card = {"format": CARD_FORMAT, "format_version": CARD_VERSION, **card}
+    check_card(card, folder / "model.json")
+    staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.partial-"))
+    try:
+        model.save(staging / "model.keras")
+        for name, src in (extra_files or {}).items():
+            shutil.copy2(src, staging / name)
+        (staging / "model.json").write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
+        old = None
+        if folder.exists():
+            old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+            os.replace(folder, old)
+        os.replace(staging, folder)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return folder
+
+
+def bundled_models_dir() -> Path:
+    """Resources/models of the checkout (or IVDSEG_MODELS_DIR)."""
+    env = os.environ.get("IVDSEG_MODELS_DIR")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2] / "Resources" / "models"
+
+
+DEFAULT_MODEL = "ivd-disc-2d"
+
+
+def resolve_model(name_or_path=None) -> Path:
+    """A package path from a path, or from the name of a bundled package (default: the bundled disc model)."""
+    name_or_path = name_or_path or DEFAULT_MODEL
+    p = Path(name_or_path)
+    if p.exists():
+        return p
+    candidate = bundled_models_dir() / str(name_or_path)
+    if candidate.exists():
+        return candidate
+    known = sorted(d.name for d in bundled_models_dir().glob("*") if (d / "model.json").exists())
+    raise IvdsegError(f"No model package at {name_or_path}; give a package folder or one of the bundled models {known}.")

@@ -1,0 +1,67 @@
+"""Slice preprocessing shared by export, training and inference: resizing and intensity normalisation.
+
+MRI has no absolute intensity scale, so every slice is scaled by its own percentiles; the model
+card records the percentiles so inference repeats exactly what training saw.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+DEFAULT_PERCENTILES = (0.5, 99.5)
+
+
+def resize_image(image: np.ndarray, size: int) -> np.ndarray:
+    """Resizes one slice (H, W) to (size, size) float32: area averaging down, bilinear up."""
+    h, w = image.shape
+    shrink = size < h or size < w
+    interp = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+    return cv2.resize(np.asarray(image, np.float32), (size, size), interpolation=interp)
+
+
+def resize_label(label: np.ndarray, size: int) -> np.ndarray:
+    """Resizes one label slice (H, W) to (size, size) uint8 with nearest neighbour (no new values)."""
+    return cv2.resize(np.asarray(label, np.uint8), (size, size), interpolation=cv2.INTER_NEAREST)
+
+
+def resize_stack(stack: np.ndarray, size: int, is_label=False) -> np.ndarray:
+    """Resizes each slice of (N, H, W) to (N, size, size)."""
+    fn = resize_label if is_label else resize_image
+    out_dtype = np.uint8 if is_label else np.float32
+    out = np.empty((stack.shape[0], size, size), out_dtype)
+    for i, s in enumerate(stack):
+        out[i] = fn(s, size)
+    return out
+
+
+def resize_probabilities(prob: np.ndarray, shape_hw: tuple[int, int]) -> np.ndarray:
+    """Resizes class probabilities (S, S, C) back to (H, W, C) bilinearly, channel by channel."""
+    h, w = shape_hw
+    out = np.empty((h, w, prob.shape[-1]), np.float32)
+    for c in range(prob.shape[-1]):
+        out[..., c] = cv2.resize(prob[..., c].astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
+    return out
+
+
+def normalize_slices(stack: np.ndarray, percentiles=DEFAULT_PERCENTILES) -> np.ndarray:
+    """Scales each slice of (N, H, W) so its low/high percentiles map to 0/1, clipped to [0, 1].
+
+    A constant slice becomes all zeros. Returns float32 (N, H, W).
+    """
+    stack = np.asarray(stack, np.float32)
+    if stack.ndim != 3:
+        raise ValueError(f"expected a stack (N, H, W), got shape {stack.shape}")
+    flat = stack.reshape(stack.shape[0], -1)
+    lo, hi = np.percentile(flat, percentiles, axis=1)
+    scale = np.where(hi > lo, hi - lo, 1.0)
+    out = (stack - lo[:, None, None]) / scale[:, None, None]
+    out[hi <= lo] = 0.0
+    return np.clip(out, 0.0, 1.0)
+
+
+def one_hot(label: np.ndarray, num_classes: int, background=True) -> np.ndarray:
+    """(..., ) integer labels -> (..., C) uint8 one-hot; without background, channel 0 is dropped."""
+    eye = np.eye(num_classes, dtype=np.uint8)
+    out = eye[np.asarray(label, np.intp)]
+    return out if background else out[..., 1:]

@@ -1,0 +1,84 @@
+"""Progress reporting: one JSON object per line (for the Slicer GUI and tests) or readable text.
+
+Events (DESIGN.md):
+``{"event": "progress", "done": 12, "total": 60, "stage": "infer"}``,
+``{"event": "epoch", "epoch": 3, "loss": 0.21, "val_dice": 0.84}``,
+``{"event": "message", "text": "..."}``, ``{"event": "error", "message": "..."}``,
+``{"event": "done", ...summary}``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+
+
+def _clean(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
+        return _clean(value.item())
+    return value
+
+
+class Reporter:
+    """Writes events to a stream, as JSON lines (``mode="jsonl"``) or text (``"text"``), or drops them ("none")."""
+
+    def __init__(self, mode="jsonl", stream=None):
+        if mode not in ("jsonl", "text", "none"):
+            raise ValueError(f"progress mode must be jsonl, text or none, got {mode!r}")
+        self.mode = mode
+        self.stream = stream or sys.stdout
+
+    @classmethod
+    def auto(cls, mode="auto"):
+        if mode == "auto":
+            mode = "text" if sys.stdout.isatty() else "jsonl"
+        return cls(mode)
+
+    def emit(self, event: str, **fields) -> None:
+        if self.mode == "none":
+            return
+        if self.mode == "jsonl":
+            self.stream.write(json.dumps({"event": event, **_clean(fields)}) + "\n")
+        else:
+            self.stream.write(self._text(event, fields) + "\n")
+        self.stream.flush()
+
+    def progress(self, done: int, total: int, stage: str) -> None:
+        self.emit("progress", done=int(done), total=int(total), stage=stage)
+
+    def message(self, text: str) -> None:
+        self.emit("message", text=text)
+
+    @staticmethod
+    def _text(event, f):
+        if event == "progress":
+            return f"[{f['stage']}] {f['done']}/{f['total']}" if f.get("total") else f"[{f['stage']}] {f['done']}"
+        if event == "epoch":
+            parts = [f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in f.items()]
+            return "epoch " + " ".join(parts)
+        if event == "message":
+            return f["text"]
+        return f"{event}: " + ", ".join(f"{k}={v}" for k, v in f.items())
+
+
+def parse_events(lines) -> list[dict]:
+    """Parses JSON-line events, skipping lines that are not JSON objects (e.g. library logs)."""
+    events = []
+    for line in lines:
+        line = line.strip()
+        if not line.startswith("{"):
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(obj, dict) and "event" in obj:
+            events.append(obj)
+    return events
