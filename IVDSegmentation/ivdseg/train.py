@@ -196,7 +196,8 @@ def train(dataset_dir, run_dir, cfg: TrainConfig, reporter: Reporter | None = No
                     raise IvdsegError(f"{cfg.init_from} is not the same network as {cfg.network} "
                                       f"(depth {cfg.depth}, {cfg.base_filters} filters); its weights do not fit.") from None
             model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate), loss=losses.get_loss(cfg.loss),
-                          metrics=[losses.DiceMetric(c) for c in range(1, info.num_classes)])
+                          metrics=[losses.DiceMetric(c) for c in range(1, info.num_classes)],
+                          jit_compile=False)  # XLA is slower on CPU here and recompiles per shape
     ds.write_json(run_dir / "config.json", {**asdict(cfg), "dataset": str(dataset_dir)})
 
     batch = cfg.batch_size * strategy.num_replicas_in_sync
