@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("dataset", type=Path)
     t.add_argument("-o", "--output", type=Path, required=True, help="run folder")
     t.add_argument("--network", default="unet2d", choices=["unet2d", "deeplabv3plus", "res_se_unet"])
-    t.add_argument("--size", type=int, default=256, choices=[128, 192, 256])
+    t.add_argument("--size", type=int, default=256, help="input size: 128, 192, 256 or another size the dataset holds")
     t.add_argument("--activation", default="relu", choices=["relu", "swish", "mish"])
     t.add_argument("--depth", type=int, default=4)
     t.add_argument("--base-filters", type=int, default=16)
@@ -175,11 +175,15 @@ def _cmd_evaluate(a) -> int:
     cases = {"val": val_cases, "train": train_cases, "all": sorted(info.cases)}[a.split]
     result = evaluate_cases(model, card, info, cases, a.batch_size)
     rows = [("all", result["overall"])] + list(result["per_source"].items())
-    print(f"{'source':<24}{'patients':>9}  " + "  ".join(f"{n[:18]:>18}" for n in info.classes[1:]))
-    for name, s in rows:
-        vals = "  ".join(f"{s['dice'][n]:>18.4f}" if s["dice"][n] is not None else f"{'n/a':>18}"
-                         for n in info.classes[1:])
-        print(f"{name:<24}{s['patients']:>9}  {vals}")
+    names = info.classes[1:]
+    widths = [max(len(n), 8) for n in names]
+    print(f"{'source':<24}{'patients':>9}  " + "  ".join(f"{n:>{w}}" for n, w in zip(names, widths)))
+    for source, s in rows:
+        vals = "  ".join(f"{s['dice'][n]:>{w}.4f}" if s["dice"][n] is not None else f"{'n/a':>{w}}"
+                         for n, w in zip(names, widths))
+        print(f"{source:<24}{s['patients']:>9}  {vals}")
+    print(f"Dice per class at native resolution on the {a.split} split"
+          + (f" of fold {a.fold}" if a.fold is not None else "") + ".")
     if a.json:
         from .dataset import write_json
 

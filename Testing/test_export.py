@@ -1,0 +1,278 @@
+"""Dataset export: contents, resizing, splits, de-identification, bad inputs, atomicity."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from conftest import require_data
+from dicom_builders import SAGITTAL_IOP, _series
+
+from ivdseg import dataset as ds
+from ivdseg.errors import IvdsegError
+from ivdseg.export import ExportOptions, RawCase, SourceSpec, export_dataset, iter_source_cases, map_classes
+from ivdseg.volume import Volume, read_volume, write_volume
+
+CLASSES = ["intervertebral disc"]
+
+
+def _raw(patient, source="s1", n=3, h=40, w=30, seed=0):
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 1000, (n, h, w)).astype(np.int16)
+    label = np.zeros((n, h, w), np.uint8)
+    label[:, 10:20, 5:15] = 1
+    return RawCase(patient=patient, source=source, image=image, label=label, origin=f"{patient}.nii")
+
+
+def _all_bytes(root: Path) -> bytes:
+    """Every byte of every file under root, npz members decompressed (so compression cannot hide a name)."""
+    chunks = []
+    for f in sorted(root.rglob("*")):
+        if not f.is_file():
+            continue
+        chunks.append(f.name.encode())
+        raw = f.read_bytes()
+        chunks.append(raw)
+        if f.suffix == ".npz":
+            with zipfile.ZipFile(f) as zf:
+                chunks += [zf.read(m) for m in zf.namelist()]
+    return b"\n".join(chunks)
+
+
+def test_export_layout_shapes_and_values(tmp_path):
+    cases = [_raw(f"patient{i}", seed=i) for i in range(10)]
+    info = export_dataset(cases, CLASSES, tmp_path / "d", ExportOptions(sizes=(32, 64)))
+    assert info.classes == ["background", "intervertebral disc"]
+    assert len(info.cases) == 10
+    case = sorted(info.cases)[0]
+    native = ds.load_npz(tmp_path / "d" / "cases" / f"{case}.npz")
+    assert native["image"].shape == (3, 40, 30) and native["image"].dtype == np.int16
+    small = ds.load_npz(tmp_path / "d" / "32" / f"{case}.npz")
+    assert small["image"].shape == (3, 32, 32) and small["image"].dtype == np.float32
+    assert small["label"].dtype == np.uint8 and set(np.unique(small["label"])) == {0, 1}
+    assert small["mask"].shape == (3, 32, 32, 2)  # background channel first
+    np.testing.assert_array_equal(small["mask"].argmax(-1), small["label"])
+    np.testing.assert_array_equal(small["mask"].sum(-1), 1)
+    meta = json.loads((tmp_path / "d" / "dataset.json").read_text())
+    assert meta["sources"]["s1"] == {"patients": 10, "series": 10, "slices": 30, "labelled_slices": 30}
+
+
+def test_no_background_channel_option(tmp_path):
+    info = export_dataset([_raw("a"), _raw("b")], CLASSES, tmp_path / "d",
+                          ExportOptions(sizes=(32,), background_channel=False))
+    data = ds.load_npz(tmp_path / "d" / "32" / f"{sorted(info.cases)[0]}.npz")
+    assert data["mask"].shape == (3, 32, 32, 1)
+    np.testing.assert_array_equal(data["mask"][..., 0], data["label"])
+
+
+def test_unlabelled_slices_kept_by_default_and_dropped_on_request(tmp_path):
+    case = _raw("a")
+    case.label[0] = 0
+    info = export_dataset([case, _raw("b")], CLASSES, tmp_path / "keep", ExportOptions(sizes=(32,)))
+    assert sorted(m["n_slices"] for m in info.cases.values()) == [3, 3]
+    info = export_dataset([case, _raw("b")], CLASSES, tmp_path / "drop",
+                          ExportOptions(sizes=(32,), keep_unlabelled=False))
+    assert sorted(m["n_slices"] for m in info.cases.values()) == [2, 3]
+
+
+def test_split_is_patient_level_seeded_and_independent_of_pseudonym_key(tmp_path):
+    cases = [_raw(f"p{i}", source="a" if i < 12 else "b", seed=i) for i in range(16)]
+    cases.append(_raw("p0", source="a", h=50, seed=99))  # a second series of patient p0, other size
+    runs = []
+    for k, key in enumerate([b"k1" * 16, b"k2" * 16]):
+        info = export_dataset(cases, CLASSES, tmp_path / f"d{k}", ExportOptions(sizes=(32,), seed=3,
+                                                                               pseudonym_key=key))
+        train, val = info.split_cases()
+        assert not {info.cases[c]["patient"] for c in train} & {info.cases[c]["patient"] for c in val}
+        assert {info.cases[c]["source"] for c in val} == {"a", "b"}  # every source validated
+        runs.append(sorted(info.cases[c]["n_slices"] * 1000 + info.cases[c]["shape_hw"][0] for c in val))
+    assert runs[0] == runs[1]  # the same patients go to validation whatever the key
+    patients = {m["patient"] for m in info.cases.values()}
+    assert len(patients) == 16 and len(info.cases) == 17
+
+
+def test_stratified_group_kfold_folds_partition_patients():
+    strata = {f"p{i}": ("a" if i % 3 else "b") for i in range(20)}
+    folds = ds.stratified_group_kfold(strata, k=4, seed=1)
+    assert sorted(p for f in folds for p in f) == sorted(strata)
+    assert [len(f) for f in folds] == [5, 5, 5, 5]
+    for f in folds:  # each fold gets its share of the rare stratum (7 b's over 4 folds)
+        assert 1 <= sum(strata[p] == "b" for p in f) <= 2
+    assert folds == ds.stratified_group_kfold(strata, k=4, seed=1)
+    with pytest.raises(IvdsegError, match="at least 30 patients"):
+        ds.stratified_group_kfold(strata, k=30)
+
+
+def test_kfold_written_and_fold_split(tmp_path):
+    info = export_dataset([_raw(f"p{i}", seed=i) for i in range(10)], CLASSES, tmp_path / "d",
+                          ExportOptions(sizes=(32,), kfold=5))
+    assert len(info.splits["folds"]) == 5
+    train, val = info.split_cases(fold=2)
+    assert len(val) == 2 and len(train) == 8 and not set(train) & set(val)
+    with pytest.raises(IvdsegError, match="fold 5 does not exist"):
+        info.split_cases(fold=5)
+
+
+def test_deidentification_scan_on_dicom_source(tmp_path):
+    """A DICOM series with a name, ID, birth date, study date and UIDs: none of them may be exported."""
+    secrets = dict(PatientName="Doe^Johnathan", PatientID="MRN-7733191", PatientBirthDate="19610417",
+                   StudyDate="20230905", AccessionNumber="ACC99812")
+    study_uid, series_uid = "1.2.826.0.1.3680043.8.498.111", "1.2.826.0.1.3680043.8.498.222"
+    src = tmp_path / "src"
+    _series(src / "Doe_Johnathan_MRN-7733191", iop=SAGITTAL_IOP, series_uid=series_uid,
+            StudyInstanceUID=study_uid, **secrets)
+    image = read_volume(src / "Doe_Johnathan_MRN-7733191")
+    label = np.zeros(image.array.shape, np.uint8)
+    label[:, 1:3, 2:4] = 7
+    write_volume(Volume(label, image.ijk_to_ras), src / "MRN-7733191_label.nii.gz")
+    spec = SourceSpec(name="hospitalA", kind="volumes", images="Doe_*", labels="{patient}_label.nii.gz",
+                      class_map={"intervertebral disc": [7]}, patient_pattern=r"_(MRN-\d+)$", root=src)
+    cases = list(iter_source_cases(spec, CLASSES))
+    assert cases[0].label.max() == 1
+    export_dataset(cases, CLASSES, tmp_path / "out", ExportOptions(sizes=(32,), val_fraction=0.5))
+    blob = _all_bytes(tmp_path / "out").lower()
+    forbidden = ["Doe", "Johnathan", "MRN-7733191", "7733191", "19610417", "20230905", "ACC99812",
+                 study_uid, series_uid, str(src)]
+    for value in forbidden:
+        assert value.lower().encode() not in blob, value
+
+
+def test_map_classes_keeps_only_named_labels():
+    src = np.array([[0, 1, 2, 3], [2, 2, 1, 0]])
+    out = map_classes(src, {"intervertebral disc": [2]}, CLASSES)
+    np.testing.assert_array_equal(out, [[0, 0, 1, 0], [1, 1, 0, 0]])
+    with pytest.raises(IvdsegError, match="not among the output classes"):
+        map_classes(src, {"vertebra": [1]}, CLASSES)
+
+
+def test_slices_source_groups_patients_by_pattern(tmp_path):
+    (tmp_path / "img").mkdir()
+    (tmp_path / "lab").mkdir()
+    for subject in (3, 12):
+        for k in (9, 10, 11):
+            cv2.imwrite(str(tmp_path / "img" / f"{subject}_t2_slice{k}.png"), np.full((20, 16), k * 10, np.uint8))
+            lab = np.zeros((20, 16), np.uint8)
+            lab[5:8, 4:9] = 2
+            cv2.imwrite(str(tmp_path / "lab" / f"{subject}_t2_slice{k}.png"), lab)
+    spec = SourceSpec(name="s", kind="slices", images="img/*.png", labels="lab/{name}",
+                      class_map={"intervertebral disc": [2]}, patient_pattern=r"^(\d+)_", root=tmp_path)
+    cases = list(iter_source_cases(spec, CLASSES))
+    assert sorted(c.patient for c in cases) == ["12", "3"]
+    assert cases[0].image.shape == (3, 20, 16)
+    np.testing.assert_array_equal(cases[0].image[:, 0, 0], [90, 100, 110])  # natural order 9 < 10 < 11
+
+
+# ------------------------------------------------------------------ bad inputs
+def test_label_geometry_differs(tmp_path):
+    vol = Volume(np.zeros((4, 5, 6), np.int16), np.diag([1.0, 1.0, 1.0, 1.0]))
+    write_volume(vol, tmp_path / "a_img.nii.gz")
+    shifted = np.diag([1.0, 1.0, 1.0, 1.0])
+    shifted[0, 3] = 5.0
+    write_volume(Volume(np.ones((4, 5, 6), np.uint8), shifted), tmp_path / "a_lab.nii.gz")
+    spec = SourceSpec(name="s", kind="volumes", images="*_img.nii.gz", labels="{patient}_lab.nii.gz",
+                      class_map={"intervertebral disc": [1]}, patient_pattern=r"^(\w)_", root=tmp_path)
+    with pytest.raises(IvdsegError, match="a_lab.nii.gz has another origin"):
+        list(iter_source_cases(spec, CLASSES))
+    write_volume(Volume(np.ones((4, 5, 7), np.uint8), np.eye(4)), tmp_path / "a_lab.nii.gz", overwrite=True)
+    with pytest.raises(IvdsegError, match="a_lab.nii.gz has .* voxels but its image has"):
+        list(iter_source_cases(spec, CLASSES))
+
+
+def test_empty_dataset_and_empty_class_are_refused_and_nothing_is_left(tmp_path):
+    with pytest.raises(IvdsegError, match="no labelled image"):
+        export_dataset([], CLASSES, tmp_path / "d")
+    empty = _raw("a")
+    empty.label[:] = 0
+    with pytest.raises(IvdsegError, match="has no voxel in any case"):
+        export_dataset([empty], CLASSES, tmp_path / "d", ExportOptions(sizes=(32,)))
+    assert list(tmp_path.iterdir()) == []  # no dataset and no staging folder
+
+
+def test_failure_midway_keeps_the_previous_dataset(tmp_path):
+    export_dataset([_raw("a"), _raw("b")], CLASSES, tmp_path / "d", ExportOptions(sizes=(32,)))
+    before = sorted(p.name for p in (tmp_path / "d" / "cases").iterdir())
+
+    def broken():
+        yield _raw("c")
+        raise IvdsegError("source went away")
+
+    with pytest.raises(IvdsegError, match="went away"):
+        export_dataset(broken(), CLASSES, tmp_path / "d", ExportOptions(sizes=(32,)), overwrite=True)
+    assert sorted(p.name for p in (tmp_path / "d" / "cases").iterdir()) == before
+    assert [p.name for p in tmp_path.iterdir()] == ["d"]
+
+
+def test_existing_folder_refused_without_overwrite(tmp_path):
+    (tmp_path / "d").mkdir()
+    with pytest.raises(IvdsegError, match="already exists"):
+        export_dataset([_raw("a")], CLASSES, tmp_path / "d")
+
+
+def test_missing_parent_folder(tmp_path):
+    with pytest.raises(IvdsegError, match="does not exist"):
+        export_dataset([_raw("a")], CLASSES, tmp_path / "no" / "d")
+
+
+def test_bad_size(tmp_path):
+    with pytest.raises(IvdsegError, match="multiple of 16"):
+        export_dataset([_raw("a")], CLASSES, tmp_path / "d", ExportOptions(sizes=(100,)))
+
+
+@pytest.fixture
+def small_dataset(tmp_path):
+    export_dataset([_raw(f"p{i}", seed=i) for i in range(4)], CLASSES, tmp_path / "d", ExportOptions(sizes=(32,)))
+    return tmp_path / "d"
+
+
+def test_unknown_format_version(small_dataset):
+    meta = json.loads((small_dataset / "dataset.json").read_text())
+    meta["format_version"] = 99
+    (small_dataset / "dataset.json").write_text(json.dumps(meta))
+    with pytest.raises(IvdsegError, match="format version 99"):
+        ds.open_dataset(small_dataset)
+
+
+def test_patient_on_both_sides_of_the_split(small_dataset):
+    splits = json.loads((small_dataset / "splits.json").read_text())
+    splits["val"].append(splits["train"][0])
+    (small_dataset / "splits.json").write_text(json.dumps(splits))
+    with pytest.raises(IvdsegError, match="both train and val"):
+        ds.open_dataset(small_dataset)
+
+
+def test_pickled_npz_is_refused(small_dataset):
+    info = ds.open_dataset(small_dataset)
+    case = sorted(info.cases)[0]
+    np.savez(small_dataset / "32" / f"{case}.npz", image=np.array([{"evil": 1}], dtype=object),
+             label=np.zeros(1))
+    with pytest.raises(IvdsegError, match="pickled Python objects"):
+        ds.load_resized(info, [case], 32)
+
+
+def test_not_a_dataset(tmp_path):
+    with pytest.raises(IvdsegError, match="dataset.json is missing"):
+        ds.open_dataset(tmp_path)
+
+
+# ------------------------------------------------------------------ real data
+def test_real_sources_export(tmp_path):
+    """The three real sources of the bundled model: classes mapped, slices sagittal, spacing kept."""
+    root = require_data(".")
+    lumbar = SourceSpec(name="ivd", kind="volumes", images="ivd_lumbar_t2/nifti/case11_T2w.nii.gz",
+                        labels="ivd_lumbar_t2/nifti/{patient}_ivd_labels.nii.gz", patient_pattern=r"^(case\d+)_",
+                        class_map={"intervertebral disc": [1, 2, 3, 4, 5]}, root=root)
+    spider = SourceSpec(name="spider", kind="slices", images="spider_t2_2d/images/5_t2_SPACE_slice5*.png",
+                        labels="spider_t2_2d/labels/{name}", patient_pattern=r"^(\d+)_",
+                        class_map={"intervertebral disc": [2]}, root=root)
+    (case,) = list(iter_source_cases(lumbar, CLASSES))
+    assert case.image.shape == (67, 221, 221) and case.pixel_spacing_mm == (1.0, 1.0)
+    (sp,) = list(iter_source_cases(spider, CLASSES))
+    assert sp.image.shape[1:] == (640, 512) and set(np.unique(sp.label)) == {0, 1}
+    info = export_dataset([case, sp], CLASSES, tmp_path / "d", ExportOptions(sizes=(64,)))
+    assert {m["source"] for m in info.cases.values()} == {"ivd", "spider"}
+    lumbar_meta = next(m for m in info.cases.values() if m["source"] == "ivd")
+    assert 0 < lumbar_meta["labelled_slices"] < 67  # lateral slices without disc are kept

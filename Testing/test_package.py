@@ -1,0 +1,116 @@
+"""Model packages: round trip, safe loading, bad packages with one-sentence errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import zipfile
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+from ivdseg import networks  # noqa: E402
+from ivdseg.errors import IvdsegError  # noqa: E402
+from ivdseg.package import class_entries, load_package, read_card, resolve_model, save_package  # noqa: E402
+
+CARD = {
+    "name": "test-model", "version": "0.0.1", "network": "unet2d", "input_size": 32, "channels": 1,
+    "normalization": {"method": "percentile", "percentiles": [0.5, 99.5]}, "slice_plane": "sagittal",
+    "classes": class_entries(["background", "intervertebral disc"]),
+}
+
+
+@pytest.fixture
+def package(tmp_path):
+    model = networks.build_unet2d(input_size=32, depth=2, base_filters=4)
+    return save_package(model, CARD, tmp_path / "pkg"), model
+
+
+def test_round_trip_folder_and_zip(package, tmp_path):
+    path, model = package
+    x = np.random.default_rng(0).random((1, 32, 32, 1), dtype=np.float32)
+    loaded, card = load_package(path)
+    assert card["classes"][0]["terminology"]["type"] == ["SCT", "360499006", "Intervertebral disc"]
+    np.testing.assert_allclose(np.asarray(loaded(x)), np.asarray(model(x)), atol=1e-6)
+    archive = shutil.make_archive(str(tmp_path / "pkg"), "zip", path)
+    loaded_zip, card_zip = load_package(archive)
+    assert card_zip == card
+    np.testing.assert_allclose(np.asarray(loaded_zip(x)), np.asarray(model(x)), atol=1e-6)
+
+
+def test_missing_card(package):
+    path, _ = package
+    (path / "model.json").unlink()
+    with pytest.raises(IvdsegError, match="model.json is missing"):
+        load_package(path)
+
+
+def test_incomplete_card(package):
+    path, _ = package
+    card = json.loads((path / "model.json").read_text())
+    del card["classes"]
+    (path / "model.json").write_text(json.dumps(card))
+    with pytest.raises(IvdsegError, match="lacks classes"):
+        read_card(path)
+
+
+def test_card_that_does_not_fit_the_network(package):
+    path, _ = package
+    card = json.loads((path / "model.json").read_text())
+    card["input_size"] = 64
+    (path / "model.json").write_text(json.dumps(card))
+    with pytest.raises(IvdsegError, match="card says input"):
+        load_package(path)
+
+
+def _rewrite_config(keras_path, edit):
+    with zipfile.ZipFile(keras_path) as zf:
+        members = {n: zf.read(n) for n in zf.namelist()}
+    config = json.loads(members["config.json"])
+    edit(config)
+    members["config.json"] = json.dumps(config).encode()
+    with zipfile.ZipFile(keras_path, "w") as zf:
+        for n, data in members.items():
+            zf.writestr(n, data)
+
+
+def test_unregistered_layer_is_refused(package):
+    path, _ = package
+
+    def rename_layer(config):
+        layer = config["config"]["layers"][1]
+        layer["class_name"] = "MysteryConv"
+        layer["module"] = "somewhere.unknown"
+
+    _rewrite_config(path / "model.keras", rename_layer)
+    with pytest.raises(IvdsegError, match="model.keras"):
+        load_package(path)
+
+
+def test_lambda_layer_is_refused_by_safe_mode(tmp_path):
+    inputs = keras.Input((32, 32, 1))
+    x = keras.layers.Lambda(lambda t: t * 2.0)(inputs)
+    x = keras.layers.Conv2D(2, 1, activation="softmax")(x)
+    path = save_package(keras.Model(inputs, x), CARD, tmp_path / "lam")
+    with pytest.raises(IvdsegError, match="Lambda|safe mode|not a loadable"):
+        load_package(path)
+
+
+def test_not_a_package(tmp_path):
+    with pytest.raises(IvdsegError, match="not a model package"):
+        load_package(tmp_path / "nothing")
+    (tmp_path / "bad.zip").write_bytes(b"not a zip")
+    with pytest.raises(IvdsegError, match="not a valid zip"):
+        load_package(tmp_path / "bad.zip")
+
+
+def test_save_refuses_to_clobber(package):
+    path, model = package
+    with pytest.raises(IvdsegError, match="already exists"):
+        save_package(model, CARD, path)
+
+
+def test_resolve_unknown_model_name():
+    with pytest.raises(IvdsegError, match="No model package at no-such-model"):
+        resolve_model("no-such-model")

@@ -1,0 +1,106 @@
+"""Training through the real command (a subprocess, as the Slicer worker runs it) on real slices.
+
+Slow: a tiny network really trains for a few epochs on SPIDER slices of 6 patients and its
+validation Dice must rise; then an interrupted run resumes, and evaluate reads the package back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import ROOT, require_data
+
+from ivdseg.progress import parse_events
+
+pytestmark = pytest.mark.slow
+
+
+def run_ivdseg(*args, check=True):
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "IVDSegmentation"), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    proc = subprocess.run([sys.executable, "-m", "ivdseg", *map(str, args)], capture_output=True, text=True,
+                          env=env, timeout=900)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"ivdseg {args[0]} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def real_dataset(tmp_path_factory):
+    spider = require_data("spider_t2_2d")
+    tmp = tmp_path_factory.mktemp("train")
+    spec = {"classes": ["intervertebral disc"], "sources": [{
+        "name": "spider", "kind": "slices", "root": str(spider),
+        # subjects 5, 7, 11, 18, 35, 45: a handful of real patients, every slice
+        "images": "images/[1-5]*_t2_SPACE_slice*.png", "labels": "labels/{name}",
+        "patient_pattern": r"^(5|7|11|18|35|45)_t2", "classes": {"intervertebral disc": [2]}}]}
+    # keep only those six subjects: other names would not match the pattern
+    import glob
+
+    keep = [p for p in glob.glob(str(spider / "images" / "*.png"))
+            if Path(p).name.split("_")[0] in {"5", "7", "11", "18", "35", "45"}]
+    assert len(keep) > 60
+    links = tmp / "src"
+    (links / "images").mkdir(parents=True)
+    (links / "labels").mkdir()
+    for p in keep:
+        name = Path(p).name
+        os.symlink(p, links / "images" / name)
+        os.symlink(spider / "labels" / name, links / "labels" / name)
+    spec["sources"][0]["root"] = str(links)
+    spec["sources"][0]["images"] = "images/*.png"
+    (tmp / "spec.json").write_text(json.dumps(spec))
+    proc = run_ivdseg("export", tmp / "ds", "--spec", tmp / "spec.json", "--sizes", "64",
+                      "--val-fraction", "0.34", "--progress", "jsonl")
+    done = parse_events(proc.stdout.splitlines())[-1]
+    assert done["event"] == "done" and done["patients"] == 6 and done["val_patients"] == 2
+    return tmp / "ds"
+
+
+def _train_args(ds, out, epochs):
+    return ["train", ds, "-o", out, "--size", "64", "--depth", "3", "--base-filters", "8", "--epochs", epochs,
+            "--batch-size", "8", "--steps-per-epoch", "30", "--learning-rate", "3e-3", "--activation", "swish", "--progress", "jsonl"]
+
+
+def test_training_raises_dice_resumes_and_packages(real_dataset, tmp_path):
+    run = tmp_path / "run"
+    first = parse_events(run_ivdseg(*_train_args(real_dataset, run, 2)).stdout.splitlines())
+    epochs = [e for e in first if e["event"] == "epoch"]
+    assert [e["epoch"] for e in epochs] == [1, 2]
+    # resume the "interrupted" run: it continues at epoch 3 from last.keras
+    (run / "model").rename(tmp_path / "first_model")
+    proc = run_ivdseg(*_train_args(real_dataset, run, 6), "--resume")
+    events = parse_events(proc.stdout.splitlines())
+    later = [e for e in events if e["event"] == "epoch"]
+    assert [e["epoch"] for e in later] == [3, 4, 5, 6]
+    dice = [e["val_dice"] for e in epochs + later]
+    assert max(dice) > dice[0] + 0.15, dice  # it really learns discs
+    assert max(dice) > 0.4, dice
+    done = events[-1]
+    assert done["event"] == "done" and done["best_epoch"] == int(np.argmax(dice)) + 1
+    ckpts = sorted(p.name for p in (run / "checkpoints").glob("best-*.keras"))
+    assert len(ckpts) <= 3  # only the best N are kept
+    card = json.loads((run / "model" / "model.json").read_text())
+    assert card["network"] == "unet2d" and card["architecture"]["activation"] == "swish"
+    assert card["validation"]["per_source"]["spider"]["patients"] == 2
+    assert card["validation"]["overall"]["dice"]["intervertebral disc"] > 0.3
+    assert (run / "model" / "model.onnx").is_file() and "onnx" in card["backends"]
+    lines = (run / "log.csv").read_text().splitlines()
+    assert lines[0].startswith("epoch") and len(lines) == 7  # header + 6 epochs, appended on resume
+    out = run_ivdseg("evaluate", run / "model", real_dataset).stdout
+    assert "spider" in out and "intervertebral disc" in out
+
+
+def test_fresh_run_refuses_an_occupied_folder_and_resume_needs_a_checkpoint(real_dataset, tmp_path):
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "run" / "checkpoints" / "last.keras").write_bytes(b"x")
+    proc = run_ivdseg(*_train_args(real_dataset, tmp_path / "run", 1), check=False)
+    assert proc.returncode == 2 and "already holds a run" in proc.stderr
+    proc = run_ivdseg(*_train_args(real_dataset, tmp_path / "other", 1), "--resume", check=False)
+    assert proc.returncode == 2 and "Nothing to resume" in proc.stderr
+    assert "Traceback" not in proc.stderr
