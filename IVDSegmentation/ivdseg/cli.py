@@ -94,7 +94,123 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--fold", type=int)
     v.add_argument("--batch-size", type=int, default=16)
     v.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    g = sub.add_parser("segment", help="segment the discs of a volume (DICOM folder, NIfTI or NRRD)")
+    g.add_argument("input", type=Path, help="DICOM folder, .nii/.nii.gz or .nrrd")
+    g.add_argument("-o", "--output", type=Path, required=True, help="labelmap .nii.gz or .nrrd")
+    _inference_args(g)
+    g.add_argument("--series", help="SeriesInstanceUID when the folder holds several series")
+    g.add_argument("--overlay", type=Path, help="also write a mid-sagittal PNG with the outlines")
+    g.add_argument("--overwrite", action="store_true")
+
+    d = sub.add_parser("demo", help="segment a real sample case with the bundled model and print its Dice")
+    d.add_argument("--output-dir", type=Path, default=Path("ivdseg-demo"))
+    d.add_argument("--sample-data", type=Path, help="sample data folder (default IVDSEG_SAMPLE_DATA or ../shared/data)")
+    _inference_args(d)
+
+    r = sub.add_parser("series", help="list the DICOM series of a folder")
+    r.add_argument("folder", type=Path)
     return p
+
+
+def _inference_args(g):
+    g.add_argument("--model", help="model package folder/.zip or bundled name (default: the bundled disc model)")
+    g.add_argument("--device", choices=["auto", "gpu", "cpu"], default="auto")
+    g.add_argument("--backend", choices=["auto", "onnx", "tensorflow"], default="auto")
+    g.add_argument("--batch-size", type=int, default=16)
+    g.add_argument("--progress", choices=["auto", "jsonl", "text", "none"], default="auto")
+
+
+def _open_backend(a, reporter):
+    from .backends import load_backend
+    from .package import resolve_model
+
+    if a.batch_size < 1:
+        raise IvdsegError(f"--batch-size must be at least 1, got {a.batch_size}.")
+    backend = load_backend(resolve_model(a.model), a.backend, a.device)
+    reporter.message(f"Model {backend.card['name']} {backend.card['version']} on the {backend.device.upper()} "
+                     f"({backend.name}).")
+    return backend
+
+
+def _check_output(path: Path, overwrite: bool):
+    name = path.name.lower()
+    if not name.endswith((".nii", ".nii.gz", ".nrrd")):
+        raise IvdsegError(f"{path}: the output must end in .nii.gz, .nii or .nrrd.")
+    if not path.parent.is_dir():
+        raise IvdsegError(f"Cannot write {path}: folder {path.parent} does not exist.")
+    if not os.access(path.parent, os.W_OK):
+        raise IvdsegError(f"Cannot write {path}: folder {path.parent} is not writable.")
+    if path.exists() and not overwrite:
+        raise IvdsegError(f"{path} already exists; pass --overwrite to replace it.")
+
+
+def _cmd_segment(a) -> int:
+    from .progress import Reporter
+    from .segment import overlay_png, segment_volume, summary_text, write_result
+    from .volume import read_volume
+
+    reporter = Reporter.auto(a.progress)
+    _check_output(a.output, a.overwrite)
+    volume = read_volume(a.input, series_uid=a.series)
+    backend = _open_backend(a, reporter)
+    result = segment_volume(volume, backend.predict, backend.card, a.batch_size, reporter.progress,
+                            source=str(a.input), device=backend.device)
+    write_result(result, a.output, backend.card, overwrite=a.overwrite)
+    if a.overlay:
+        overlay_png(volume, result.labelmap, result.classes, a.overlay)
+    reporter.emit("done", output=str(a.output), slices=result.slices, seconds=round(result.seconds, 2),
+                  device=result.device, volumes_ml=result.volumes_ml)
+    if reporter.mode == "text":
+        reporter.message(summary_text(result))
+    return 0
+
+
+DEMO_CASE = "ivd_lumbar_t2/nifti/case25"  # a patient of the bundled model's validation split
+
+
+def _cmd_demo(a) -> int:
+    import numpy as np
+
+    from .metrics import dice_per_class
+    from .progress import Reporter
+    from .sample_data import sample_data_dir
+    from .segment import overlay_png, segment_volume, summary_text, write_result
+    from .volume import read_volume
+
+    reporter = Reporter.auto(a.progress)
+    root = a.sample_data or sample_data_dir()
+    image_path = root / f"{DEMO_CASE}_T2w.nii.gz"
+    truth_path = root / f"{DEMO_CASE}_ivd_labels.nii.gz"
+    if not image_path.is_file():
+        raise IvdsegError(f"The demo case {image_path} is missing; pass --sample-data or set IVDSEG_SAMPLE_DATA.")
+    a.output_dir.mkdir(parents=True, exist_ok=True)
+    volume = read_volume(image_path)
+    backend = _open_backend(a, reporter)
+    result = segment_volume(volume, backend.predict, backend.card, a.batch_size, reporter.progress,
+                            source=str(image_path), device=backend.device)
+    out = write_result(result, a.output_dir / "case25_discs.nii.gz", backend.card, overwrite=True)
+    png = overlay_png(volume, result.labelmap, result.classes, a.output_dir / "case25_overlay.png")
+    truth = (read_volume(truth_path).array > 0).astype(np.uint8)
+    disc = next(c["value"] for c in backend.card["classes"] if c["name"] == "intervertebral disc")
+    dice = float(dice_per_class(truth, (result.labelmap.array == disc).astype(np.uint8), 2)[1])
+    reporter.emit("done", output=str(out), overlay=str(png), dice=round(dice, 4), slices=result.slices,
+                  seconds=round(result.seconds, 2), device=result.device, volumes_ml=result.volumes_ml)
+    if reporter.mode == "text":
+        reporter.message(summary_text(result))
+        reporter.message(f"Wrote {out} and {png}. Disc Dice against the sample's manual labels: {dice:.4f}.")
+    return 0
+
+
+def _cmd_series(a) -> int:
+    from .dicom import index_folder
+
+    series = index_folder(a.folder)
+    if not series:
+        raise IvdsegError(f"{a.folder} holds no DICOM image series.")
+    print(f"{'SeriesInstanceUID':<66} {'modality':<8} {'slices':>6}  {'orientation':<11} description")
+    for s in series:
+        print(f"{s.series_uid:<66} {s.modality:<8} {s.n_slices:>6}  {s.orientation:<11} {s.description}")
+    return 0
 
 
 def _cmd_export(a) -> int:
@@ -191,7 +307,8 @@ def _cmd_evaluate(a) -> int:
     return 0
 
 
-COMMANDS = {"export": _cmd_export, "train": _cmd_train, "evaluate": _cmd_evaluate}
+COMMANDS = {"export": _cmd_export, "train": _cmd_train, "evaluate": _cmd_evaluate, "segment": _cmd_segment,
+            "demo": _cmd_demo, "series": _cmd_series}
 
 
 def main(argv=None) -> int:
@@ -205,6 +322,9 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print(f"ivdseg {args.command}: interrupted.", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. piped into head
+        sys.stderr.close()
+        return 0
     except OSError as exc:
         if exc.errno == 28:
             print(f"ivdseg {args.command}: the disk is full ({exc.filename or 'output'}); nothing was kept.",

@@ -1,0 +1,126 @@
+"""Segmenting a volume: sagittal slices -> batched prediction -> labelmap with the input's geometry.
+
+The sagittal plane comes from the volume's direction matrix, whatever the array order; the labelmap
+is written to a temporary name and renamed, with a JSON sidecar naming the classes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import IvdsegError
+from .infer import prepare_slices, probabilities_to_labels
+from .volume import Volume, sagittal_slices, write_volume
+
+MAX_OBLIQUITY_DEG = 30.0
+MAX_THICK_RATIO = 2.0
+
+
+@dataclass
+class SegmentResult:
+    labelmap: Volume
+    classes: list[dict]
+    slices: int
+    seconds: float
+    device: str
+    volumes_ml: dict = field(default_factory=dict)
+
+
+def check_sagittal(volume: Volume, source="the volume"):
+    """Returns (slices, mapping); raises IvdsegError when the volume cannot give sagittal slices.
+
+    A volume acquired in another plane with thick slices would give sagittal slices blurred along
+    one axis, unlike anything the network saw: it is refused rather than resliced badly.
+    """
+    stack, mapping = sagittal_slices(volume)
+    if mapping.obliquity_deg > MAX_OBLIQUITY_DEG:
+        raise IvdsegError(f"{source} is {mapping.obliquity_deg:.0f} degrees oblique to the sagittal plane; "
+                          "reformat it to sagittal first.")
+    row_mm, col_mm = mapping.pixel_spacing_mm
+    if max(row_mm, col_mm) > MAX_THICK_RATIO * mapping.slice_spacing_mm and max(row_mm, col_mm) > 2.0:
+        raise IvdsegError(f"{source} is not a sagittal acquisition (its sagittal pixels are "
+                          f"{row_mm:.1f} x {col_mm:.1f} mm against {mapping.slice_spacing_mm:.1f} mm between "
+                          "sagittal planes); give a sagittal series.")
+    return stack, mapping
+
+
+def segment_volume(volume: Volume, predict, card: dict, batch_size=16, progress=None, source="the volume",
+                   device="cpu") -> SegmentResult:
+    """Segments a volume slice by slice.
+
+    Args:
+        volume: the input, any orientation whose sagittal plane is near a voxel plane.
+        predict: callable (B, S, S, 1) float32 -> (B, S, S, C) probabilities (a backend).
+        card: the model card (input size, normalisation, classes).
+        batch_size: slices per prediction call.
+        progress: called as progress(done_slices, total_slices, "infer").
+
+    Returns:
+        SegmentResult with a uint8 labelmap of exactly the input's geometry.
+    """
+    t0 = time.perf_counter()
+    stack, mapping = check_sagittal(volume, source)
+    inputs = prepare_slices(stack, card)
+    probs = []
+    for start in range(0, len(inputs), batch_size):
+        probs.append(np.asarray(predict(inputs[start:start + batch_size])))
+        if progress:
+            progress(min(start + batch_size, len(inputs)), len(inputs), "infer")
+    labels = probabilities_to_labels(np.concatenate(probs), stack.shape[1:])
+    labelmap = Volume(mapping.to_volume(labels).astype(np.uint8), volume.ijk_to_ras.copy())
+    voxel_ml = float(np.prod(volume.spacing_ijk_mm)) / 1000.0
+    counts = np.bincount(labelmap.array.reshape(-1), minlength=len(card["classes"]) + 1)
+    volumes = {c["name"]: round(float(counts[c["value"]]) * voxel_ml, 3) for c in card["classes"]}
+    return SegmentResult(labelmap, card["classes"], len(stack), time.perf_counter() - t0, device, volumes)
+
+
+def write_result(result: SegmentResult, output, card: dict, overwrite=False) -> Path:
+    """Writes the labelmap (.nii/.nii.gz/.nrrd) and a ``<output>.json`` sidecar naming the classes."""
+    output = Path(output)
+    path = write_volume(result.labelmap, output, overwrite=overwrite)
+    sidecar = output.with_name(output.name + ".json")
+    from .dataset import write_json
+
+    write_json(sidecar, {"model": card["name"], "model_version": card["version"], "labels": result.classes,
+                         "volumes_ml": result.volumes_ml})
+    return path
+
+
+def overlay_png(volume: Volume, labelmap: Volume, classes: list[dict], path) -> Path:
+    """Writes the mid-sagittal slice with each class's outline drawn in its colour (8-bit PNG)."""
+    import cv2
+
+    from .preprocess import normalize_slices
+
+    stack, _ = sagittal_slices(volume)
+    labels, _ = sagittal_slices(labelmap)
+    fg = labels.reshape(len(labels), -1).sum(1)
+    k = int(np.argmax(fg)) if fg.any() else len(stack) // 2
+    grey = (normalize_slices(stack[k:k + 1])[0] * 255).astype(np.uint8)
+    rgb = cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR)
+    for c in classes:
+        mask = (labels[k] == c["value"]).astype(np.uint8)
+        contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+        colour = tuple(int(255 * v) for v in reversed(c["color"]))  # OpenCV is BGR
+        cv2.drawContours(rgb, contours, -1, colour, 1)
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    if not cv2.imwrite(str(tmp), rgb):
+        raise IvdsegError(f"Cannot write the overlay {path}.")
+    tmp.replace(path)
+    return path
+
+
+def summary_text(result: SegmentResult) -> str:
+    vols = ", ".join(f"{name} {ml:.2f} mL" for name, ml in result.volumes_ml.items())
+    return f"{result.slices} slices in {result.seconds:.1f} s on the {result.device.upper()}; {vols}."
+
+
+def json_summary(result: SegmentResult) -> str:
+    return json.dumps({"slices": result.slices, "seconds": round(result.seconds, 2), "device": result.device,
+                       "volumes_ml": result.volumes_ml})
