@@ -1,0 +1,138 @@
+"""Segmentation: geometry round trips, batching, both backends, and bad inputs (exit 2, nothing written)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import require_data
+from dicom_builders import _series
+
+keras = pytest.importorskip("keras")
+from ivdseg import cli, networks  # noqa: E402
+from ivdseg.backends import load_backend  # noqa: E402
+from ivdseg.onnx_export import export_onnx  # noqa: E402
+from ivdseg.package import class_entries, save_package  # noqa: E402
+from ivdseg.segment import segment_volume  # noqa: E402
+from ivdseg.volume import Volume, read_volume, sagittal_slices, write_volume  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny_package(tmp_path_factory):
+    """An untrained but deterministic package (input 32 px), with its ONNX copy."""
+    keras.utils.set_random_seed(0)
+    model = networks.build_unet2d(input_size=32, depth=2, base_filters=4)
+    card = {"name": "tiny", "version": "0.0.0", "network": "unet2d", "input_size": 32, "channels": 1,
+            "normalization": {"method": "percentile", "percentiles": [0.5, 99.5]}, "slice_plane": "sagittal",
+            "classes": class_entries(["background", "intervertebral disc"])}
+    tmp = tmp_path_factory.mktemp("pkg")
+    onnx_path = export_onnx(model, tmp / "model.onnx")
+    return save_package(model, card, tmp / "tiny", extra_files={"model.onnx": onnx_path})
+
+
+def _volume(shape_kji=(12, 20, 16), seed=0, ijk_to_ras=None):
+    rng = np.random.default_rng(seed)
+    arr = rng.normal(100, 30, shape_kji).astype(np.float32)
+    arr[:, 5:9, 4:10] += 200  # something bright for the network to see
+    if ijk_to_ras is None:  # PSR-like: i -> posterior, j -> inferior, k -> right
+        ijk_to_ras = np.array([[0, 0, 1.5, -10], [-0.8, 0, 0, 20], [0, -0.9, 0, 30], [0, 0, 0, 1]], float)
+    return Volume(arr, ijk_to_ras)
+
+
+def test_labelmap_has_the_input_geometry_for_non_ras_volume(tiny_package, tmp_path):
+    volume = _volume()
+    write_volume(volume, tmp_path / "in.nii.gz")
+    code = cli.main(["segment", str(tmp_path / "in.nii.gz"), "-o", str(tmp_path / "out.nrrd"), "--model",
+                     str(tiny_package), "--progress", "none", "--backend", "onnx"])
+    assert code == 0
+    out = read_volume(tmp_path / "out.nrrd")
+    assert out.array.shape == volume.array.shape and out.array.dtype == np.uint8
+    np.testing.assert_allclose(out.ijk_to_ras, volume.ijk_to_ras, atol=1e-5)
+    sidecar = json.loads((tmp_path / "out.nrrd.json").read_text())
+    assert sidecar["labels"][0]["name"] == "intervertebral disc"
+
+
+def test_batching_gives_the_same_labels_as_one_slice_at_a_time(tiny_package):
+    backend = load_backend(tiny_package, "tensorflow", "cpu")
+    volume = _volume(seed=1)
+    batched = segment_volume(volume, backend.predict, backend.card, batch_size=7).labelmap.array
+    single = segment_volume(volume, backend.predict, backend.card, batch_size=1).labelmap.array
+    np.testing.assert_array_equal(batched, single)
+
+
+def test_onnx_and_tensorflow_backends_agree(tiny_package):
+    volume = _volume(seed=2)
+    tf_backend = load_backend(tiny_package, "tensorflow", "cpu")
+    onnx_backend = load_backend(tiny_package, "onnx", "cpu")
+    assert onnx_backend.name == "onnx" and tf_backend.name == "tensorflow"
+    a = segment_volume(volume, tf_backend.predict, tf_backend.card).labelmap.array
+    b = segment_volume(volume, onnx_backend.predict, onnx_backend.card).labelmap.array
+    assert (a != b).mean() < 1e-4  # ties at 0.5 may round either way
+    assert load_backend(tiny_package, "auto", "cpu").name == "onnx"
+
+
+def test_dicom_series_labelmap_affine_equals_series_affine(tiny_package, tmp_path):
+    _series(tmp_path / "dcm")
+    series = read_volume(tmp_path / "dcm")
+    backend = load_backend(tiny_package, "onnx", "cpu")
+    result = segment_volume(series, backend.predict, backend.card)
+    np.testing.assert_array_equal(result.labelmap.ijk_to_ras, series.ijk_to_ras)
+    assert result.labelmap.array.shape == series.array.shape
+
+
+def test_real_psr_cervical_volume_round_trip(tiny_package, tmp_path):
+    path = next(require_data("sct_cervical_t2/t2").glob("*.nii*"))
+    volume = read_volume(path)
+    backend = load_backend(tiny_package, "onnx", "cpu")
+    result = segment_volume(volume, backend.predict, backend.card, batch_size=32)
+    assert result.labelmap.array.shape == volume.array.shape
+    np.testing.assert_array_equal(result.labelmap.ijk_to_ras, volume.ijk_to_ras)
+    stack, mapping = sagittal_slices(volume)
+    np.testing.assert_array_equal(mapping.to_volume(mapping.to_stack(volume.array)), volume.array)
+
+
+def _segment(args, capsys):
+    code = cli.main([str(a) for a in args] + ["--progress", "none"])
+    err = capsys.readouterr().err
+    return code, err
+
+
+def test_axial_thick_slices_are_refused(tiny_package, tmp_path, capsys):
+    axial = np.diag([0.5, 0.5, 6.0, 1.0])  # i -> R, j -> A, k -> S with 6 mm slices: axial
+    write_volume(_volume((8, 20, 20), ijk_to_ras=axial), tmp_path / "ax.nii.gz")
+    code, err = _segment(["segment", tmp_path / "ax.nii.gz", "-o", tmp_path / "o.nii.gz", "--model", tiny_package],
+                         capsys)
+    assert code == 2 and "not a sagittal acquisition" in err and "Traceback" not in err
+    assert not (tmp_path / "o.nii.gz").exists()
+
+
+@pytest.mark.parametrize("case", ["empty", "not_dicom", "missing_folder", "unwritable", "bad_model", "exists"])
+def test_bad_inputs_end_in_one_sentence_and_no_output(case, tiny_package, tmp_path, capsys):
+    src = tmp_path / "in"
+    src.mkdir()
+    out = tmp_path / "o.nii.gz"
+    model = tiny_package
+    if case == "not_dicom":
+        (src / "notes.txt").write_text("hello")
+    elif case in ("missing_folder", "unwritable", "bad_model", "exists"):
+        write_volume(_volume(), src / "v.nii.gz")
+        src = src / "v.nii.gz"
+        if case == "missing_folder":
+            out = tmp_path / "nowhere" / "o.nii.gz"
+        elif case == "unwritable":
+            out = tmp_path / "o.png"
+        elif case == "bad_model":
+            model = tmp_path / "broken"
+            model.mkdir()
+            (model / "model.json").write_text("{}")
+        else:
+            out.write_bytes(b"keep me")
+    code, err = _segment(["segment", src, "-o", out, "--model", model], capsys)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    if case == "exists":
+        assert out.read_bytes() == b"keep me"
+    else:
+        assert not out.exists()
+    assert not list(tmp_path.glob(".*tmp*"))
