@@ -7,6 +7,7 @@ import numpy as np
 from . import dataset as ds
 from .infer import predict_stack
 from .metrics import confusion_counts, dice_from_counts, iou_from_counts
+from .postprocess import apply_card
 
 
 def _summary(counts: np.ndarray, per_patient: list[np.ndarray], class_names: list[str]) -> dict:
@@ -26,27 +27,28 @@ def _summary(counts: np.ndarray, per_patient: list[np.ndarray], class_names: lis
     return out
 
 
-def evaluate_cases(model, card: dict, info: ds.DatasetInfo, case_ids, batch_size=16, progress=None) -> dict:
-    """Dice and IoU per class of ``model`` on ``case_ids``, at native resolution.
-
-    Predictions are made on the native slices of ``cases/`` (resized to the model's input and back),
-    so the figures are those a user gets, not those at the training size.
-
-    Returns:
-        {"overall": summary, "per_source": {source: summary}} where a summary has per-class pooled
-        "dice" and "iou", "dice_patient_mean" (mean over patients), "mean_dice" (foreground) and "patients".
-    """
-    n = info.num_classes
-    per_source: dict[str, dict[str, np.ndarray]] = {}
+def predict_cases(model, card: dict, info: ds.DatasetInfo, case_ids, batch_size=16, progress=None):
+    """[(case id, truth (N, H, W), raw prediction (N, H, W))] at native resolution, before post-processing."""
+    out = []
     for k, case in enumerate(case_ids):
         data = ds.load_npz(info.root / "cases" / f"{case}.npz")
-        pred = predict_stack(model, data["image"], card, batch_size)
-        counts = confusion_counts(data["label"], pred, n)
+        out.append((case, data["label"], predict_stack(model, data["image"], card, batch_size)))
+        if progress:
+            progress(k + 1, len(case_ids), "evaluate")
+    return out
+
+
+def score_predictions(predictions, info: ds.DatasetInfo, card: dict | None = None) -> dict:
+    """Dice and IoU of :func:`predict_cases` output, with the card's post-processing when a card is given."""
+    n = info.num_classes
+    per_source: dict[str, dict[str, np.ndarray]] = {}
+    for case, truth, pred in predictions:
+        if card is not None:
+            pred = apply_card(pred, card)
+        counts = confusion_counts(truth, pred, n)
         meta = info.cases[case]
         patients = per_source.setdefault(meta["source"], {})
         patients[meta["patient"]] = patients.get(meta["patient"], 0) + counts
-        if progress:
-            progress(k + 1, len(case_ids), "evaluate")
     result = {"per_source": {}}
     total = np.zeros((n, 3), np.int64)
     all_patients = []
@@ -57,3 +59,39 @@ def evaluate_cases(model, card: dict, info: ds.DatasetInfo, case_ids, batch_size
         result["per_source"][source] = _summary(pooled, list(patients.values()), info.classes)
     result["overall"] = _summary(total, all_patients, info.classes)
     return result
+
+
+def evaluate_cases(model, card: dict, info: ds.DatasetInfo, case_ids, batch_size=16, progress=None,
+                   postprocess=True) -> dict:
+    """Dice and IoU per class of ``model`` on ``case_ids``, at native resolution.
+
+    Predictions are made on the native slices of ``cases/`` (resized to the model's input and back),
+    so the figures are those a user gets, not those at the training size; the card's post-processing
+    is applied unless ``postprocess`` is False.
+
+    Returns:
+        {"overall": summary, "per_source": {source: summary}} where a summary has per-class pooled
+        "dice" and "iou", "dice_patient_mean" (mean over patients), "mean_dice" (foreground) and "patients".
+    """
+    predictions = predict_cases(model, card, info, case_ids, batch_size, progress)
+    return score_predictions(predictions, info, card if postprocess else None)
+
+
+def choose_postprocessing(predictions, info: ds.DatasetInfo, card: dict, fractions=(0.02, 0.05, 0.1, 0.2),
+                          min_gain=0.002) -> dict:
+    """The card's "postprocessing" entry: small-component removal, enabled only if it raises validation Dice.
+
+    Every fraction is scored on the same predictions; the best is kept when it beats no post-processing
+    by at least ``min_gain`` in mean foreground Dice (both figures are recorded in the entry).
+    """
+    plain = score_predictions(predictions, info, None)["overall"]["mean_dice"] or 0.0
+    best_fraction, best = 0.0, plain
+    for f in fractions:
+        trial = {**card, "postprocessing": {"enabled": True, "min_component_fraction": f}}
+        dice = score_predictions(predictions, info, trial)["overall"]["mean_dice"] or 0.0
+        if dice > best:
+            best_fraction, best = f, dice
+    enabled = best_fraction > 0 and best - plain >= min_gain
+    return {"enabled": enabled, "min_component_fraction": best_fraction if enabled else 0.0,
+            "method": "drop 3D components smaller than this fraction of the class's largest",
+            "val_mean_dice_without": round(plain, 4), "val_mean_dice_with": round(best, 4) if enabled else None}

@@ -15,6 +15,7 @@ import numpy as np
 
 from .errors import IvdsegError
 from .infer import prepare_slices, probabilities_to_labels
+from .postprocess import apply_card
 from .volume import Volume, sagittal_slices, write_volume
 
 MAX_OBLIQUITY_DEG = 30.0
@@ -71,7 +72,7 @@ def segment_volume(volume: Volume, predict, card: dict, batch_size=16, progress=
         probs.append(np.asarray(predict(inputs[start:start + batch_size])))
         if progress:
             progress(min(start + batch_size, len(inputs)), len(inputs), "infer")
-    labels = probabilities_to_labels(np.concatenate(probs), stack.shape[1:])
+    labels = apply_card(probabilities_to_labels(np.concatenate(probs), stack.shape[1:]), card)
     labelmap = Volume(mapping.to_volume(labels).astype(np.uint8), volume.ijk_to_ras.copy())
     voxel_ml = float(np.prod(volume.spacing_ijk_mm)) / 1000.0
     counts = np.bincount(labelmap.array.reshape(-1), minlength=len(card["classes"]) + 1)

@@ -228,9 +228,11 @@ def train(dataset_dir, run_dir, cfg: TrainConfig, reporter: Reporter | None = No
     best = load_keras_model(ckpt_dir / best_name)
     card = _card(cfg, info, train_cases, val_cases, best_epoch, state["epoch"], device,
                  time.perf_counter() - t0, command)
-    from .evaluate import evaluate_cases
+    from .evaluate import choose_postprocessing, predict_cases, score_predictions
 
-    card["validation"] = evaluate_cases(best, card, info, val_cases, cfg.batch_size, reporter.progress)
+    predictions = predict_cases(best, card, info, val_cases, cfg.batch_size, reporter.progress)
+    card["postprocessing"] = choose_postprocessing(predictions, info, card)
+    card["validation"] = score_predictions(predictions, info, card)
     card["validation"]["split"] = f"fold {cfg.fold}" if cfg.fold is not None else "splits.json train/val"
     extra = {"training_log.csv": run_dir / "log.csv"} if (run_dir / "log.csv").exists() else {}
     package = _save_with_onnx(best, card, run_dir / "model", extra, reporter)
