@@ -136,3 +136,44 @@ def test_bad_inputs_end_in_one_sentence_and_no_output(case, tiny_package, tmp_pa
     else:
         assert not out.exists()
     assert not list(tmp_path.glob(".*tmp*"))
+
+
+def _dicom_case(case, folder):
+    from dicom_builders import BASIC_TEXT_SR_STORAGE, OBLIQUE_IOP, _dataset
+
+    if case == "truncated":
+        _series(folder)
+        victim = folder / "slice3.dcm"
+        victim.write_bytes(victim.read_bytes()[:-20])
+        return "slice3.dcm"
+    if case == "no_pixels":
+        folder.mkdir()
+        _dataset(sop_class=BASIC_TEXT_SR_STORAGE, Modality="SR").save_as(folder / "sr.dcm", enforce_file_format=True)
+        return "no image series"
+    if case == "missing_slice":
+        _series(folder, skip=(2,))
+        return "missing"
+    if case == "several_series":
+        _series(folder / "a", series_uid="1.2.3.4")
+        _series(folder / "b", series_uid="1.2.3.5", iop=OBLIQUE_IOP)
+        return "--series"
+    raise AssertionError(case)
+
+
+@pytest.mark.parametrize("case", ["truncated", "no_pixels", "missing_slice", "several_series"])
+def test_bad_dicom_ends_in_one_sentence_and_no_output(case, tiny_package, tmp_path, capsys):
+    expected = _dicom_case(case, tmp_path / "dcm")
+    out = tmp_path / "o.nii.gz"
+    code, err = _segment(["segment", tmp_path / "dcm", "-o", out, "--model", tiny_package], capsys)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and expected in lines[0], err
+    assert not out.exists()
+
+
+def test_series_option_picks_one_of_several(tiny_package, tmp_path, capsys):
+    _dicom_case("several_series", tmp_path / "dcm")
+    out = tmp_path / "o.nii.gz"
+    code, err = _segment(["segment", tmp_path / "dcm", "-o", out, "--model", tiny_package, "--series", "1.2.3.4"],
+                         capsys)
+    assert code == 0, err
+    assert read_volume(out).array.shape == (5, 4, 6)

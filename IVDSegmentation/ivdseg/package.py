@@ -170,6 +170,9 @@ def save_package(model, card: dict, folder, overwrite=False, extra_files: dict |
         for name, src in (extra_files or {}).items():
             shutil.copy2(src, staging / name)
         (staging / "model.json").write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
+        from .modelcard import render
+
+        (staging / "MODEL_CARD.md").write_text(render(card), encoding="utf-8")
         old = None
         if folder.exists():
             old = folder.with_name(f".{folder.name}.old-{os.getpid()}")

@@ -34,6 +34,7 @@ class Reporter:
             raise ValueError(f"progress mode must be jsonl, text or none, got {mode!r}")
         self.mode = mode
         self.stream = stream or sys.stdout
+        self._bar_open = False
 
     @classmethod
     def auto(cls, mode="auto"):
@@ -46,7 +47,13 @@ class Reporter:
             return
         if self.mode == "jsonl":
             self.stream.write(json.dumps({"event": event, **_clean(fields)}) + "\n")
+        elif event == "progress" and fields.get("total") and _isatty(self.stream):
+            self.stream.write("\r" + _bar(fields["done"], fields["total"], fields["stage"]))
+            self._bar_open = True
         else:
+            if self._bar_open:
+                self.stream.write("\n")
+                self._bar_open = False
             self.stream.write(self._text(event, fields) + "\n")
         self.stream.flush()
 
@@ -66,6 +73,18 @@ class Reporter:
         if event == "message":
             return f["text"]
         return f"{event}: " + ", ".join(f"{k}={v}" for k, v in f.items())
+
+
+def _isatty(stream):
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _bar(done, total, stage, width=30):
+    filled = int(width * done / max(total, 1))
+    return f"{stage:>8} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}"
 
 
 def parse_events(lines) -> list[dict]:

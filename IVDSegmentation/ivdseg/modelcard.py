@@ -1,0 +1,53 @@
+"""A readable MODEL_CARD.md rendered from a package's model.json."""
+
+from __future__ import annotations
+
+
+def _fmt(v):
+    return "n/a" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+def _dice_table(validation: dict, classes: list[str]) -> list[str]:
+    rows = ["| source | patients | " + " | ".join(f"Dice {c}" for c in classes) + " | mean over patients |",
+            "|---|---|" + "---|" * len(classes) + "---|"]
+    items = [("all sources (pooled)", validation["overall"])] + list(validation.get("per_source", {}).items())
+    for name, s in items:
+        pat = ", ".join(_fmt(s["dice_patient_mean"].get(c)) for c in classes)
+        rows.append(f"| {name} | {s['patients']} | " + " | ".join(_fmt(s["dice"].get(c)) for c in classes)
+                    + f" | {pat} |")
+    return rows
+
+
+def render(card: dict) -> str:
+    """Markdown model card: what the model is, how it was trained and validated, and what to cite."""
+    classes = [c["name"] for c in card["classes"]]
+    t = card.get("training", {})
+    lines = [f"# {card['name']} {card['version']}", "", card.get("description", ""), "",
+             "## Network", "",
+             f"- {card['network']}, input {card['input_size']} x {card['input_size']} x {card['channels']}, "
+             f"architecture {card.get('architecture', {})}",
+             f"- slicing: {card['slice_plane']} ({card.get('slice_axes', '')}); normalisation {card['normalization']}",
+             f"- classes: " + ", ".join(f"{c['value']} = {c['name']}" for c in card["classes"]),
+             f"- post-processing: {card.get('postprocessing', {'enabled': False})}", "",
+             "## Training", "",
+             f"- sources: {t.get('sources', {})}",
+             f"- {t.get('train_patients')} training patients, {t.get('val_patients')} validation patients "
+             "(split by patient, within each source)",
+             f"- loss {t.get('loss')}, {t.get('optimizer')} lr {t.get('learning_rate')}, batch {t.get('batch_size')}, "
+             f"{t.get('epochs_run')} epochs (best {t.get('best_epoch')}), on the {str(t.get('device')).upper()} "
+             f"in {t.get('seconds')} s" + (f", initialised from {t['init_from']}" if t.get("init_from") else ""),
+             f"- command: `{t.get('command', '')}`", ""]
+    if "validation" in card:
+        lines += ["## Validation (native resolution, patient-level split)", ""]
+        lines += _dice_table(card["validation"], classes) + [""]
+    for key, title in (("comparison", "Against the baseline"), ("reproduce", "Reproduce")):
+        if key in card:
+            lines += [f"## {title}", ""] + [f"- {x}" for x in card[key]] + [""]
+    lines += ["## Licence", "", card.get("licence", "unspecified"), ""]
+    for name, text in card.get("training_data_licences", {}).items():
+        lines.append(f"- {name}: {text}")
+    if card.get("limitations"):
+        lines += ["", "## Limitations", "", card["limitations"]]
+    if card.get("citations"):
+        lines += ["", "## Cite", ""] + [f"- {c}" for c in card["citations"]]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,105 @@
+"""Benchmark: the whole segment path vs the bare network, batched vs one call per slice, peak memory.
+
+(a) file -> labelmap written (read, slice, normalise, resize, predict, resize back, argmax, write) against
+    the bare prediction of the same prepared slices: the pipeline should cost at most 1.25x the network.
+(b) batched prediction against one call per slice.
+(c) peak resident memory of a `ivdseg segment` subprocess.
+Medians over repeats; each backend that is installed and that the package carries is measured.
+
+    python Testing/benchmarks/bench_segment.py [--input VOLUME] [--model PACKAGE] [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "IVDSegmentation"))
+
+
+def _median_time(fn, repeats):
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main(argv=None):
+    from ivdseg.sample_data import sample_data_dir
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--input", type=Path, default=sample_data_dir() / "ivd_lumbar_t2/nifti/case25_T2w.nii.gz")
+    p.add_argument("--model", default=None)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--device", default="auto")
+    a = p.parse_args(argv)
+
+    import numpy as np
+
+    from ivdseg.backends import load_backend
+    from ivdseg.infer import prepare_slices
+    from ivdseg.package import resolve_model
+    from ivdseg.segment import check_sagittal, segment_volume, write_result
+    from ivdseg.volume import read_volume
+
+    package = resolve_model(a.model)
+    backends = ["tensorflow", "onnx"] if (Path(package) / "model.onnx").exists() else ["tensorflow"]
+    volume = read_volume(a.input)
+    stack, _ = check_sagittal(volume)
+    print(f"input {a.input.name}: {len(stack)} sagittal slices of {stack.shape[1]}x{stack.shape[2]}; "
+          f"model {Path(package).name}; batch {a.batch_size}; median of {a.repeats}")
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in backends:
+            backend = load_backend(package, name, a.device)
+            prepared = prepare_slices(stack, backend.card)
+
+            def bare_batched():
+                for s in range(0, len(prepared), a.batch_size):
+                    backend.predict(prepared[s:s + a.batch_size])
+
+            def bare_single():
+                for s in range(len(prepared)):
+                    backend.predict(prepared[s:s + 1])
+
+            def whole():
+                v = read_volume(a.input)
+                r = segment_volume(v, backend.predict, backend.card, a.batch_size, device=backend.device)
+                write_result(r, Path(tmp) / f"out-{name}.nii.gz", backend.card, overwrite=True)
+
+            bare_batched()  # warm-up (graph tracing, session start)
+            whole()
+            t_bare = _median_time(bare_batched, a.repeats)
+            t_single = _median_time(bare_single, max(1, a.repeats // 2))
+            t_whole = _median_time(whole, a.repeats)
+            n = len(prepared)
+            print(f"[{name} on {backend.device}] bare batched {t_bare:.3f} s ({n / t_bare:.1f} slices/s); "
+                  f"whole segment {t_whole:.3f} s ({n / t_whole:.1f} slices/s); "
+                  f"one call per slice {t_single:.3f} s")
+            print(f"[{name}] ratio whole/bare = {t_whole / t_bare:.2f} (target <= 1.25); "
+                  f"ratio per-slice/batched = {t_single / t_bare:.2f}")
+        for name in backends:
+            env = {**os.environ, "PYTHONPATH": str(ROOT / "IVDSegmentation"), "TF_CPP_MIN_LOG_LEVEL": "3"}
+            before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+            subprocess.run([sys.executable, "-m", "ivdseg", "segment", str(a.input), "-o",
+                            str(Path(tmp) / f"mem-{name}.nii.gz"), "--backend", name, "--progress", "none",
+                            "--overwrite", "--device", a.device] + (["--model", str(package)]),
+                           check=True, env=env)
+            peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+            note = "" if peak > before else " (at most; an earlier child peaked higher)"
+            print(f"[{name}] peak resident memory of `ivdseg segment`: {max(peak, before) / 1024:.0f} MiB{note}")
+    del np
+
+
+if __name__ == "__main__":
+    main()
