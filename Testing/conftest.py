@@ -35,3 +35,52 @@ def require_data(relpath: str) -> Path:
 @pytest.fixture
 def data_dir():
     return require_data(".")
+
+
+class _ModuleLogic:
+    def __init__(self, logic):
+        self._logic = logic
+
+    def logic(self):
+        return self._logic
+
+
+@pytest.fixture
+def mrml():
+    """A headless Slicer scene with the logics the module uses (slicer-core; no Qt, no application).
+
+    Sets ``slicer.mrmlScene`` and ``slicer.modules.<name>.logic()`` as the application would, and
+    restores the previous values afterwards.
+    """
+    slicer = pytest.importorskip("slicer")
+    if not hasattr(slicer, "vtkMRMLScene"):
+        pytest.skip("the slicer module here is not slicer-core")
+    sys.path.insert(0, str(ROOT / "IVDSegmentation"))
+    scene = slicer.vtkMRMLScene()
+    app_logic = slicer.vtkSlicerApplicationLogic()
+    app_logic.SetMRMLScene(scene)
+    colors = slicer.vtkSlicerColorLogic()
+    colors.SetMRMLApplicationLogic(app_logic)
+    colors.SetMRMLScene(scene)
+    app_logic.SetModuleLogic("Colors", colors)
+    logics = {}
+    for name, cls in [("volumes", slicer.vtkSlicerVolumesLogic), ("segmentations", slicer.vtkSlicerSegmentationsModuleLogic),
+                      ("subjecthierarchy", slicer.vtkSlicerSubjectHierarchyModuleLogic)]:
+        logic = cls()
+        logic.SetMRMLApplicationLogic(app_logic)
+        logic.SetMRMLScene(scene)
+        app_logic.SetModuleLogic(name.capitalize(), logic)
+        logics[name] = _ModuleLogic(logic)
+    saved = {k: getattr(slicer, k, None) for k in ("mrmlScene", "modules", "app")}
+    slicer.mrmlScene = scene
+    slicer.modules = type("Modules", (), logics)()
+    try:
+        yield scene
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                if hasattr(slicer, k):
+                    delattr(slicer, k)
+            else:
+                setattr(slicer, k, v)
+        scene.Clear(1)

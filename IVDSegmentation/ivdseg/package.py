@@ -186,12 +186,20 @@ def save_package(model, card: dict, folder, overwrite=False, extra_files: dict |
     return folder
 
 
-def bundled_models_dir() -> Path:
-    """Resources/models of the checkout (or IVDSEG_MODELS_DIR)."""
+def bundled_models_dirs() -> list[Path]:
+    """Folders of bundled packages: IVDSEG_MODELS_DIR if set, else Resources/models of the checkout
+    and of the installed Slicer module (``<module dir>/Resources/models``)."""
     env = os.environ.get("IVDSEG_MODELS_DIR")
     if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[2] / "Resources" / "models"
+        return [Path(env)]
+    here = Path(__file__).resolve()
+    candidates = [here.parents[2] / "Resources" / "models", here.parents[1] / "Resources" / "models"]
+    return [c for c in candidates if c.is_dir()] or candidates[:1]
+
+
+def bundled_models_dir() -> Path:
+    """The first folder of bundled packages."""
+    return bundled_models_dirs()[0]
 
 
 DEFAULT_MODEL = "ivd-disc-2d"
@@ -203,8 +211,9 @@ def resolve_model(name_or_path=None) -> Path:
     p = Path(name_or_path)
     if p.exists():
         return p
-    candidate = bundled_models_dir() / str(name_or_path)
-    if candidate.exists():
-        return candidate
-    known = sorted(d.name for d in bundled_models_dir().glob("*") if (d / "model.json").exists())
+    for folder in bundled_models_dirs():
+        candidate = folder / str(name_or_path)
+        if candidate.exists():
+            return candidate
+    known = sorted(d.name for f in bundled_models_dirs() for d in f.glob("*") if (d / "model.json").exists())
     raise IvdsegError(f"No model package at {name_or_path}; give a package folder or one of the bundled models {known}.")

@@ -1,0 +1,220 @@
+"""SegmentationLogic: everything the Segment panel does, usable without the GUI (and under pytest).
+
+Raises ValueError / RuntimeError with one sentence; reports progress through callbacks or job events;
+never shows a dialog.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import slicer
+
+from ivdseg.errors import IvdsegError
+from ivdseg.package import bundled_models_dirs, read_card
+from ivdseg.volume import read_volume, write_volume
+
+from . import dependencies, nodes
+from .worker import WorkerJob
+
+
+@dataclass
+class ModelInfo:
+    name: str
+    version: str
+    path: str
+    classes: list
+    inputSize: int
+    validationDice: float | None
+    description: str
+    builtin: bool
+
+    @classmethod
+    def fromPackage(cls, path: Path, builtin: bool) -> "ModelInfo":
+        card = read_card(path)
+        validation = (card.get("validation") or {}).get("overall") or {}
+        return cls(name=card["name"], version=str(card["version"]), path=str(path),
+                   classes=[c["name"] for c in card["classes"]], inputSize=int(card["input_size"]),
+                   validationDice=validation.get("mean_dice"), description=card.get("description", ""),
+                   builtin=builtin)
+
+
+class SegmentationJob:
+    """A running segmentation: the worker plus what finishSegmentation needs to build the result."""
+
+    def __init__(self, worker: WorkerJob, tmpdir: str, volumeNode, modelPath: str):
+        self.worker = worker
+        self.tmpdir = tmpdir
+        self.volumeNode = volumeNode
+        self.modelPath = modelPath
+
+    def poll(self):
+        return self.worker.poll()
+
+    @property
+    def finished(self):
+        return self.worker.finished
+
+    @property
+    def returncode(self):
+        return self.worker.returncode
+
+    @property
+    def log(self):
+        return self.worker.log
+
+    def cancel(self):
+        self.worker.cancel()
+
+    def cleanup(self):
+        shutil.rmtree(self.tmpdir, ignore_errors=True)
+
+
+class SegmentationLogic:
+    """Runs models on volume nodes through the worker and turns results into segmentation nodes.
+
+    Args:
+        workerPython: the Python that runs ``-m ivdseg`` (default: this one, i.e. PythonSlicer in Slicer);
+            point it at another environment, e.g. one with a GPU build of TensorFlow.
+    """
+
+    def __init__(self, workerPython: str | None = None):
+        self.workerPython = workerPython or None
+
+    # ------------------------------------------------------------ models
+    @staticmethod
+    def userModelsDir() -> str:
+        folder = os.environ.get("IVDSEG_USER_MODELS") or os.path.join(os.path.expanduser("~"), ".ivdseg", "models")
+        os.makedirs(folder, exist_ok=True)
+        return folder
+
+    def listModels(self) -> list:
+        """Bundled and user-installed model packages (packages whose card cannot be read are left out)."""
+        found = []
+        for folder, builtin in [*((d, True) for d in bundled_models_dirs()), (Path(self.userModelsDir()), False)]:
+            if not folder.is_dir():
+                continue
+            for package in sorted(folder.iterdir()):
+                if (package / "model.json").is_file():
+                    try:
+                        found.append(ModelInfo.fromPackage(package, builtin))
+                    except IvdsegError:
+                        continue
+        return found
+
+    def installModel(self, path: str) -> ModelInfo:
+        """Copies a model package (.zip or folder) into the user model folder, checking its card first."""
+        source = Path(path)
+        try:
+            card = read_card(source)
+        except IvdsegError as exc:
+            raise ValueError(str(exc)) from None
+        target = Path(self.userModelsDir()) / f"{card['name']}-{card['version']}"
+        if target.exists():
+            raise ValueError(f"Model {card['name']} {card['version']} is already installed in {target}.")
+        staging = Path(tempfile.mkdtemp(dir=self.userModelsDir(), prefix=".install-"))
+        try:
+            if source.suffix.lower() == ".zip":
+                with zipfile.ZipFile(source) as zf:
+                    root = staging.resolve()
+                    for member in zf.namelist():
+                        if not str((staging / member).resolve()).startswith(str(root)):
+                            raise ValueError(f"{source} holds a path outside the package; refused.")
+                    zf.extractall(staging / "x")
+                inner = next((p.parent for p in (staging / "x").rglob("model.json")), None)
+                if inner is None:
+                    raise ValueError(f"{source} has no model.json.")
+                os.replace(inner, staging / "pkg")
+            else:
+                shutil.copytree(source, staging / "pkg")
+            if not (staging / "pkg" / "model.keras").is_file() and not (staging / "pkg" / "model.onnx").is_file():
+                raise ValueError(f"{source} has neither model.keras nor model.onnx.")
+            os.replace(staging / "pkg", target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return ModelInfo.fromPackage(target, builtin=False)
+
+    # ------------------------------------------------------------ dependencies
+    @staticmethod
+    def missingInferencePackages() -> list:
+        return dependencies.missingInferencePackages()
+
+    @staticmethod
+    def installInferencePackages() -> bool:
+        return dependencies.installInferencePackages()
+
+    # ------------------------------------------------------------ segmentation
+    def startSegmentation(self, volumeNode, modelPath: str, device="auto", batchSize=16,
+                          backend="auto") -> SegmentationJob:
+        """Writes the volume to a temporary file and starts the worker; returns at once.
+
+        Raises:
+            ValueError: no volume, a colour volume, or no model.
+        """
+        if volumeNode is None:
+            raise ValueError("Select an input volume.")
+        if not modelPath:
+            raise ValueError("Select a model.")
+        volume = nodes.volumeFromNode(volumeNode)
+        tmpdir = tempfile.mkdtemp(prefix="ivdseg-job-")
+        try:
+            write_volume(volume, Path(tmpdir) / "input.nrrd")
+        except BaseException:
+            shutil.rmtree(tmpdir, ignore_errors=True)
+            raise
+        args = ["segment", Path(tmpdir) / "input.nrrd", "-o", Path(tmpdir) / "labels.nrrd", "--model", modelPath,
+                "--device", device, "--batch-size", int(batchSize), "--backend", backend, "--progress", "jsonl"]
+        worker = WorkerJob(args, python=self.workerPython)
+        return SegmentationJob(worker, tmpdir, volumeNode, modelPath)
+
+    def finishSegmentation(self, job: SegmentationJob):
+        """Turns a finished job into a segmentation node; always removes the job's temporary files.
+
+        Raises:
+            RuntimeError: the worker failed or was cancelled (one sentence; ``job.log`` has details).
+        """
+        try:
+            if not job.finished:
+                raise RuntimeError("The segmentation is still running.")
+            if job.worker.cancelled:
+                raise RuntimeError("Segmentation was cancelled; the scene is unchanged.")
+            if job.returncode != 0:
+                raise RuntimeError(job.worker.errorMessage())
+            labels = read_volume(Path(job.tmpdir) / "labels.nrrd")
+            card = read_card(job.modelPath)
+            return nodes.segmentationFromLabelmap(labels.array, job.volumeNode, card)
+        finally:
+            job.cleanup()
+
+    def segment(self, volumeNode, modelPath: str, device="auto", batchSize=16, progressCallback=None,
+                backend="auto", timeout=None):
+        """Blocking segmentation (for scripts and tests); progressCallback receives each event dict."""
+        job = self.startSegmentation(volumeNode, modelPath, device, batchSize, backend)
+        job.worker.wait(timeout=timeout, onEvent=progressCallback)
+        return self.finishSegmentation(job)
+
+    # ------------------------------------------------------------ DICOM
+    @staticmethod
+    def loadDicomSeries(seriesUID: str):
+        """Loads a series of Slicer's DICOM database by its SeriesInstanceUID (inside Slicer)."""
+        from . import dicomdb
+
+        return dicomdb.loadSeriesByUID(seriesUID)
+
+    @staticmethod
+    def loadDicomFolder(folder: str, seriesUID: str | None = None):
+        """Reads a DICOM folder with pydicom into a new scalar volume node (works without Slicer's DICOM module)."""
+        from . import dicomdb
+
+        return dicomdb.loadSeriesFromFolder(folder, seriesUID)
+
+
+def cardSummary(info: ModelInfo) -> str:
+    """One line for the model selector: classes, input size and validation Dice."""
+    dice = f"{info.validationDice:.3f}" if info.validationDice is not None else "n/a"
+    return f"{', '.join(info.classes)}; input {info.inputSize} px; validation Dice {dice}"

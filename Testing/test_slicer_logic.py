@@ -1,0 +1,140 @@
+"""The Slicer logic on real MRML nodes (slicer-core): the same scenarios Slicer's self-test runs,
+plus DICOM folder loading, model installation and worker failures."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import unittest
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import require_data
+from dicom_builders import SAGITTAL_IOP, _series
+
+pytest.importorskip("slicer")
+
+
+@pytest.fixture
+def case():
+    return unittest.TestCase()
+
+
+@pytest.fixture
+def scenarios(mrml):
+    from IVDSegmentationLib import scenarios
+
+    return scenarios
+
+
+@pytest.fixture
+def bundled():
+    from ivdseg.package import resolve_model
+
+    return resolve_model()
+
+
+def test_geometry_is_kept(scenarios, case):
+    scenarios.scenarioVolumeGeometryIsKept(case)
+
+
+def test_bundled_model_segments_the_synthetic_spine(scenarios, case, bundled, mrml):
+    node = scenarios.scenarioSegmentSyntheticVolume(case, bundled)
+    import slicer
+
+    shNode = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(mrml)
+    assert shNode.GetItemByDataNode(node)
+
+
+def test_second_run_replaces_only_its_own_result(scenarios, case, bundled):
+    scenarios.scenarioSegmentationReplacesOwnResult(case, bundled)
+
+
+def test_cancel_within_a_second_leaves_scene_unchanged(scenarios, case, bundled):
+    scenarios.scenarioCancelLeavesSceneUnchanged(case, bundled)
+
+
+def test_broken_model_is_one_readable_error(scenarios, case, tmp_path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "model.json").write_text(json.dumps({"name": "x"}))
+    scenarios.scenarioWorkerFailureIsReadable(case, broken)
+
+
+def test_dicom_folder_loads_under_its_study_and_result_follows(mrml, tmp_path, bundled):
+    import slicer
+    from IVDSegmentationLib.logic import SegmentationLogic
+    from IVDSegmentationLib.nodes import ijkToRasArray
+    from ivdseg.dicom import read_series
+
+    _series(tmp_path / "dcm", iop=SAGITTAL_IOP)
+    node = SegmentationLogic.loadDicomFolder(str(tmp_path / "dcm"))
+    np.testing.assert_allclose(ijkToRasArray(node), read_series(tmp_path / "dcm").ijk_to_ras)
+    shNode = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(mrml)
+    study = shNode.GetItemParent(shNode.GetItemByDataNode(node))
+    assert shNode.GetItemLevel(study) == "Study"
+    seg = SegmentationLogic().segment(node, str(bundled), device="cpu", timeout=300)
+    assert shNode.GetItemParent(shNode.GetItemByDataNode(seg)) == study
+
+
+def test_real_dicom_series_node_geometry_matches_tags(mrml):
+    import pydicom
+    from IVDSegmentationLib.logic import SegmentationLogic
+    from IVDSegmentationLib.nodes import ijkToRasArray
+
+    folder = require_data("dicom_mr_sagittal_series/In")
+    node = SegmentationLogic.loadDicomFolder(str(folder))
+    m = ijkToRasArray(node)
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    first = pydicom.dcmread(files[0], stop_before_pixels=True)
+    iop = np.array(first.ImageOrientationPatient, float)
+    row_mm, col_mm = (float(v) for v in first.PixelSpacing)
+    lps_to_ras = np.array([-1.0, -1.0, 1.0])
+    np.testing.assert_allclose(m[:3, 0], iop[:3] * col_mm * lps_to_ras, atol=1e-4)
+    np.testing.assert_allclose(m[:3, 1], iop[3:] * row_mm * lps_to_ras, atol=1e-4)
+    positions = sorted(float(np.dot(pydicom.dcmread(f, stop_before_pixels=True).ImagePositionPatient,
+                                    np.cross(iop[:3], iop[3:]))) for f in files)
+    assert np.linalg.norm(m[:3, 2]) == pytest.approx(np.median(np.diff(positions)), rel=1e-3)
+    assert node.GetImageData().GetDimensions()[2] == len(files)
+
+
+def test_install_and_list_models(mrml, tmp_path, monkeypatch, bundled):
+    from IVDSegmentationLib.logic import SegmentationLogic, cardSummary
+
+    monkeypatch.setenv("IVDSEG_USER_MODELS", str(tmp_path / "user"))
+    logic = SegmentationLogic()
+    names = [m.name for m in logic.listModels()]
+    assert "ivd-disc-2d" in names
+    archive = shutil.make_archive(str(tmp_path / "pkg"), "zip", bundled)
+    info = logic.installModel(archive)
+    assert not info.builtin and Path(info.path).parent == tmp_path / "user"
+    assert len(logic.listModels()) == len(names) + 1
+    assert "intervertebral disc" in cardSummary(info)
+    with pytest.raises(ValueError, match="already installed"):
+        logic.installModel(archive)
+    (tmp_path / "junk").mkdir()
+    with pytest.raises(ValueError, match="model.json is missing"):
+        logic.installModel(str(tmp_path / "junk"))
+    assert [p.name for p in (tmp_path / "user").iterdir()] == [Path(info.path).name]
+
+
+def test_missing_packages_are_named_as_pip_requirements(monkeypatch):
+    import importlib.util
+
+    from IVDSegmentationLib import dependencies
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "onnxruntime" else real(name))
+    assert dependencies.missingInferencePackages() == ["onnxruntime>=1.18"]
+    assert "tensorflow>=2.20" not in dependencies.missingInferencePackages()
+
+
+def test_colour_volume_is_refused(mrml):
+    import slicer
+    from IVDSegmentationLib.logic import SegmentationLogic
+
+    node = mrml.AddNewNodeByClass("vtkMRMLVectorVolumeNode")
+    slicer.util.updateVolumeFromArray(node, np.zeros((2, 3, 4, 3), np.uint8))
+    with pytest.raises(ValueError, match="several components"):
+        SegmentationLogic().startSegmentation(node, "x")
