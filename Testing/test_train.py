@@ -104,3 +104,30 @@ def test_fresh_run_refuses_an_occupied_folder_and_resume_needs_a_checkpoint(real
     proc = run_ivdseg(*_train_args(real_dataset, tmp_path / "other", 1), "--resume", check=False)
     assert proc.returncode == 2 and "Nothing to resume" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_sigterm_packages_the_best_model_so_far(real_dataset, tmp_path):
+    """The GUI's Stop (SIGTERM) ends training at once and still leaves a loadable package."""
+    import signal
+    import time
+
+    from ivdseg.package import load_package
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "IVDSegmentation"), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    proc = subprocess.Popen([sys.executable, "-m", "ivdseg", *map(str, _train_args(real_dataset, tmp_path / "run", 50))],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    lines = []
+    deadline = time.time() + 300
+    for line in proc.stdout:
+        lines.append(line)
+        if '"event": "epoch"' in line or time.time() > deadline:
+            break
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=300)
+    events = parse_events(lines + out.splitlines())
+    assert proc.returncode == 0, err[-2000:]
+    done = events[-1]
+    assert done["event"] == "done" and done["stopped"] is True and done["epochs_run"] < 50
+    model, card = load_package(tmp_path / "run" / "model")
+    assert card["training"]["best_epoch"] >= 1
+    assert (tmp_path / "run" / "checkpoints" / "last.keras").is_file()
