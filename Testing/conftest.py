@@ -32,6 +32,24 @@ def require_data(relpath: str) -> Path:
     return path
 
 
+def exported_bytes(root: Path) -> bytes:
+    """Every byte of every file under root, lower-cased, npz members decompressed: compressed bytes can
+    neither hide a name nor, by chance, fake a short one."""
+    import zipfile
+
+    chunks = []
+    for f in sorted(root.rglob("*")):
+        if not f.is_file():
+            continue
+        chunks.append(f.name.encode())
+        if f.suffix == ".npz":
+            with zipfile.ZipFile(f) as zf:
+                chunks += [m.encode() for m in zf.namelist()] + [zf.read(m) for m in zf.namelist()]
+        else:
+            chunks.append(f.read_bytes())
+    return b"\n".join(chunks).lower()
+
+
 @pytest.fixture
 def data_dir():
     return require_data(".")

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import zipfile
-from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
-from conftest import require_data
+from conftest import exported_bytes, require_data
 from dicom_builders import SAGITTAL_IOP, _series
 
 from ivdseg import dataset as ds
@@ -27,21 +25,6 @@ def _raw(patient, source="s1", n=3, h=40, w=30, seed=0):
     label[:, 10:20, 5:15] = 1
     return RawCase(patient=patient, source=source, image=image, label=label, origin=f"{patient}.nii")
 
-
-def _all_bytes(root: Path) -> bytes:
-    """Every byte of every file under root, npz members decompressed (so compression can neither hide a name
-    nor fake one)."""
-    chunks = []
-    for f in sorted(root.rglob("*")):
-        if not f.is_file():
-            continue
-        chunks.append(f.name.encode())
-        if f.suffix == ".npz":  # compressed bytes hold random short strings: scan what they decompress to
-            with zipfile.ZipFile(f) as zf:
-                chunks += [m.encode() for m in zf.namelist()] + [zf.read(m) for m in zf.namelist()]
-        else:
-            chunks.append(f.read_bytes())
-    return b"\n".join(chunks)
 
 
 def test_export_layout_shapes_and_values(tmp_path):
@@ -135,7 +118,7 @@ def test_deidentification_scan_on_dicom_source(tmp_path):
     cases = list(iter_source_cases(spec, CLASSES))
     assert cases[0].label.max() == 1
     export_dataset(cases, CLASSES, tmp_path / "out", ExportOptions(sizes=(32,), val_fraction=0.5))
-    blob = _all_bytes(tmp_path / "out").lower()
+    blob = exported_bytes(tmp_path / "out").lower()
     forbidden = ["Doe", "Johnathan", "MRN-7733191", "7733191", "19610417", "20230905", "ACC99812",
                  study_uid, series_uid, str(src)]
     for value in forbidden:

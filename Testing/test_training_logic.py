@@ -3,11 +3,10 @@ two-epoch training in the worker with curves in a plot chart node, and registrat
 
 from __future__ import annotations
 
-import zipfile
 
 import numpy as np
 import pytest
-from conftest import require_data
+from conftest import exported_bytes, require_data
 
 pytest.importorskip("slicer")
 
@@ -59,18 +58,6 @@ def pairs(mrml):
 CLASS_MAP = {"intervertebral disc": list(LEVELS.values())}
 
 
-def _all_bytes(root):
-    out = []
-    for f in root.rglob("*"):
-        if f.is_file():
-            out.append(f.name.encode())
-            if f.suffix == ".npz":  # compressed bytes hold random short strings: scan what they decompress to
-                with zipfile.ZipFile(f) as zf:
-                    out += [n.encode() for n in zf.namelist()] + [zf.read(n) for n in zf.namelist()]
-            else:
-                out.append(f.read_bytes())
-    return b"\n".join(out).lower()
-
 
 def test_summary_and_segment_names(pairs):
     from IVDSegmentationLib.training import segmentNames, summarize
@@ -86,7 +73,7 @@ def test_export_is_deidentified_and_refuses_twice(pairs, tmp_path):
 
     info = TrainingLogic().exportDataset(pairs, CLASS_MAP, tmp_path / "ds", sizes=(64,), valFraction=0.34)
     assert len(info.cases) == 3 and info.classes == ["background", "intervertebral disc"]
-    blob = _all_bytes(tmp_path / "ds")
+    blob = exported_bytes(tmp_path / "ds")
     for secret in ["doe^janeway", "janeway", "secret-4471", "case11", "20230905"]:
         assert secret.encode() not in blob, secret
     with pytest.raises(ValueError, match="already exists"):

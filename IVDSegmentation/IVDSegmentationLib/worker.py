@@ -6,7 +6,6 @@ Cancel ends the whole process tree (the worker runs in its own process group / s
 
 from __future__ import annotations
 
-import json
 import os
 import queue
 import signal
@@ -15,6 +14,8 @@ import sys
 import threading
 import time
 from pathlib import Path
+
+from ivdseg.progress import parse_event
 
 CORE_DIR = Path(__file__).resolve().parents[1]  # the folder holding the ivdseg package
 
@@ -58,14 +59,8 @@ class WorkerJob:
 
     def _readStdout(self):
         for line in self.process.stdout:
-            line = line.strip()
-            if not line.startswith("{"):
-                continue
-            try:
-                event = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(event, dict) and "event" in event:
+            event = parse_event(line)
+            if event is not None:
                 self._queue.put(event)
 
     def _readStderr(self):

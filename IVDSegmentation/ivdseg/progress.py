@@ -87,17 +87,18 @@ def _bar(done, total, stage, width=30):
     return f"{stage:>8} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}"
 
 
+def parse_event(line: str) -> dict | None:
+    """The event of one output line, or None for a line that is not a JSON event (e.g. a library log)."""
+    line = line.strip()
+    if not line.startswith("{"):
+        return None
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return obj if isinstance(obj, dict) and "event" in obj else None
+
+
 def parse_events(lines) -> list[dict]:
     """Parses JSON-line events, skipping lines that are not JSON objects (e.g. library logs)."""
-    events = []
-    for line in lines:
-        line = line.strip()
-        if not line.startswith("{"):
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(obj, dict) and "event" in obj:
-            events.append(obj)
-    return events
+    return [e for e in map(parse_event, lines) if e is not None]
