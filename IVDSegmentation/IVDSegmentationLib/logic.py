@@ -13,8 +13,6 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import slicer
-
 from ivdseg.errors import IvdsegError
 from ivdseg.package import bundled_models_dirs, read_card
 from ivdseg.volume import read_volume, write_volume

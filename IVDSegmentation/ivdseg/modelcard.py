@@ -27,7 +27,7 @@ def render(card: dict) -> str:
              f"- {card['network']}, input {card['input_size']} x {card['input_size']} x {card['channels']}, "
              f"architecture {card.get('architecture', {})}",
              f"- slicing: {card['slice_plane']} ({card.get('slice_axes', '')}); normalisation {card['normalization']}",
-             f"- classes: " + ", ".join(f"{c['value']} = {c['name']}" for c in card["classes"]),
+             "- classes: " + ", ".join(f"{c['value']} = {c['name']}" for c in card["classes"]),
              f"- post-processing: {card.get('postprocessing', {'enabled': False})}", "",
              "## Training", "",
              f"- sources: {t.get('sources', {})}",
