@@ -7,7 +7,10 @@ for only when the user trains. Slicer's own numpy is pinned so no install replac
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
+import subprocess
+import sys
 import tempfile
 
 # import name -> pip requirement
@@ -23,13 +26,22 @@ TRAINING = {"tensorflow": "tensorflow>=2.20", "keras": "keras>=3.10", "tf2onnx":
             "onnx": "onnx>=1.16"}
 
 
-def _missing(table) -> list:
+def _missing(table, python=None) -> list:
+    if python and os.path.realpath(python) != os.path.realpath(sys.executable):
+        # another environment runs the worker: ask it
+        code = ("import importlib.util, json; print(json.dumps([m for m in %r "
+                "if importlib.util.find_spec(m) is None]))" % list(table))
+        try:
+            out = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=60, check=True).stdout
+            return [table[m] for m in json.loads(out.strip().splitlines()[-1])]
+        except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+            raise ValueError(f"The worker Python {python} does not run; check the path in Advanced.") from None
     return [req for module, req in table.items() if importlib.util.find_spec(module) is None]
 
 
-def missingInferencePackages() -> list:
-    """pip requirements of inference that this Python lacks (empty when all are there)."""
-    return _missing(INFERENCE)
+def missingInferencePackages(python=None) -> list:
+    """pip requirements of inference that the worker's Python lacks (empty when all are there)."""
+    return _missing(INFERENCE, python)
 
 
 def missingTrainingPackages() -> list:

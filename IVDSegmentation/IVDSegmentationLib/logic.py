@@ -15,7 +15,6 @@ from pathlib import Path
 
 from ivdseg.errors import IvdsegError
 from ivdseg.package import bundled_models_dirs, read_card
-from ivdseg.volume import read_volume, write_volume
 
 from . import dependencies, nodes
 from .worker import WorkerJob
@@ -138,9 +137,9 @@ class SegmentationLogic:
         return ModelInfo.fromPackage(target, builtin=False)
 
     # ------------------------------------------------------------ dependencies
-    @staticmethod
-    def missingInferencePackages() -> list:
-        return dependencies.missingInferencePackages()
+    def missingInferencePackages(self) -> list:
+        """pip requirements the worker's Python lacks for inference."""
+        return dependencies.missingInferencePackages(self.workerPython)
 
     @staticmethod
     def installInferencePackages() -> bool:
@@ -158,10 +157,10 @@ class SegmentationLogic:
             raise ValueError("Select an input volume.")
         if not modelPath:
             raise ValueError("Select a model.")
-        volume = nodes.volumeFromNode(volumeNode)
+        nodes.volumeFromNodeChecks(volumeNode)
         tmpdir = tempfile.mkdtemp(prefix="ivdseg-job-")
         try:
-            write_volume(volume, Path(tmpdir) / "input.nrrd")
+            nodes.writeVolumeNode(volumeNode, Path(tmpdir) / "input.nrrd")
         except BaseException:
             shutil.rmtree(tmpdir, ignore_errors=True)
             raise
@@ -183,9 +182,9 @@ class SegmentationLogic:
                 raise RuntimeError("Segmentation was cancelled; the scene is unchanged.")
             if job.returncode != 0:
                 raise RuntimeError(job.worker.errorMessage())
-            labels = read_volume(Path(job.tmpdir) / "labels.nrrd")
+            labels = nodes.readLabelArray(Path(job.tmpdir) / "labels.nrrd")
             card = read_card(job.modelPath)
-            return nodes.segmentationFromLabelmap(labels.array, job.volumeNode, card)
+            return nodes.segmentationFromLabelmap(labels, job.volumeNode, card)
         finally:
             job.cleanup()
 

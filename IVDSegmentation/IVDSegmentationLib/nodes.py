@@ -6,7 +6,6 @@ import numpy as np
 import slicer
 import vtk
 
-from ivdseg.volume import Volume
 
 MODEL_ATTRIBUTE = "IVDSegmentation.Model"
 INPUT_ATTRIBUTE = "IVDSegmentation.InputVolumeID"
@@ -19,14 +18,44 @@ def ijkToRasArray(volumeNode) -> np.ndarray:
     return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
 
 
-def volumeFromNode(volumeNode) -> Volume:
+def volumeFromNode(volumeNode):
     """A core Volume (array (K, J, I), IJK-to-RAS) from a scalar volume node."""
+    from ivdseg.volume import Volume
+
+    volumeFromNodeChecks(volumeNode)
+    return Volume(np.array(slicer.util.arrayFromVolume(volumeNode)), ijkToRasArray(volumeNode))
+
+
+def writeVolumeNode(volumeNode, path) -> None:
+    """Writes a scalar volume node to NRRD with Slicer's own storage node (no extra package needed).
+
+    Raises:
+        ValueError: a node without image data, a colour volume, or a file that could not be written.
+    """
+    volumeFromNodeChecks(volumeNode)
+    storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
+    storage.SetFileName(str(path))
+    storage.SetUseCompression(False)
+    if not storage.WriteData(volumeNode):
+        raise ValueError(f"Could not write volume '{volumeNode.GetName()}' to {path}; is the disk full?")
+
+
+def readLabelArray(path) -> np.ndarray:
+    """Reads a labelmap NRRD written by the worker; returns its voxels (K, J, I)."""
+    node = slicer.vtkMRMLLabelMapVolumeNode()
+    storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
+    storage.SetFileName(str(path))
+    if not storage.ReadData(node):
+        raise ValueError(f"The worker's result {path} could not be read.")
+    return np.array(slicer.util.arrayFromVolume(node))
+
+
+def volumeFromNodeChecks(volumeNode) -> None:
     if volumeNode is None or volumeNode.GetImageData() is None:
         raise ValueError("The input volume has no image data; load a volume first.")
     if volumeNode.GetImageData().GetNumberOfScalarComponents() != 1:
         raise ValueError(f"Volume '{volumeNode.GetName()}' has several components (colour or vector); "
                          "a greyscale MRI is needed.")
-    return Volume(np.array(slicer.util.arrayFromVolume(volumeNode)), ijkToRasArray(volumeNode))
 
 
 def terminologyString(entry: dict | None) -> str:
