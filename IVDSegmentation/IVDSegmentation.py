@@ -1,0 +1,468 @@
+"""IVDSegmentation: the Slicer module (GUI, parameter node, logic shell and self-test).
+
+The work happens in IVDSegmentationLib (Slicer side, no Qt) and in a worker process running the
+ivdseg core; this file never imports TensorFlow or ONNX Runtime, so the module loads without them.
+"""
+
+import contextlib
+import logging
+import os
+import time
+from typing import Annotated
+
+import qt
+import slicer
+import vtk
+from IVDSegmentationLib.logic import ModelInfo, SegmentationLogic, cardSummary
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+from slicer.i18n import tr as _
+from slicer.i18n import translate
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin
+
+logger = logging.getLogger(__name__)
+
+DEVICE_LABELS = {"auto": "Auto", "gpu": "GPU", "cpu": "CPU"}
+POLL_INTERVAL_MS = 100
+
+
+class IVDSegmentation(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("IVD Segmentation")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
+        self.parent.dependencies = []
+        self.parent.contributors = ["IVDSegmentation contributors"]
+        self.parent.helpText = _("""
+Segments intervertebral discs in sagittal spine MRI with 2D networks run slice by slice in a background
+process, so Slicer stays responsive and Cancel stops the work at once. Pick a volume (or a series of the
+DICOM database), a model package and a device, then Apply: the result is a segmentation with one segment
+per class of the model, placed beside the volume in the Data module.
+See the <a href="https://github.com/ivdseg/SlicerIVDSegmentation#readme">README</a> for installation,
+the command-line tool, model packages and training.
+""")
+        self.parent.acknowledgementText = _("""
+Built on 3D Slicer's scripted module template and parameter node wrapper. The model card of each model
+package lists the data sets it was trained on, with their licences and citations.
+""")
+
+
+def modelKey(info: ModelInfo) -> str:
+    """What the parameter node stores to name a model package: its name and version."""
+    return f"{info.name} {info.version}"
+
+
+def findModel(models, modelName: str):
+    """The package of ``models`` named "<name> <version>" (or just "<name>": the first listed), or None."""
+    if not modelName:
+        return None
+    exact = [m for m in models if modelKey(m) == modelName]
+    return (exact or [m for m in models if m.name == modelName] or [None])[0]
+
+
+@parameterNodeWrapper
+class IVDSegmentationParameterNode:
+    """All state of the panel, saved with the scene.
+
+    inputVolume - the volume to segment.
+    modelName - "<name> <version>" of the chosen model package (see modelKey); a bare name also matches.
+    device - "auto", "gpu" or "cpu".
+    batchSize - slices per network call.
+    workerPython - the Python that runs the worker; empty: Slicer's own.
+    outputSegmentation - the last result made by the panel.
+    """
+
+    inputVolume: vtkMRMLScalarVolumeNode
+    modelName: str = ""
+    device: Annotated[str, Choice(["auto", "gpu", "cpu"])] = "auto"
+    batchSize: Annotated[int, WithinRange(1, 256)] = 16
+    workerPython: str = ""
+    outputSegmentation: vtkMRMLSegmentationNode
+
+
+class IVDSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._models = []  # ModelInfo, in the order of the model selector's items
+        self._job = self._jobVolume = None  # the running segmentation (polled by _pollTimer) and its input
+        self._jobStartTime, self._jobSummary = 0.0, {}  # _jobSummary: the worker's "done" event
+        self._cancelRequested = self._packagesChecked = False
+        self._pollTimer = qt.QTimer()
+        self._pollTimer.setInterval(POLL_INTERVAL_MS)
+        self._pollTimer.connect("timeout()", self._onPollTimer)
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/IVDSegmentation.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = IVDSegmentationLogic()
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+
+        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.ui.dicomButton.connect("clicked(bool)", self.onDicomButton)
+        self.ui.installModelButton.connect("clicked(bool)", self.onInstallModelButton)
+        self.ui.modelSelector.connect("currentIndexChanged(int)", self.onModelSelected)
+        self.ui.workerPythonPathLineEdit.connect("currentPathChanged(QString)", self.onWorkerPythonChanged)
+        self.ui.progressBar.hide()
+
+        self.refreshModels()
+        self.initializeParameterNode()
+
+    def cleanup(self) -> None:
+        self._pollTimer.stop()
+        if self._job is not None:
+            self._job.cancel()
+        self.removeObservers()
+
+    def enter(self) -> None:
+        self.refreshModels()  # packages may have been added to the model folder meanwhile
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        # The poll timer keeps running: a job started here finishes while another module is shown.
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateGui)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        if self._job is not None:  # its input volume is about to go away
+            self._cancelRequested = True
+            self._job.cancel()
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.inputVolume:
+            firstVolumeNode = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            if firstVolumeNode:
+                self._parameterNode.inputVolume = firstVolumeNode
+        if not findModel(self._models, self._parameterNode.modelName) and self._models:
+            self._parameterNode.modelName = modelKey(self._models[0])
+
+    def setParameterNode(self, inputParameterNode) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateGui)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            # Widgets with a "SlicerParameterName" property in the .ui are bound here. Not the model selector
+            # (its items are known only at run time) nor the path line edit (its connector takes pathlib.Path
+            # only): _updateGui and their slots keep those two in step with the parameter node.
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            for index, choice in enumerate(["auto", "gpu", "cpu"]):  # the connector wrote the raw choices
+                self.ui.deviceComboBox.setItemText(index, DEVICE_LABELS[choice])
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateGui)
+            self._updateGui()
+
+    # ------------------------------------------------------------------ GUI state
+    def _updateGui(self, caller=None, event=None) -> None:
+        p = self._parameterNode
+        if p is None:
+            return
+        model = findModel(self._models, p.modelName)
+        wasBlocked = self.ui.modelSelector.blockSignals(True)
+        self.ui.modelSelector.currentIndex = next((i for i, m in enumerate(self._models) if m is model), -1)
+        self.ui.modelSelector.blockSignals(wasBlocked)
+        self.ui.modelCardLabel.text = self._cardText(model)
+        if self.ui.workerPythonPathLineEdit.currentPath != p.workerPython:
+            wasBlocked = self.ui.workerPythonPathLineEdit.blockSignals(True)
+            self.ui.workerPythonPathLineEdit.currentPath = p.workerPython
+            self.ui.workerPythonPathLineEdit.blockSignals(wasBlocked)
+
+        running = self._job is not None
+        for widget in (self.ui.inputVolumeSelector, self.ui.dicomButton, self.ui.modelSelector,
+                       self.ui.installModelButton, self.ui.deviceComboBox, self.ui.batchSizeSpinBox,
+                       self.ui.workerPythonPathLineEdit):
+            widget.enabled = not running
+        ready = bool(p.inputVolume and model)
+        self.ui.applyButton.text = _("Cancel") if running else _("Apply")
+        self.ui.applyButton.enabled = not self._cancelRequested if running else ready
+        self.ui.applyButton.toolTip = (_("Stop the segmentation; the scene stays as it was.") if running
+                                       else _("Segment the input volume with the selected model.") if ready
+                                       else _("Select an input volume and a model."))
+
+    @staticmethod
+    def _cardText(model) -> str:
+        if model is None:
+            return _("No model selected. Install a model package or check the model folder.")
+        origin = _("bundled model") if model.builtin else _("installed model")
+        return "\n".join(line for line in (cardSummary(model), f"{origin}: {model.path}", model.description) if line)
+
+    def refreshModels(self) -> None:
+        """Fills the model selector from the bundled and installed model packages."""
+        self._models = self.logic.listModels()
+        wasBlocked = self.ui.modelSelector.blockSignals(True)
+        self.ui.modelSelector.clear()
+        for info in self._models:
+            self.ui.modelSelector.addItem(modelKey(info))
+        self.ui.modelSelector.blockSignals(wasBlocked)
+        self._updateGui()
+
+    def onModelSelected(self, index) -> None:
+        if self._parameterNode and 0 <= index < len(self._models):
+            self._parameterNode.modelName = modelKey(self._models[index])
+
+    def onWorkerPythonChanged(self, path) -> None:
+        if self._parameterNode:
+            self._parameterNode.workerPython = path
+        self._packagesChecked = False
+
+    # ------------------------------------------------------------------ input and models
+    def onDicomButton(self) -> None:
+        db = getattr(slicer, "dicomDatabase", None)
+        if db is None or not db.isOpen:
+            slicer.util.warningDisplay(_("Slicer's DICOM database is not open. Import the images in the DICOM module first."))
+            return
+        seriesUID = self._chooseDicomSeries(db)
+        if not seriesUID:
+            return
+        with slicer.util.tryWithErrorDisplay(_("Could not load the DICOM series."), waitCursor=True):
+            volumeNode = self.logic.loadDicomSeries(seriesUID)
+            self._parameterNode.inputVolume = volumeNode
+            slicer.util.setSliceViewerLayers(background=volumeNode, fit=True)
+
+    @staticmethod
+    def _treeItem(texts, seriesUID=None):
+        item = qt.QTreeWidgetItem()
+        for column, text in enumerate(texts):
+            item.setText(column, text)
+        if seriesUID:
+            item.setData(0, qt.Qt.UserRole, seriesUID)
+        return item
+
+    def _chooseDicomSeries(self, db):
+        """A dialog listing patients > studies > series of the database; returns the chosen series UID or None."""
+        dialog = qt.QDialog(slicer.util.mainWindow())
+        dialog.setWindowTitle(_("Choose a DICOM series"))
+        dialog.resize(640, 420)
+        layout = qt.QVBoxLayout(dialog)
+        tree = qt.QTreeWidget()
+        tree.setHeaderLabels([_("Patient / study / series"), _("Modality"), _("Files")])
+        for patient in db.patients():
+            patientItem = self._treeItem([db.nameForPatient(patient) or patient])
+            tree.addTopLevelItem(patientItem)
+            for study in db.studiesForPatient(patient):
+                studyItem = self._treeItem([db.descriptionForStudy(study) or _("(study without description)")])
+                patientItem.addChild(studyItem)
+                for series in db.seriesForStudy(study):
+                    studyItem.addChild(self._treeItem(
+                        [db.descriptionForSeries(series) or _("(series without description)"),
+                         db.fieldForSeries("Modality", series), str(len(db.filesForSeries(series)))],
+                        seriesUID=series))
+        tree.expandAll()
+        tree.resizeColumnToContents(0)
+        layout.addWidget(tree)
+        buttonBox = qt.QDialogButtonBox()
+        buttonBox.setStandardButtons(qt.QDialogButtonBox.Ok | qt.QDialogButtonBox.Cancel)
+        buttonBox.connect("accepted()", dialog, "accept()")
+        buttonBox.connect("rejected()", dialog, "reject()")
+        tree.connect("itemDoubleClicked(QTreeWidgetItem*,int)", lambda item, column: dialog.accept())
+        layout.addWidget(buttonBox)
+        if dialog.exec_() != qt.QDialog.Accepted or tree.currentItem() is None:
+            return None
+        seriesUID = tree.currentItem().data(0, qt.Qt.UserRole)
+        if not seriesUID:
+            slicer.util.warningDisplay(_("Choose a series, not a patient or a study."))
+        return seriesUID or None
+
+    def onInstallModelButton(self) -> None:
+        path = qt.QFileDialog.getOpenFileName(slicer.util.mainWindow(), _("Install a model package"), "",
+                                              _("Model package (*.zip model.json)"))
+        if not path:
+            return
+        if os.path.basename(path) == "model.json":  # a package folder, chosen by its card
+            path = os.path.dirname(path)
+        with slicer.util.tryWithErrorDisplay(_("Could not install the model."), waitCursor=True):
+            info = self.logic.installModel(path)
+            self.refreshModels()
+            self._parameterNode.modelName = modelKey(info)
+            self.ui.statusLabel.text = _("Installed {model} in {folder}.").format(
+                model=modelKey(info), folder=self.logic.userModelsDir())
+
+    # ------------------------------------------------------------------ segmentation
+    def _ensureInferencePackages(self) -> bool:
+        """Offers to install missing inference packages; True when the worker can run."""
+        if self._packagesChecked:
+            return True
+        missing = self.logic.missingInferencePackages()
+        if missing and self.logic.workerPython:
+            raise ValueError(_("The worker Python {python} lacks {packages}; install them there with pip.").format(
+                python=self.logic.workerPython, packages=", ".join(missing)))
+        if missing:
+            if not slicer.util.confirmOkCancelDisplay(
+                    _("Segmentation needs these Python packages, not installed yet:\n\n{packages}\n\n"
+                      "Install them now? This takes a few minutes.").format(packages="\n".join(missing)),
+                    windowTitle=_("Install inference packages")):
+                return False
+            if self.logic.installInferencePackages():
+                slicer.util.infoDisplay(_("The packages are installed. Restart Slicer, then Apply again."))
+                return False
+        self._packagesChecked = True
+        return True
+
+    def onApplyButton(self) -> None:
+        if self._job is not None:
+            self._cancelRequested = True
+            self._job.cancel()
+            self.ui.statusLabel.text = _("Cancelling...")
+            self._updateGui()
+            return
+        p = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Could not start the segmentation."), waitCursor=True):
+            self.logic.workerPython = p.workerPython or None
+            if not self._ensureInferencePackages():
+                return
+            model = findModel(self._models, p.modelName)
+            self._job = self.logic.startSegmentation(p.inputVolume, model.path if model else "",
+                                                     device=p.device, batchSize=p.batchSize)
+            self._jobVolume, self._jobStartTime, self._jobSummary = p.inputVolume, time.time(), {}
+            self._cancelRequested = False
+            self.ui.progressBar.setRange(0, 0)  # busy indicator until the first progress event
+            self.ui.progressBar.show()
+            self.ui.statusLabel.text = _("Starting the worker...")
+            self._pollTimer.start()
+            self._updateGui()
+
+    def _onPollTimer(self) -> None:
+        job = self._job
+        if job is None:
+            self._pollTimer.stop()
+            return
+        for event in job.poll():
+            kind = event.get("event")
+            if kind == "progress" and event.get("total"):
+                self.ui.progressBar.setRange(0, int(event["total"]))
+                self.ui.progressBar.value = int(event["done"])
+                self.ui.progressBar.setFormat(f"{event.get('stage', '')} %v/%m")
+            elif kind in ("message", "error"):
+                self.ui.statusLabel.text = event.get("text") or event.get("message") or ""
+            elif kind == "done":
+                self._jobSummary = event
+        if job.finished:
+            self._pollTimer.stop()
+            self._finishJob(job)
+
+    def _finishJob(self, job) -> None:
+        volumeNode, cancelled = self._jobVolume, self._cancelRequested
+        self._job, self._jobVolume, self._cancelRequested = None, None, False
+        self.ui.progressBar.hide()
+        segmentationNode = None
+        try:
+            if cancelled:
+                with contextlib.suppress(RuntimeError):  # raised for a cancelled job, after removing its files
+                    self.logic.finishSegmentation(job)
+                self.ui.statusLabel.text = _("Cancelled; the scene is unchanged.")
+                return
+            with slicer.util.tryWithErrorDisplay(_("Segmentation failed."), waitCursor=True):
+                segmentationNode = self.logic.finishSegmentation(job)
+        except Exception as exc:  # noqa: BLE001 - tryWithErrorDisplay has shown it and re-raised; keep the timer's slot quiet
+            self.ui.statusLabel.text = str(exc)
+            if job.log:
+                logger.error("IVDSegmentation worker log:\n%s", job.log)
+        finally:
+            self._updateGui()
+        if segmentationNode is None:
+            return
+        self._parameterNode.outputSegmentation = segmentationNode
+        segmentationNode.CreateDefaultDisplayNodes()
+        slicer.util.setSliceViewerLayers(background=volumeNode, fit=True)
+        seconds = float(self._jobSummary.get("seconds", time.time() - self._jobStartTime))
+        device = self._jobSummary.get("device", self._parameterNode.device)
+        self.ui.statusLabel.text = _("Done in {seconds:.1f} s on {device}: {name}.").format(
+            seconds=seconds, device=device, name=segmentationNode.GetName())
+
+
+class IVDSegmentationLogic(ScriptedLoadableModuleLogic, SegmentationLogic):
+    """SegmentationLogic (IVDSegmentationLib.logic) with the module's parameter node; usable without the GUI:
+
+    logic = slicer.util.getModuleLogic("IVDSegmentation")
+    segmentationNode = logic.segment(volumeNode, logic.listModels()[0].path, device="cpu")
+    """
+
+    def __init__(self, workerPython=None) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        SegmentationLogic.__init__(self, workerPython)
+
+    def getParameterNode(self):
+        return IVDSegmentationParameterNode(super().getParameterNode())
+
+
+class IVDSegmentationTest(ScriptedLoadableModuleTest):
+    """The shared scenarios (IVDSegmentationLib.scenarios, also run by pytest), then the panel itself."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_SharedScenarios()
+        self.setUp()
+        self.test_PanelAppliesAndCancels()
+
+    def _scenarios(self):
+        missing = IVDSegmentationLogic().missingInferencePackages()
+        if missing:
+            self.skipTest("inference packages are not installed (" + ", ".join(missing)
+                          + "); install them from the module panel, then run the test again")
+        from IVDSegmentationLib import scenarios
+
+        return scenarios
+
+    def test_SharedScenarios(self):
+        """Geometry round trip, segmentation of a synthetic spine, replacing the own result, Cancel."""
+        self.delayDisplay("Segmenting a synthetic spine")
+        self._scenarios().runAllScenarios(self)
+
+    def _waitWhileRunning(self, widget, timeout):
+        deadline = time.time() + timeout
+        while widget._job is not None and time.time() < deadline:
+            slicer.app.processEvents()
+            time.sleep(0.02)
+        self.assertIsNone(widget._job, "the panel's job did not end in time")
+
+    def test_PanelAppliesAndCancels(self):
+        """Apply in the panel gives a segmentation; Apply then Cancel leaves the scene as it was."""
+        scenarios = self._scenarios()
+        widget = slicer.modules.ivdsegmentation.widgetRepresentation().self()
+        widget.initializeParameterNode()
+        volumeNode, _truth = scenarios.addPhantomVolume("Panel test")
+        parameterNode = widget.logic.getParameterNode()
+        parameterNode.inputVolume, parameterNode.device, parameterNode.batchSize = volumeNode, "cpu", 8
+        self.assertEqual(widget.ui.inputVolumeSelector.currentNode(), volumeNode)
+        self.assertEqual(widget.ui.batchSizeSpinBox.value, 8)
+        self.assertTrue(widget.ui.applyButton.enabled)
+
+        widget.onApplyButton()
+        self.assertEqual(widget.ui.applyButton.text, "Cancel")
+        self._waitWhileRunning(widget, timeout=600)
+        self.assertEqual(widget.ui.applyButton.text, "Apply")
+        result = parameterNode.outputSegmentation
+        self.assertIsNotNone(result)
+        self.assertGreater(result.GetSegmentation().GetNumberOfSegments(), 0)
+
+        nodesBefore = slicer.mrmlScene.GetNumberOfNodes()
+        widget.onApplyButton()
+        time.sleep(0.3)
+        widget.onApplyButton()  # now the Cancel button
+        self._waitWhileRunning(widget, timeout=10)
+        self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), nodesBefore)
+        self.assertEqual(widget.ui.applyButton.text, "Apply")

@@ -1,0 +1,267 @@
+"""Static checks of the Slicer module (no Slicer needed): the .ui, the module file and the CMake files agree.
+
+Everything here parses files (xml.etree, ast, regular expressions); nothing imports the module or its Lib.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import struct
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+MODULE_DIR = ROOT / "IVDSegmentation"
+MODULE_FILE = MODULE_DIR / "IVDSegmentation.py"
+UI_FILE = MODULE_DIR / "Resources" / "UI" / "IVDSegmentation.ui"
+MODULE_CMAKE = MODULE_DIR / "CMakeLists.txt"
+TOP_CMAKE = ROOT / "CMakeLists.txt"
+S4EXT = ROOT / "IVDSegmentation.s4ext"
+HEAVY_IMPORTS = {"tensorflow", "onnxruntime", "keras", "tf2onnx", "onnx", "torch"}
+
+# What slicer.parameterNodeWrapper's GUI connectors accept (Base/Python/slicer/parameterNodeWrapper/guiConnectors.py):
+# widget class -> pattern of the annotation it can represent.
+CONNECTABLE = {
+    "qMRMLNodeComboBox": r"^(vtkMRML\w+|slicer\.vtkMRML\w+)( \| (vtkMRML\w+|None))*$",
+    "QSpinBox": r"^(int|Annotated\[int, .*\])$",
+    "QSlider": r"^Annotated\[int, .*(WithinRange|Minimum).*\]$",
+    "QComboBox": r"^Annotated\[(str|int|float|bool), .*Choice\(.*\]$",
+    "ctkComboBox": r"^Annotated\[(str|int|float|bool), .*Choice\(.*\]$",
+    "QLineEdit": r"^(str|Annotated\[str, .*\])$",
+    "QCheckBox": r"^(bool|Annotated\[bool, .*\])$",
+    "QDoubleSpinBox": r"^(float|int|Annotated\[(float|int), .*\])$",
+    "ctkSliderWidget": r"^(float|int|Annotated\[(float|int), .*\])$",
+    "ctkPathLineEdit": r"^(pathlib\.)?(Path|PosixPath|WindowsPath)$",
+}
+
+
+# ------------------------------------------------------------------ helpers
+def _ui_root() -> ET.Element:
+    return ET.parse(UI_FILE).getroot()
+
+
+def _ui_widgets() -> dict[str, ET.Element]:
+    return {w.get("name"): w for w in _ui_root().iter("widget")}
+
+
+def _bound_widgets() -> dict[str, tuple[str, str]]:
+    """objectName -> (widget class, SlicerParameterName) for widgets bound to the parameter node."""
+    bound = {}
+    for name, widget in _ui_widgets().items():
+        for prop in widget.findall("property"):
+            if prop.get("name") == "SlicerParameterName":
+                bound[name] = (widget.get("class"), prop.findtext("string"))
+    return bound
+
+
+def _module_tree() -> ast.Module:
+    return ast.parse(MODULE_FILE.read_text(encoding="utf-8"), filename=str(MODULE_FILE))
+
+
+def _class(tree: ast.Module, name: str) -> ast.ClassDef:
+    found = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == name]
+    assert found, f"{MODULE_FILE.name} has no class {name}"
+    return found[0]
+
+
+def _parameter_fields() -> dict[str, str]:
+    """Field name -> annotation source of the @parameterNodeWrapper class."""
+    tree = _module_tree()
+    wrapped = [n for n in tree.body if isinstance(n, ast.ClassDef)
+               and any(ast.unparse(d) == "parameterNodeWrapper" for d in n.decorator_list)]
+    assert len(wrapped) == 1, "expected exactly one @parameterNodeWrapper class"
+    return {s.target.id: ast.unparse(s.annotation) for s in wrapped[0].body
+            if isinstance(s, ast.AnnAssign) and isinstance(s.target, ast.Name)}
+
+
+def _cmake_list(text: str, variable: str, module_name: str = "IVDSegmentation") -> list[str]:
+    match = re.search(r"set\(\s*" + re.escape(variable) + r"\s+(.*?)\)", text, re.DOTALL)
+    assert match, f"no set({variable} ...) in the CMake file"
+    return [item.replace("${MODULE_NAME}", module_name) for item in match.group(1).split()]
+
+
+def _module_cmake_text() -> str:
+    return MODULE_CMAKE.read_text(encoding="utf-8")
+
+
+# ------------------------------------------------------------------ the .ui
+def test_ui_parses_and_has_the_panel_widgets():
+    root = _ui_root()
+    assert root.tag == "ui"
+    top = root.find("widget")
+    assert top.get("class") == "qMRMLWidget" and top.get("name") == "IVDSegmentation"
+    widgets = _ui_widgets()
+    for name in ["inputVolumeSelector", "dicomButton", "modelSelector", "modelCardLabel", "installModelButton",
+                 "deviceComboBox", "batchSizeSpinBox", "workerPythonPathLineEdit", "applyButton", "progressBar",
+                 "statusLabel"]:
+        assert name in widgets, f"{UI_FILE.name} has no widget {name}"
+
+
+def test_ui_object_names_are_unique():
+    names = [w.get("name") for w in _ui_root().iter("widget")]
+    assert len(names) == len(set(names))
+
+
+def test_every_ui_widget_used_in_code_exists():
+    names = set(_ui_widgets())
+    used = {node.attr for node in ast.walk(_module_tree())
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute) and node.value.attr == "ui"}
+    assert used, "the module uses no self.ui.<widget>"
+    assert used <= names, f"used in {MODULE_FILE.name} but missing from {UI_FILE.name}: {sorted(used - names)}"
+
+
+def test_every_bound_widget_names_a_parameter_of_a_connectable_type():
+    fields = _parameter_fields()
+    bound = _bound_widgets()
+    assert bound, "no widget carries a SlicerParameterName property"
+    for widget, (widget_class, parameter) in bound.items():
+        assert parameter in fields, f"{widget} is bound to {parameter!r}, which the parameter node does not have"
+        pattern = CONNECTABLE.get(widget_class)
+        assert pattern, f"{widget}: no parameter node GUI connector is known for {widget_class}"
+        assert re.match(pattern, fields[parameter]), \
+            f"{widget} ({widget_class}) cannot represent {parameter}: {fields[parameter]}"
+
+
+def test_parameter_node_holds_the_panel_state():
+    fields = _parameter_fields()
+    for name in ["inputVolume", "modelName", "device", "batchSize", "workerPython", "outputSegmentation"]:
+        assert name in fields, f"the parameter node has no field {name}"
+    assert "Choice" in fields["device"] and "WithinRange(1, 256)" in fields["batchSize"]
+
+
+def test_mrml_widgets_get_the_scene():
+    root = _ui_root()
+    mrml = {name for name, w in _ui_widgets().items() if w.get("class", "").startswith("qMRML")} - {"IVDSegmentation"}
+    connected = {c.findtext("receiver") for c in root.iter("connection")
+                 if c.findtext("sender") == "IVDSegmentation" and c.findtext("signal") == "mrmlSceneChanged(vtkMRMLScene*)"
+                 and c.findtext("slot") == "setMRMLScene(vtkMRMLScene*)"}
+    assert mrml <= connected, f"MRML widgets without the scene connection: {sorted(mrml - connected)}"
+
+
+def test_custom_widgets_are_declared():
+    root = _ui_root()
+    declared = {c.findtext("class") for c in root.iter("customwidget")}
+    used = {w.get("class") for w in root.iter("widget")}
+    custom = {c for c in used if c.startswith(("qMRML", "qSlicer", "ctk"))}
+    assert custom <= declared, f"undeclared custom widgets: {sorted(custom - declared)}"
+
+
+# ------------------------------------------------------------------ the module file
+def test_module_file_compiles_and_stays_thin():
+    source = MODULE_FILE.read_text(encoding="utf-8")
+    compile(source, str(MODULE_FILE), "exec")
+    assert len(source.splitlines()) < 500
+
+
+def test_module_file_imports_nothing_heavy():
+    imported = set()
+    for node in ast.walk(_module_tree()):
+        if isinstance(node, ast.Import):
+            imported |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            imported.add(node.module)
+    roots = {name.split(".")[0] for name in imported}
+    assert not roots & HEAVY_IMPORTS, f"heavy imports in the module file: {sorted(roots & HEAVY_IMPORTS)}"
+    # The GUI reaches the core through IVDSegmentationLib only (DESIGN.md, the four layers).
+    assert "ivdseg" not in roots
+
+
+def test_module_classes_follow_slicer_naming():
+    tree = _module_tree()
+    bases = {
+        "IVDSegmentation": {"ScriptedLoadableModule"},
+        "IVDSegmentationWidget": {"ScriptedLoadableModuleWidget", "VTKObservationMixin"},
+        "IVDSegmentationLogic": {"ScriptedLoadableModuleLogic"},
+        "IVDSegmentationTest": {"ScriptedLoadableModuleTest"},
+    }
+    for name, expected in bases.items():
+        found = {ast.unparse(b) for b in _class(tree, name).bases}
+        assert expected <= found, f"{name} should derive from {sorted(expected)}"
+
+
+def test_self_test_runs_real_tests():
+    test_class = _class(_module_tree(), "IVDSegmentationTest")
+    methods = {f.name: f for f in test_class.body if isinstance(f, ast.FunctionDef)}
+    tests = [name for name in methods if name.startswith("test_")]
+    assert tests, "IVDSegmentationTest has no test_ method"
+    called = {ast.unparse(c.func) for c in ast.walk(methods["runTest"]) if isinstance(c, ast.Call)}
+    assert "self.setUp" in called
+    for name in tests:
+        assert f"self.{name}" in called, f"runTest does not call {name}"
+        body = [s for s in methods[name].body if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant))]
+        assert body, f"{name} is empty"
+    source = ast.unparse(test_class)
+    assert "runAllScenarios" in source or "scenario" in source
+
+
+# ------------------------------------------------------------------ CMake
+def _python_files() -> list[str]:
+    return sorted(p.relative_to(MODULE_DIR).as_posix() for p in MODULE_DIR.rglob("*.py")
+                  if "__pycache__" not in p.parts and not any(part.endswith(".egg-info") for part in p.parts))
+
+
+def test_every_python_file_is_listed_in_cmake():
+    listed = _cmake_list(_module_cmake_text(), "MODULE_PYTHON_SCRIPTS")
+    missing = sorted(set(_python_files()) - set(listed))
+    assert not missing, f"add to MODULE_PYTHON_SCRIPTS in {MODULE_CMAKE}: {missing}"
+
+
+def test_every_listed_file_exists():
+    text = _module_cmake_text()
+    for variable in ["MODULE_PYTHON_SCRIPTS", "MODULE_PYTHON_RESOURCES"]:
+        for item in _cmake_list(text, variable):
+            assert (MODULE_DIR / item).is_file(), f"{variable} lists {item}, which does not exist"
+
+
+@pytest.mark.parametrize("folder", ["Resources/UI", "Resources/Icons"])
+def test_every_resource_file_is_listed_in_cmake(folder):
+    listed = set(_cmake_list(_module_cmake_text(), "MODULE_PYTHON_RESOURCES"))
+    on_disk = {p.relative_to(MODULE_DIR).as_posix() for p in (MODULE_DIR / folder).rglob("*") if p.is_file()}
+    assert on_disk, f"{folder} is empty"
+    assert on_disk <= listed, f"add to MODULE_PYTHON_RESOURCES: {sorted(on_disk - listed)}"
+
+
+def test_module_cmake_builds_the_scripted_module_with_tests():
+    text = _module_cmake_text()
+    assert re.search(r"set\(MODULE_NAME IVDSegmentation\)", text)
+    macro = re.search(r"slicerMacroBuildScriptedModule\((.*?)\)", text, re.DOTALL)
+    assert macro, "no slicerMacroBuildScriptedModule"
+    for word in ["NAME ${MODULE_NAME}", "SCRIPTS ${MODULE_PYTHON_SCRIPTS}", "RESOURCES ${MODULE_PYTHON_RESOURCES}",
+                 "WITH_GENERIC_TESTS"]:
+        assert word in macro.group(1)
+    assert re.search(r"if\(BUILD_TESTING\).*slicer_add_python_unittest\(SCRIPT \$\{MODULE_NAME\}\.py\)", text, re.DOTALL)
+
+
+def test_top_level_cmake_is_a_slicer_extension():
+    text = TOP_CMAKE.read_text(encoding="utf-8")
+    for variable in ["HOMEPAGE", "CATEGORY", "CONTRIBUTORS", "DESCRIPTION", "ICONURL", "SCREENSHOTURLS", "DEPENDS"]:
+        assert re.search(rf'set\(EXTENSION_{variable} "[^"]+"\)', text), f"EXTENSION_{variable} is not set"
+    assert 'set(EXTENSION_CATEGORY "Segmentation")' in text
+    for line in ["project(IVDSegmentation)", "find_package(Slicer REQUIRED)", "include(${Slicer_USE_FILE})",
+                 "add_subdirectory(IVDSegmentation)", "include(${Slicer_EXTENSION_CPACK})"]:
+        assert line in text, f"{TOP_CMAKE.name} lacks {line}"
+
+
+def test_s4ext_agrees_with_cmake():
+    entries = {}
+    for line in S4EXT.read_text(encoding="utf-8").splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            key, _, value = line.strip().partition(" ")
+            entries[key] = value.strip()
+    for key in ["scm", "scmurl", "scmrevision", "depends", "build_subdirectory", "homepage", "category", "enabled"]:
+        assert entries.get(key), f"{S4EXT.name} has no {key}"
+    assert entries["scm"] == "git" and entries["depends"] == "NA" and entries["category"] == "Segmentation"
+    cmake = TOP_CMAKE.read_text(encoding="utf-8")
+    assert f'set(EXTENSION_HOMEPAGE "{entries["homepage"]}")' in cmake
+
+
+@pytest.mark.parametrize("icon", ["IVDSegmentation/Resources/Icons/IVDSegmentation.png",
+                                  "Resources/Icons/IVDSegmentation.png"])
+def test_icons_are_128_pixel_pngs(icon):
+    data = (ROOT / icon).read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = struct.unpack(">II", data[16:24])
+    assert (width, height) == (128, 128)
