@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -44,8 +43,6 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="auto")
     a = p.parse_args(argv)
-
-    import numpy as np
 
     from ivdseg.backends import load_backend
     from ivdseg.infer import prepare_slices
@@ -89,16 +86,16 @@ def main(argv=None):
             print(f"[{name}] ratio whole/bare = {t_whole / t_bare:.2f} (target <= 1.25); "
                   f"ratio per-slice/batched = {t_single / t_bare:.2f}")
         for name in backends:
+            # a fresh wrapper process per backend, so each peak is its own
             env = {**os.environ, "PYTHONPATH": str(ROOT / "IVDSegmentation"), "TF_CPP_MIN_LOG_LEVEL": "3"}
-            before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-            subprocess.run([sys.executable, "-m", "ivdseg", "segment", str(a.input), "-o",
-                            str(Path(tmp) / f"mem-{name}.nii.gz"), "--backend", name, "--progress", "none",
-                            "--overwrite", "--device", a.device] + (["--model", str(package)]),
-                           check=True, env=env)
-            peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-            note = "" if peak > before else " (at most; an earlier child peaked higher)"
-            print(f"[{name}] peak resident memory of `ivdseg segment`: {max(peak, before) / 1024:.0f} MiB{note}")
-    del np
+            cmd = [sys.executable, "-m", "ivdseg", "segment", str(a.input), "-o", str(Path(tmp) / f"mem-{name}.nii.gz"),
+                   "--backend", name, "--progress", "none", "--overwrite", "--device", a.device,
+                   "--model", str(package), "--batch-size", str(a.batch_size)]
+            probe = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True); "
+                     "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+            out = subprocess.run([sys.executable, "-c", probe, *cmd], env=env, check=True, capture_output=True,
+                                 text=True).stdout
+            print(f"[{name}] peak resident memory of `ivdseg segment`: {int(out.split()[-1]) / 1024:.0f} MiB")
 
 
 if __name__ == "__main__":
