@@ -177,3 +177,19 @@ def test_series_option_picks_one_of_several(tiny_package, tmp_path, capsys):
                          capsys)
     assert code == 0, err
     assert read_volume(out).array.shape == (5, 4, 6)
+
+
+def test_seg_nrrd_output_opens_as_a_slicer_segmentation(tiny_package, tmp_path):
+    slicer = pytest.importorskip("slicer")
+    volume = _volume(seed=3)
+    write_volume(volume, tmp_path / "in.nii.gz")
+    out = tmp_path / "discs.seg.nrrd"
+    assert cli.main(["segment", str(tmp_path / "in.nii.gz"), "-o", str(out), "--model", str(tiny_package),
+                     "--progress", "none"]) == 0
+    scene = slicer.vtkMRMLScene()
+    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    storage = scene.AddNewNodeByClass("vtkMRMLSegmentationStorageNode")
+    storage.SetFileName(str(out))
+    assert storage.ReadData(node) == 1
+    segment = node.GetSegmentation().GetSegment("Segment_1")
+    assert segment.GetName() == "intervertebral disc" and "360499006" in segment.GetTerminology()

@@ -112,7 +112,7 @@ def segmentationFromLabelmap(labels: np.ndarray, volumeNode, card: dict, scene=N
             segmentation.RemoveAllSegments()
             node.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
             for cls in card["classes"]:
-                segmentId = f"class_{cls['value']}"
+                segmentId = f"Segment_{cls['value']}"  # the IDs ivdseg.segnrrd writes
                 segmentation.AddEmptySegment(segmentId, cls["name"], list(cls["color"]))
                 segment = segmentation.GetSegment(segmentId)
                 tag = terminologyString(cls.get("terminology"))

@@ -51,17 +51,17 @@ def scenarioSegmentSyntheticVolume(testCase, modelPath=None, minDice=0.5):
     segmentation = segNode.GetSegmentation()
     testCase.assertEqual(segmentation.GetNumberOfSegments(), len(card["classes"]))
     for cls in card["classes"]:
-        segment = segmentation.GetSegment(f"class_{cls['value']}")
+        segment = segmentation.GetSegment(f"Segment_{cls['value']}")
         testCase.assertIsNotNone(segment)
         testCase.assertEqual(segment.GetName(), cls["name"])
         np.testing.assert_allclose(segment.GetColor(), cls["color"], atol=1e-6)
         if cls.get("terminology"):
             testCase.assertIn(cls["terminology"]["type"][1], segment.GetTerminology())
-    disc = segmentation.GetSegment("class_1")
+    disc = segmentation.GetSegment("Segment_1")
     value = vtk.reference("")
     disc.GetTag("DICOM.SegmentAlgorithmType", value)
     testCase.assertEqual(str(value), "AUTOMATIC")
-    mask = slicer.util.arrayFromSegmentBinaryLabelmap(segNode, "class_1", volumeNode)
+    mask = slicer.util.arrayFromSegmentBinaryLabelmap(segNode, "Segment_1", volumeNode)
     testCase.assertEqual(mask.shape, truth.shape)
     testCase.assertGreater(_dice(mask, truth), minDice)
     # the segmentation's reference geometry is the volume's

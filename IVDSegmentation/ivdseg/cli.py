@@ -96,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     g = sub.add_parser("segment", help="segment the discs of a volume (DICOM folder, NIfTI or NRRD)")
     g.add_argument("input", type=Path, help="DICOM folder, .nii/.nii.gz or .nrrd")
-    g.add_argument("-o", "--output", type=Path, required=True, help="labelmap .nii.gz or .nrrd")
+    g.add_argument("-o", "--output", type=Path, required=True,
+                   help="labelmap .nii.gz or .nrrd (+ a .json naming the classes), or a Slicer segmentation .seg.nrrd")
     _inference_args(g)
     g.add_argument("--series", help="SeriesInstanceUID when the folder holds several series")
     g.add_argument("--overlay", type=Path, help="also write a mid-sagittal PNG with the outlines")
@@ -135,7 +136,7 @@ def _open_backend(a, reporter):
 def _check_output(path: Path, overwrite: bool):
     name = path.name.lower()
     if not name.endswith((".nii", ".nii.gz", ".nrrd")):
-        raise IvdsegError(f"{path}: the output must end in .nii.gz, .nii or .nrrd.")
+        raise IvdsegError(f"{path}: the output must end in .nii.gz, .nii, .nrrd or .seg.nrrd.")
     if not path.parent.is_dir():
         raise IvdsegError(f"Cannot write {path}: folder {path.parent} does not exist.")
     if not os.access(path.parent, os.W_OK):
@@ -155,7 +156,13 @@ def _cmd_segment(a) -> int:
     backend = _open_backend(a, reporter)
     result = segment_volume(volume, backend.predict, backend.card, a.batch_size, reporter.progress,
                             source=str(a.input), device=backend.device)
-    write_result(result, a.output, backend.card, overwrite=a.overwrite)
+    if a.output.name.lower().endswith(".seg.nrrd"):
+        from .segnrrd import write_seg_nrrd
+
+        write_seg_nrrd(result.labelmap, result.classes, a.output, overwrite=a.overwrite,
+                       algorithm_name=f"{backend.card['name']} {backend.card['version']}")
+    else:
+        write_result(result, a.output, backend.card, overwrite=a.overwrite)
     if a.overlay:
         overlay_png(volume, result.labelmap, result.classes, a.overlay)
     reporter.emit("done", output=str(a.output), slices=result.slices, seconds=round(result.seconds, 2),
