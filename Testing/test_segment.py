@@ -193,3 +193,36 @@ def test_seg_nrrd_output_opens_as_a_slicer_segmentation(tiny_package, tmp_path):
     assert storage.ReadData(node) == 1
     segment = node.GetSegmentation().GetSegment("Segment_1")
     assert segment.GetName() == "intervertebral disc" and "360499006" in segment.GetTerminology()
+
+
+BLOCK_TENSORFLOW = """
+import sys
+class _Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("tensorflow", "keras", "tf2onnx"):
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)")
+        return None
+sys.meta_path.insert(0, _Block())
+from ivdseg.cli import main
+code = main(sys.argv[1:])
+assert not any(m.split(".")[0] in ("tensorflow", "keras") for m in sys.modules), "TensorFlow was imported"
+sys.exit(code)
+"""
+
+
+def test_inference_runs_without_tensorflow(tiny_package, tmp_path):
+    """What Slicer users get: ONNX Runtime alone segments, and auto picks it when TensorFlow is absent."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    write_volume(_volume(seed=4), tmp_path / "in.nii.gz")
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "IVDSegmentation")}
+    proc = subprocess.run([sys.executable, "-c", BLOCK_TENSORFLOW, "segment", str(tmp_path / "in.nii.gz"), "-o",
+                           str(tmp_path / "out.nii.gz"), "--model", str(tiny_package), "--progress", "jsonl"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "(onnx)" in proc.stdout
+    assert read_volume(tmp_path / "out.nii.gz").array.shape == (12, 20, 16)

@@ -28,7 +28,10 @@ class Backend:
 
 
 def _has(module):
-    return importlib.util.find_spec(module) is not None
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def _tf_gpus():
