@@ -7,6 +7,7 @@ ivdseg core; this file never imports TensorFlow or ONNX Runtime, so the module l
 import contextlib
 import logging
 import os
+import pathlib
 import time
 from typing import Annotated
 
@@ -14,6 +15,7 @@ import qt
 import slicer
 import vtk
 from IVDSegmentationLib.logic import ModelInfo, SegmentationLogic, cardSummary
+from IVDSegmentationTrainingPanel import TrainingPanel, runTrainingScenario
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate
@@ -76,6 +78,7 @@ class IVDSegmentationParameterNode:
     batchSize - slices per network call.
     workerPython - the Python that runs the worker; empty: Slicer's own.
     outputSegmentation - the last result made by the panel.
+    The fields from excludedSegmentations on belong to the Training section (IVDSegmentationTrainingPanel).
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
@@ -84,6 +87,25 @@ class IVDSegmentationParameterNode:
     batchSize: Annotated[int, WithinRange(1, 256)] = 16
     workerPython: str = ""
     outputSegmentation: vtkMRMLSegmentationNode
+    excludedSegmentations: list[vtkMRMLSegmentationNode]
+    classMapJson: str = ""
+    datasetFolder: pathlib.Path
+    exportSize128: bool = False
+    exportSize192: bool = False
+    exportSize256: bool = True
+    valFraction: Annotated[float, WithinRange(0.01, 0.9)] = 0.1
+    seed: Annotated[int, WithinRange(0, 1000000)] = 0
+    backgroundChannel: bool = True
+    network: Annotated[str, Choice(["unet2d", "deeplabv3plus", "res_se_unet"])] = "unet2d"
+    trainSize: Annotated[int, Choice([128, 192, 256])] = 256
+    activation: Annotated[str, Choice(["relu", "swish", "mish"])] = "relu"
+    epochs: Annotated[int, WithinRange(1, 1000)] = 50
+    trainBatchSize: Annotated[int, WithinRange(1, 256)] = 8
+    learningRate: Annotated[float, WithinRange(0.00001, 1.0)] = 0.001
+    loss: Annotated[str, Choice(["dice", "dice_ce"])] = "dice_ce"
+    trainedModelName: str = "my-model"
+    runFolder: pathlib.Path
+    trainingChart: slicer.vtkMRMLPlotChartNode
 
 
 class IVDSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -118,6 +140,7 @@ class IVDSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.modelSelector.connect("currentIndexChanged(int)", self.onModelSelected)
         self.ui.workerPythonPathLineEdit.connect("currentPathChanged(QString)", self.onWorkerPythonChanged)
         self.ui.progressBar.hide()
+        self.trainingPanel = TrainingPanel(self.ui, onModelInstalled=self.refreshModels)
 
         self.refreshModels()
         self.initializeParameterNode()
@@ -126,6 +149,7 @@ class IVDSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._pollTimer.stop()
         if self._job is not None:
             self._job.cancel()
+        self.trainingPanel.cleanup()
         self.removeObservers()
 
     def enter(self) -> None:
@@ -172,6 +196,7 @@ class IVDSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.ui.deviceComboBox.setItemText(index, DEVICE_LABELS[choice])
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateGui)
             self._updateGui()
+        self.trainingPanel.setParameterNode(inputParameterNode)  # after connectGui, which rewrote its combo boxes
 
     # ------------------------------------------------------------------ GUI state
     def _updateGui(self, caller=None, event=None) -> None:
@@ -417,6 +442,8 @@ class IVDSegmentationTest(ScriptedLoadableModuleTest):
         self.test_SharedScenarios()
         self.setUp()
         self.test_PanelAppliesAndCancels()
+        self.setUp()
+        self.test_TrainingPanelScenario()
 
     def _scenarios(self):
         missing = IVDSegmentationLogic().missingInferencePackages()
@@ -466,3 +493,7 @@ class IVDSegmentationTest(ScriptedLoadableModuleTest):
         self._waitWhileRunning(widget, timeout=10)
         self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), nodesBefore)
         self.assertEqual(widget.ui.applyButton.text, "Apply")
+
+    def test_TrainingPanelScenario(self):
+        """Two synthetic cases exported, one epoch trained in the worker, the model installed and listed."""
+        runTrainingScenario(self, slicer.modules.ivdsegmentation.widgetRepresentation().self())
