@@ -16,14 +16,12 @@ Tags hold the ``TerminologyEntry`` (see :func:`terminology_entry`) and, for a mo
 
 from __future__ import annotations
 
-import os
-import uuid
 from pathlib import Path
 
 import numpy as np
 
 from .errors import IvdsegError
-from .volume import Volume
+from .volume import Volume, atomic_write
 
 TERMINOLOGY_CONTEXT = "Segmentation category and type - 3D Slicer General Anatomy list"
 ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"
@@ -191,27 +189,8 @@ def write_seg_nrrd(labelmap: Volume, classes: list[dict], path, overwrite: bool 
     if not path.name.lower().endswith(".seg.nrrd"):
         raise IvdsegError(f"{path} does not end in .seg.nrrd; Slicer opens only such files as segmentations.")
     header = seg_nrrd_header(labelmap, classes, algorithm_name)
-    if path.is_dir():
-        raise IvdsegError(f"{path} is a folder; give a file name ending in .seg.nrrd.")
-    if path.exists() and not overwrite:
-        raise IvdsegError(f"{path} already exists; choose another name or pass --overwrite.")
-    folder = path.parent
-    if not folder.is_dir():
-        raise IvdsegError(f"The folder {folder} does not exist; create it first or choose another output path.")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise IvdsegError(f"The folder {folder} is not writable; choose another output folder.")
     import nrrd
 
     data = np.ascontiguousarray(labelmap.array.astype(np.uint8).transpose(2, 1, 0))  # (I, J, K) for index_order F
-    temp = folder / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp.nrrd"  # same folder, so os.replace is atomic
-    try:
-        os.close(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # normal permissions, not mkstemp's 0600
-        nrrd.write(str(temp), data, header, index_order="F")
-        os.replace(temp, path)
-    except OSError as exc:
-        raise IvdsegError(f"{path} could not be written ({exc.strerror or exc}); check the free disk space and "
-                          "the folder's permissions.") from exc
-    finally:
-        if temp.exists():
-            temp.unlink()
+    atomic_write(path, ".nrrd", lambda temp: nrrd.write(str(temp), data, header, index_order="F"), overwrite)
     return path

@@ -223,6 +223,16 @@ def write_volume(volume: Volume, path, overwrite: bool = False) -> Path:
     savers = {".nii": _save_nifti, ".nii.gz": _save_nifti, ".nrrd": _save_nrrd}
     if suffix not in savers:
         raise IvdsegError(f"{path} has an unknown extension for writing; use .nii, .nii.gz or .nrrd.")
+    return atomic_write(path, suffix, lambda temp: savers[suffix](volume, temp), overwrite)
+
+
+def atomic_write(path: Path, suffix: str, write, overwrite: bool = False) -> Path:
+    """Checks the target, calls ``write(temp_path)`` on a temporary file beside it, then renames it.
+
+    Raises:
+        IvdsegError: target is a folder, exists and not ``overwrite``, folder missing or not writable, or the
+            write failed; no temporary file is left behind.
+    """
     if path.is_dir():
         raise IvdsegError(f"{path} is a folder; give a file name ending in {suffix}.")
     if path.exists() and not overwrite:
@@ -236,7 +246,7 @@ def write_volume(volume: Volume, path, overwrite: bool = False) -> Path:
     temp = folder / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp{suffix}"
     try:
         os.close(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # normal permissions, not mkstemp's 0600
-        savers[suffix](volume, temp)
+        write(temp)
         os.replace(temp, path)
     except OSError as exc:
         raise IvdsegError(f"{path} could not be written ({exc.strerror or exc}); check the free disk space and "
