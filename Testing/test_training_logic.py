@@ -16,7 +16,6 @@ SECRETS = {"DICOM.PatientName": "Doe^Janeway", "DICOM.PatientID": "SECRET-4471"}
 
 def _add_case(scene, name, patient_secrets):
     import slicer
-    import vtk
 
     from ivdseg.volume import read_volume
 
@@ -25,11 +24,7 @@ def _add_case(scene, name, patient_secrets):
     labels = read_volume(root / f"{name}_ivd_labels.nii.gz").array
     volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", f"Doe^Janeway {name}")
     slicer.util.updateVolumeFromArray(volume, image.array)
-    m = vtk.vtkMatrix4x4()
-    for r in range(4):
-        for c in range(4):
-            m.SetElement(r, c, image.ijk_to_ras[r, c])
-    volume.SetIJKToRASMatrix(m)
+    volume.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(image.ijk_to_ras))
     sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
     patient = sh.CreateSubjectItem(sh.GetSceneItemID(), f"Doe^Janeway {name}")
     for key, value in patient_secrets.items():

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import numpy as np
 import slicer
-import vtk
 
 from ivdseg.dicom import index_folder, read_series
 
@@ -34,14 +33,6 @@ def loadSeriesByUID(seriesUID: str):
     raise ValueError(f"Series {seriesUID} did not load as a scalar volume (is it an image series?).")
 
 
-def _matrix(array) -> vtk.vtkMatrix4x4:
-    m = vtk.vtkMatrix4x4()
-    for r in range(4):
-        for c in range(4):
-            m.SetElement(r, c, float(array[r, c]))
-    return m
-
-
 def loadSeriesFromFolder(folder, seriesUID: str | None = None, scene=None):
     """Reads a DICOM folder with pydicom (ivdseg.dicom) into a new scalar volume node.
 
@@ -58,7 +49,7 @@ def loadSeriesFromFolder(folder, seriesUID: str | None = None, scene=None):
     node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode")
     node.SetName(scene.GenerateUniqueName((info.description if info and info.description else "DICOM series")))
     slicer.util.updateVolumeFromArray(node, np.ascontiguousarray(volume.array))
-    node.SetIJKToRASMatrix(_matrix(volume.ijk_to_ras))
+    node.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(volume.ijk_to_ras))
     node.CreateDefaultDisplayNodes()
     if info is not None:
         shNode = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)

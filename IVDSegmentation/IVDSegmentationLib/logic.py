@@ -9,12 +9,11 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from ivdseg.errors import IvdsegError
-from ivdseg.package import bundled_models_dirs, read_card
+from ivdseg.package import bundled_models_dirs, extract_package, read_card
 
 from . import dependencies, nodes
 from .worker import WorkerJob
@@ -117,16 +116,10 @@ class SegmentationLogic:
         staging = Path(tempfile.mkdtemp(dir=self.userModelsDir(), prefix=".install-"))
         try:
             if source.suffix.lower() == ".zip":
-                with zipfile.ZipFile(source) as zf:
-                    root = staging.resolve()
-                    for member in zf.namelist():
-                        if not str((staging / member).resolve()).startswith(str(root)):
-                            raise ValueError(f"{source} holds a path outside the package; refused.")
-                    zf.extractall(staging / "x")
-                inner = next((p.parent for p in (staging / "x").rglob("model.json")), None)
-                if inner is None:
-                    raise ValueError(f"{source} has no model.json.")
-                os.replace(inner, staging / "pkg")
+                try:
+                    os.replace(extract_package(source, staging / "x"), staging / "pkg")
+                except IvdsegError as exc:
+                    raise ValueError(str(exc)) from None
             else:
                 shutil.copytree(source, staging / "pkg")
             if not (staging / "pkg" / "model.keras").is_file() and not (staging / "pkg" / "model.onnx").is_file():

@@ -15,7 +15,7 @@ def ijkToRasArray(volumeNode) -> np.ndarray:
     """The node's IJK-to-RAS matrix as a (4, 4) array (parent transforms are not applied)."""
     matrix = vtk.vtkMatrix4x4()
     volumeNode.GetIJKToRASMatrix(matrix)
-    return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+    return slicer.util.arrayFromVTKMatrix(matrix)
 
 
 def volumeFromNode(volumeNode):

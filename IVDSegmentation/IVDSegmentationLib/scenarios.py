@@ -25,11 +25,7 @@ def addPhantomVolume(name="Synthetic spine"):
     image, truth = synthetic_spine_volume()
     node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
     slicer.util.updateVolumeFromArray(node, image.array.astype(np.int16))
-    m = vtk.vtkMatrix4x4()
-    for r in range(4):
-        for c in range(4):
-            m.SetElement(r, c, image.ijk_to_ras[r, c])
-    node.SetIJKToRASMatrix(m)
+    node.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(image.ijk_to_ras))
     node.CreateDefaultDisplayNodes()
     return node, truth.array
 

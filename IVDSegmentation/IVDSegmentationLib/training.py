@@ -104,14 +104,12 @@ def labelArray(pair: CasePair, classMap: dict, classes: list) -> np.ndarray:
 
 
 def _checkGeometry(pair: CasePair):
-    import vtk
-
     segNode, volumeNode = pair.segmentationNode, pair.volumeNode
     geometry = segNode.GetSegmentation().GetConversionParameter("Reference image geometry")
     if not geometry:
         return
-    values = [float(v) for v in geometry.split(";")[:-1]] if geometry.endswith(";") else \
-        [float(v) for v in geometry.split(";")]
+    # 16 IJK-to-RAS numbers row by row, then the extent, each followed by ";"
+    values = [float(v) for v in geometry.split(";") if v.strip()]
     matrix = np.array(values[:16]).reshape(4, 4)
     ours = ijkToRasArray(volumeNode)
     dims = volumeNode.GetImageData().GetDimensions()
@@ -120,7 +118,6 @@ def _checkGeometry(pair: CasePair):
     if not np.allclose(matrix, ours, atol=1e-3) or tuple(dims) != theirDims:
         raise ValueError(f"Segmentation '{segNode.GetName()}' was drawn on another grid than volume "
                          f"'{volumeNode.GetName()}'; set its reference geometry to the volume and resample it.")
-    del vtk
 
 
 def rawCases(pairs, classMap: dict, classes: list, source="scene"):

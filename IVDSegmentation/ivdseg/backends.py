@@ -25,6 +25,7 @@ class Backend:
     card: dict
     name: str  # "tensorflow" or "onnx"
     device: str  # "gpu" or "cpu"
+    unpacked: object = None  # the temporary folder of a .zip package, kept as long as the backend
 
 
 def _has(module):
@@ -88,10 +89,8 @@ def _onnx(package: Path, card: dict, device: str) -> Backend:
 
 
 def _onnx_file(package: Path) -> Path | None:
-    if package.is_dir():
-        p = package / "model.onnx"
-        return p if p.is_file() else None
-    return None  # zip packages: extracted by load_backend
+    p = package / "model.onnx"
+    return p if p.is_file() else None
 
 
 def _halving_on_oom(fn, batch, oom_error):
@@ -122,17 +121,30 @@ def load_backend(package, backend="auto", device="auto") -> Backend:
     if device not in ("auto", "gpu", "cpu"):
         raise IvdsegError(f"--device must be auto, gpu or cpu, not {device!r}.")
     package = Path(package)
+    unpacked = None
     if package.suffix.lower() == ".zip":
-        from .package import _unzip
+        import tempfile
 
-        package = _unzip(package)
+        from .package import extract_package
+
+        unpacked = tempfile.TemporaryDirectory(prefix="ivdseg-model-")  # removed with the backend
+        package = extract_package(package, Path(unpacked.name))
     card = read_card(package)
     if backend == "auto":
-        tf_gpu = device != "cpu" and _has("tensorflow") and bool(_tf_gpus())
+        # Importing TensorFlow costs seconds: only ask it about GPUs where an NVIDIA driver is present.
+        tf_gpu = device != "cpu" and _nvidia_driver() and _has("tensorflow") and bool(_tf_gpus())
         if tf_gpu or _onnx_file(package) is None or not _has("onnxruntime"):
             backend = "tensorflow"
         else:
             backend = "onnx"
-    if backend == "onnx":
-        return _onnx(package, card, device)
-    return _tensorflow(package, card, device)
+    result = _onnx(package, card, device) if backend == "onnx" else _tensorflow(package, card, device)
+    result.unpacked = unpacked
+    return result
+
+
+def _nvidia_driver() -> bool:
+    """False only where there is certainly no NVIDIA driver (Linux without /proc/driver/nvidia)."""
+    import os
+    import sys
+
+    return not sys.platform.startswith("linux") or os.path.exists("/proc/driver/nvidia/version")

@@ -145,30 +145,43 @@ def _check_output(path: Path, overwrite: bool):
         raise IvdsegError(f"{path} already exists; pass --overwrite to replace it.")
 
 
+def _segment_to_files(a, reporter, volume, source, output, overlay=None, overwrite=False):
+    """Runs the model on ``volume`` and writes ``output`` (labelmap + .json, or .seg.nrrd) and the overlay."""
+    from .segment import overlay_png, segment_volume, write_result
+
+    backend = _open_backend(a, reporter)
+    result = segment_volume(volume, backend.predict, backend.card, a.batch_size, reporter.progress,
+                            source=source, device=backend.device)
+    if output.name.lower().endswith(".seg.nrrd"):
+        from .segnrrd import write_seg_nrrd
+
+        write_seg_nrrd(result.labelmap, result.classes, output, overwrite=overwrite,
+                       algorithm_name=f"{backend.card['name']} {backend.card['version']}")
+    else:
+        write_result(result, output, backend.card, overwrite=overwrite)
+    if overlay:
+        overlay_png(volume, result.labelmap, result.classes, overlay)
+    return result
+
+
+def _report_done(reporter, result, **fields):
+    from .segment import summary_text
+
+    reporter.emit("done", **fields, slices=result.slices, seconds=round(result.seconds, 2), device=result.device,
+                  volumes_ml=result.volumes_ml)
+    if reporter.mode == "text":
+        reporter.message(summary_text(result))
+
+
 def _cmd_segment(a) -> int:
     from .progress import Reporter
-    from .segment import overlay_png, segment_volume, summary_text, write_result
     from .volume import read_volume
 
     reporter = Reporter.auto(a.progress)
     _check_output(a.output, a.overwrite)
     volume = read_volume(a.input, series_uid=a.series)
-    backend = _open_backend(a, reporter)
-    result = segment_volume(volume, backend.predict, backend.card, a.batch_size, reporter.progress,
-                            source=str(a.input), device=backend.device)
-    if a.output.name.lower().endswith(".seg.nrrd"):
-        from .segnrrd import write_seg_nrrd
-
-        write_seg_nrrd(result.labelmap, result.classes, a.output, overwrite=a.overwrite,
-                       algorithm_name=f"{backend.card['name']} {backend.card['version']}")
-    else:
-        write_result(result, a.output, backend.card, overwrite=a.overwrite)
-    if a.overlay:
-        overlay_png(volume, result.labelmap, result.classes, a.overlay)
-    reporter.emit("done", output=str(a.output), slices=result.slices, seconds=round(result.seconds, 2),
-                  device=result.device, volumes_ml=result.volumes_ml)
-    if reporter.mode == "text":
-        reporter.message(summary_text(result))
+    result = _segment_to_files(a, reporter, volume, str(a.input), a.output, a.overlay, a.overwrite)
+    _report_done(reporter, result, output=str(a.output))
     return 0
 
 
@@ -176,12 +189,9 @@ DEMO_CASE = "ivd_lumbar_t2/nifti/case25"  # a patient of the bundled model's val
 
 
 def _cmd_demo(a) -> int:
-    import numpy as np
-
     from .metrics import dice_per_class
     from .progress import Reporter
     from .sample_data import sample_data_dir
-    from .segment import overlay_png, segment_volume, summary_text, write_result
     from .volume import read_volume
 
     reporter = Reporter.auto(a.progress)
@@ -191,19 +201,16 @@ def _cmd_demo(a) -> int:
     if not image_path.is_file():
         raise IvdsegError(f"The demo case {image_path} is missing; pass --sample-data or set IVDSEG_SAMPLE_DATA.")
     a.output_dir.mkdir(parents=True, exist_ok=True)
+    out, png = a.output_dir / "case25_discs.nii.gz", a.output_dir / "case25_overlay.png"
     volume = read_volume(image_path)
-    backend = _open_backend(a, reporter)
-    result = segment_volume(volume, backend.predict, backend.card, a.batch_size, reporter.progress,
-                            source=str(image_path), device=backend.device)
-    out = write_result(result, a.output_dir / "case25_discs.nii.gz", backend.card, overwrite=True)
-    png = overlay_png(volume, result.labelmap, result.classes, a.output_dir / "case25_overlay.png")
-    truth = (read_volume(truth_path).array > 0).astype(np.uint8)
-    disc = next(c["value"] for c in backend.card["classes"] if c["name"] == "intervertebral disc")
-    dice = float(dice_per_class(truth, (result.labelmap.array == disc).astype(np.uint8), 2)[1])
-    reporter.emit("done", output=str(out), overlay=str(png), dice=round(dice, 4), slices=result.slices,
-                  seconds=round(result.seconds, 2), device=result.device, volumes_ml=result.volumes_ml)
+    result = _segment_to_files(a, reporter, volume, str(image_path), out, png, overwrite=True)
+    disc = next((c["value"] for c in result.classes if c["name"] == "intervertebral disc"), None)
+    if disc is None:
+        raise IvdsegError("The demo scores discs, but this model has no 'intervertebral disc' class.")
+    truth = read_volume(truth_path).array > 0
+    dice = float(dice_per_class(truth, result.labelmap.array == disc, 2)[1])
+    _report_done(reporter, result, output=str(out), overlay=str(png), dice=round(dice, 4))
     if reporter.mode == "text":
-        reporter.message(summary_text(result))
         reporter.message(f"Wrote {out} and {png}. Disc Dice against the sample's manual labels: {dice:.4f}.")
     return 0
 

@@ -65,19 +65,12 @@ class DatasetInfo:
 
 # ---------------------------------------------------------------- writing
 def save_npz(path: Path, **arrays) -> None:
-    """Compressed npz of numeric arrays, written to a temp name then renamed."""
+    """Compressed npz of numeric arrays (written inside DatasetWriter's staging folder, which is what
+    makes the dataset appear whole or not at all)."""
     for key, value in arrays.items():
         if np.asarray(value).dtype == object:
             raise ValueError(f"{key} is not numeric; datasets hold numeric arrays only")
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".npz.tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez_compressed(fh, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    np.savez_compressed(Path(path), **arrays)
 
 
 def write_json(path: Path, obj) -> None:

@@ -22,13 +22,25 @@ def prepare_slices(stack: np.ndarray, card: dict) -> np.ndarray:
     return normalize_slices(resized, tuple(norm["percentiles"]))[..., None]
 
 
-def predict_probabilities(model, batch_input: np.ndarray, batch_size=16) -> np.ndarray:
-    """(N, S, S, 1) -> (N, S, S, C) probabilities, batch by batch (model called directly, no retracing)."""
+def keras_predict(model):
+    """A backend-style predict callable for a Keras model (called directly: no retracing per batch size)."""
+    return lambda batch: np.asarray(model(batch, training=False))
+
+
+def predict_probabilities(predict, batch_input: np.ndarray, batch_size=16, progress=None) -> np.ndarray:
+    """(N, S, S, 1) -> (N, S, S, C) probabilities, ``batch_size`` slices per ``predict`` call.
+
+    Args:
+        predict: callable (B, S, S, 1) -> (B, S, S, C), e.g. a backend's or :func:`keras_predict`.
+        progress: called as progress(done_slices, total_slices, "infer") after each batch.
+    """
+    if not len(batch_input):
+        raise ValueError("no slices to predict")
     out = []
     for start in range(0, len(batch_input), batch_size):
-        out.append(np.asarray(model(batch_input[start:start + batch_size], training=False)))
-    if not out:
-        return np.zeros((0, *model.output_shape[1:]), np.float32)
+        out.append(np.asarray(predict(batch_input[start:start + batch_size])))
+        if progress:
+            progress(min(start + batch_size, len(batch_input)), len(batch_input), "infer")
     return np.concatenate(out)
 
 
@@ -42,5 +54,5 @@ def probabilities_to_labels(prob: np.ndarray, shape_hw) -> np.ndarray:
 
 def predict_stack(model, stack: np.ndarray, card: dict, batch_size=16) -> np.ndarray:
     """Labels (N, H, W) uint8 for native slices (N, H, W)."""
-    prob = predict_probabilities(model, prepare_slices(stack, card), batch_size)
+    prob = predict_probabilities(keras_predict(model), prepare_slices(stack, card), batch_size)
     return probabilities_to_labels(prob, stack.shape[1:])

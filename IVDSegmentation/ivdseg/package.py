@@ -8,6 +8,7 @@ Python lambda in a package is ever executed, and only registered ``ivdseg>`` obj
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -37,9 +38,8 @@ def class_entries(class_names: list[str]) -> list[dict]:
     """Card entries for the foreground classes ``class_names[1:]`` (index = label value)."""
     out = []
     for value, name in enumerate(class_names[1:], start=1):
-        entry = {"value": value, "name": name,
-                 "color": list(DEFAULT_COLORS[value % len(DEFAULT_COLORS)] if value < len(DEFAULT_COLORS)
-                               else DEFAULT_COLORS[1 + value % (len(DEFAULT_COLORS) - 1)])}
+        # DEFAULT_COLORS[0] is background's; foreground classes cycle through the others
+        entry = {"value": value, "name": name, "color": list(DEFAULT_COLORS[1 + (value - 1) % (len(DEFAULT_COLORS) - 1)])}
         code = TERMINOLOGY.get(name.lower())
         if code:
             entry["terminology"] = {"category": list(ANATOMICAL_STRUCTURE), "type": list(code)}
@@ -81,18 +81,35 @@ def read_card(package) -> dict:
         raise IvdsegError(f"{package} is not a valid zip file.") from None
 
 
-def _unzip(package: Path) -> Path:
-    tmp = Path(tempfile.mkdtemp(prefix="ivdseg-model-"))
-    with zipfile.ZipFile(package) as zf:
-        for member in zf.namelist():
-            target = (tmp / member).resolve()
-            if not str(target).startswith(str(tmp.resolve())):
-                raise IvdsegError(f"{package} holds a path outside the package ({member}); refused.")
-        zf.extractall(tmp)
-    cards = list(tmp.rglob("model.json"))
-    if not cards:
+def extract_package(package: Path, into: Path) -> Path:
+    """Extracts a package .zip into the folder ``into``; returns the folder that holds model.json.
+
+    Raises:
+        IvdsegError: a member that would land outside ``into``, a bad zip, or no card.
+    """
+    root = Path(into).resolve()
+    try:
+        with zipfile.ZipFile(package) as zf:
+            for member in zf.namelist():
+                if not (root / member).resolve().is_relative_to(root):
+                    raise IvdsegError(f"{package} holds a path outside the package ({member}); refused.")
+            zf.extractall(root)
+    except zipfile.BadZipFile:
+        raise IvdsegError(f"{package} is not a valid zip file.") from None
+    card = next(root.rglob("model.json"), None)
+    if card is None:
         raise IvdsegError(f"{package} has no model.json card.")
-    return cards[0].parent
+    return card.parent
+
+
+@contextlib.contextmanager
+def package_folder(package: Path):
+    """The package's folder; a .zip is extracted into a temporary folder removed on exit."""
+    if package.suffix.lower() != ".zip":
+        yield package
+        return
+    with tempfile.TemporaryDirectory(prefix="ivdseg-model-") as tmp:
+        yield extract_package(package, Path(tmp))
 
 
 def load_keras_model(path):
@@ -130,13 +147,8 @@ def load_package(package):
     """
     package = Path(package)
     card = read_card(package)
-    folder = _unzip(package) if package.suffix.lower() == ".zip" else package
-    try:
+    with package_folder(package) as folder:
         model = load_keras_model(folder / "model.keras")
-    finally:
-        if folder != package:
-            shutil.rmtree(folder.parent if folder.parent.name.startswith("ivdseg-model-") else folder,
-                          ignore_errors=True)
     expected = (card["input_size"], card["input_size"], card["channels"])
     got = tuple(model.input_shape[1:])
     if got != expected:
@@ -195,11 +207,6 @@ def bundled_models_dirs() -> list[Path]:
     here = Path(__file__).resolve()
     candidates = [here.parents[2] / "Resources" / "models", here.parents[1] / "Resources" / "models"]
     return [c for c in candidates if c.is_dir()] or candidates[:1]
-
-
-def bundled_models_dir() -> Path:
-    """The first folder of bundled packages."""
-    return bundled_models_dirs()[0]
 
 
 DEFAULT_MODEL = "ivd-disc-2d"

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import IvdsegError
-from .infer import prepare_slices, probabilities_to_labels
+from .infer import predict_probabilities, prepare_slices, probabilities_to_labels
 from .postprocess import apply_card
 from .volume import Volume, sagittal_slices, write_volume
 
@@ -66,13 +66,8 @@ def segment_volume(volume: Volume, predict, card: dict, batch_size=16, progress=
     """
     t0 = time.perf_counter()
     stack, mapping = check_sagittal(volume, source)
-    inputs = prepare_slices(stack, card)
-    probs = []
-    for start in range(0, len(inputs), batch_size):
-        probs.append(np.asarray(predict(inputs[start:start + batch_size])))
-        if progress:
-            progress(min(start + batch_size, len(inputs)), len(inputs), "infer")
-    labels = apply_card(probabilities_to_labels(np.concatenate(probs), stack.shape[1:]), card)
+    probs = predict_probabilities(predict, prepare_slices(stack, card), batch_size, progress)
+    labels = apply_card(probabilities_to_labels(probs, stack.shape[1:]), card)
     labelmap = Volume(mapping.to_volume(labels).astype(np.uint8), volume.ijk_to_ras.copy())
     voxel_ml = float(np.prod(volume.spacing_ijk_mm)) / 1000.0
     counts = np.bincount(labelmap.array.reshape(-1), minlength=len(card["classes"]) + 1)

@@ -61,7 +61,7 @@ def _atomic_save(model, path: Path) -> None:
 
 def _make_callbacks(keras, cfg, run_dir, val_x, val_y, num_classes, reporter, state, steps):
     from .metrics import dice_per_class
-    from .infer import predict_probabilities
+    from .infer import keras_predict, predict_probabilities
 
     ckpt_dir = run_dir / "checkpoints"
 
@@ -74,7 +74,7 @@ def _make_callbacks(keras, cfg, run_dir, val_x, val_y, num_classes, reporter, st
 
         def on_epoch_end(self, epoch, logs=None):
             logs = logs if logs is not None else {}
-            prob = predict_probabilities(self.model, val_x, cfg.batch_size)
+            prob = predict_probabilities(keras_predict(self.model), val_x, cfg.batch_size)
             dice = dice_per_class(val_y, np.argmax(prob, -1), num_classes)
             fg = dice[1:][~np.isnan(dice[1:])]
             val_dice = float(fg.mean()) if len(fg) else 0.0
@@ -248,23 +248,18 @@ def _main_thread():
 
 
 def _save_with_onnx(model, card, folder, extra, reporter):
-    from .package import save_package
-
-    try:
-        from .onnx_export import export_onnx
-    except ImportError:
-        export_onnx = None
     import tempfile
 
+    from .onnx_export import export_onnx
+    from .package import save_package
+
     with tempfile.TemporaryDirectory() as tmp:
-        if export_onnx is not None:
-            try:
-                onnx_path = export_onnx(model, Path(tmp) / "model.onnx")
-                extra = {**extra, "model.onnx": onnx_path}
-                card["backends"] = ["tensorflow", "onnx"]
-            except Exception as exc:  # the Keras model is the primary form; ONNX is an extra
-                reporter.message(f"The ONNX copy could not be made ({type(exc).__name__}: {exc}); "
-                                 "the package has the Keras model only.")
+        try:
+            extra = {**extra, "model.onnx": export_onnx(model, Path(tmp) / "model.onnx")}
+            card["backends"] = ["tensorflow", "onnx"]
+        except Exception as exc:  # tf2onnx missing or failing: the Keras model is the primary form
+            reporter.message(f"The ONNX copy could not be made ({type(exc).__name__}: {exc}); "
+                             "the package has the Keras model only.")
         return save_package(model, card, folder, overwrite=True, extra_files=extra)
 
 
