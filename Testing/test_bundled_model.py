@@ -9,7 +9,7 @@ import sys
 
 from conftest import ROOT, require_data
 
-from ivdseg.package import read_card, resolve_model
+from ivdseg.models.package import read_card, resolve_model
 from ivdseg.progress import parse_events
 
 # The demo case (case25, a validation patient of the bundled model) reaches 0.879 (measured); the floor leaves
@@ -45,9 +45,9 @@ def test_demo_reaches_its_dice_floor(tmp_path):
 
 
 def test_backends_agree_on_a_real_volume():
-    from ivdseg.backends import load_backend
-    from ivdseg.segment import segment_volume
-    from ivdseg.volume import read_volume
+    from ivdseg.inference.backends import load_backend
+    from ivdseg.inference.segment import segment_volume
+    from ivdseg.io.volumes import read_volume
 
     volume = read_volume(require_data("ivd_lumbar_t2/nifti/case25_T2w.nii.gz"))
     a = segment_volume(volume, *_backend(load_backend, "tensorflow")).labelmap.array
@@ -62,9 +62,9 @@ def _backend(load_backend, name):
 
 def test_synthetic_spine_is_found():
     """The synthetic spine of the Slicer self-test is segmented (what the self-test relies on)."""
-    from ivdseg.backends import load_backend
-    from ivdseg.phantom import synthetic_spine_volume
-    from ivdseg.segment import segment_volume
+    from ivdseg.inference.backends import load_backend
+    from ivdseg.data.phantom import synthetic_spine_volume
+    from ivdseg.inference.segment import segment_volume
 
     image, truth = synthetic_spine_volume()
     result = segment_volume(image, *_backend(load_backend, "onnx"))

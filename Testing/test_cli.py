@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ivdseg import cli
-from ivdseg.export import ExportOptions, RawCase, export_dataset
+from ivdseg.data.export import ExportOptions, RawCase, export_dataset
 
 
 def run(argv, capsys):

@@ -1,4 +1,4 @@
-"""Tests of ivdseg.dicom: folder indexing and series reading, on synthetic series built here and on real data."""
+"""Tests of ivdseg.io.dicom: folder indexing and series reading, on synthetic series built here and on real data."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ from conftest import require_data
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
-from ivdseg.dicom import SeriesInfo, index_folder, orientation_name, read_series
+from ivdseg.io.dicom import SeriesInfo, index_folder, orientation_name, read_series
 from ivdseg.errors import IvdsegError
-from ivdseg.volume import read_volume, sagittal_slices
+from ivdseg.io.volumes import read_volume
+from ivdseg.io.geometry import sagittal_slices
 
 from dicom_builders import (  # noqa: E402
     ENHANCED_MR_STORAGE,

@@ -10,10 +10,11 @@ import pytest
 from conftest import exported_bytes, require_data
 from dicom_builders import SAGITTAL_IOP, _series
 
-from ivdseg import dataset as ds
+from ivdseg.data import dataset as ds
 from ivdseg.errors import IvdsegError
-from ivdseg.export import ExportOptions, RawCase, SourceSpec, export_dataset, iter_source_cases, map_classes
-from ivdseg.volume import Volume, read_volume, write_volume
+from ivdseg.data.export import ExportOptions, RawCase, SourceSpec, export_dataset, iter_source_cases, map_classes
+from ivdseg.io.geometry import Volume
+from ivdseg.io.volumes import read_volume, write_volume
 
 CLASSES = ["intervertebral disc"]
 

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from ivdseg import metrics
+from ivdseg.eval import metrics
 
 # 3x3 maps: truth has 4 voxels of class 1, prediction 3, overlap 2 -> Dice 2*2/(4+3) = 4/7, IoU 2/5.
 T = np.array([[1, 1, 0], [1, 1, 0], [0, 0, 0]])
@@ -43,7 +43,7 @@ def test_hausdorff_95_known_value():
 
 
 keras = pytest.importorskip("keras")
-from ivdseg import losses  # noqa: E402
+from ivdseg.nn import losses  # noqa: E402
 
 
 def onehot(x, n):

@@ -184,7 +184,7 @@ def test_module_file_compiles_and_stays_thin():
 
 
 def test_panel_file_loads_without_inference_packages():
-    # IVDSegmentationLib.training and .scenarios reach OpenCV (ivdseg.export, ivdseg.phantom), which a fresh
+    # IVDSegmentationLib.training and .scenarios reach OpenCV (ivdseg.data.export, ivdseg.data.phantom), which a fresh
     # Slicer lacks: the panel imports them inside its methods, so the module still loads.
     imported = _top_level_imports(_module_tree(PANEL_FILE))
     roots = {name.split(".")[0] for name in imported}

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 keras = pytest.importorskip("keras")
-from ivdseg import networks  # noqa: E402
-from ivdseg.package import load_keras_model  # noqa: E402
+from ivdseg.nn import networks  # noqa: E402
+from ivdseg.models.package import load_keras_model  # noqa: E402
 
 SHAPE_CASES = [
     # network, input_size, num_classes, activation, depth

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from ivdseg.postprocess import apply_card, drop_small_components
+from ivdseg.inference.postprocess import apply_card, drop_small_components
 
 
 def _labels():

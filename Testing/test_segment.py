@@ -10,12 +10,14 @@ from conftest import require_data
 from dicom_builders import _series
 
 keras = pytest.importorskip("keras")
-from ivdseg import cli, networks  # noqa: E402
-from ivdseg.backends import load_backend  # noqa: E402
-from ivdseg.onnx_export import export_onnx  # noqa: E402
-from ivdseg.package import class_entries, save_package  # noqa: E402
-from ivdseg.segment import segment_volume  # noqa: E402
-from ivdseg.volume import Volume, read_volume, sagittal_slices, write_volume  # noqa: E402
+from ivdseg import cli
+from ivdseg.nn import networks  # noqa: E402
+from ivdseg.inference.backends import load_backend  # noqa: E402
+from ivdseg.models.onnx_export import export_onnx  # noqa: E402
+from ivdseg.models.package import class_entries, save_package  # noqa: E402
+from ivdseg.inference.segment import segment_volume  # noqa: E402
+from ivdseg.io.geometry import Volume, sagittal_slices
+from ivdseg.io.volumes import read_volume, write_volume  # noqa: E402
 
 
 @pytest.fixture(scope="module")

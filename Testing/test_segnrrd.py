@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from ivdseg.errors import IvdsegError
-from ivdseg.segnrrd import seg_nrrd_header, terminology_entry, write_seg_nrrd
-from ivdseg.volume import Volume
+from ivdseg.io.segnrrd import seg_nrrd_header, terminology_entry, write_seg_nrrd
+from ivdseg.io.geometry import Volume
 
 DISC = {"category": ["SCT", "123037004", "Anatomical Structure"], "type": ["SCT", "360499006", "Intervertebral disc"]}
 CLASSES = [

@@ -30,7 +30,7 @@ def scenarios(mrml):
 
 @pytest.fixture
 def bundled():
-    from ivdseg.package import resolve_model
+    from ivdseg.models.package import resolve_model
 
     return resolve_model()
 
@@ -66,7 +66,7 @@ def test_dicom_folder_loads_under_its_study_and_result_follows(mrml, tmp_path, b
     import slicer
     from IVDSegmentationLib.logic import SegmentationLogic
     from IVDSegmentationLib.nodes import ijkToRasArray
-    from ivdseg.dicom import read_series
+    from ivdseg.io.dicom import read_series
 
     _series(tmp_path / "dcm", iop=SAGITTAL_IOP)
     node = SegmentationLogic.loadDicomFolder(str(tmp_path / "dcm"))

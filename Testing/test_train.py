@@ -111,7 +111,7 @@ def test_sigterm_packages_the_best_model_so_far(real_dataset, tmp_path):
     import signal
     import time
 
-    from ivdseg.package import load_package
+    from ivdseg.models.package import load_package
 
     env = {**os.environ, "PYTHONPATH": str(ROOT / "IVDSegmentation"), "TF_CPP_MIN_LOG_LEVEL": "2"}
     proc = subprocess.Popen([sys.executable, "-m", "ivdseg", *map(str, _train_args(real_dataset, tmp_path / "run", 50))],

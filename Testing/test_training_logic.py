@@ -17,7 +17,7 @@ SECRETS = {"DICOM.PatientName": "Doe^Janeway", "DICOM.PatientID": "SECRET-4471"}
 def _add_case(scene, name, patient_secrets):
     import slicer
 
-    from ivdseg.volume import read_volume
+    from ivdseg.io.volumes import read_volume
 
     root = require_data("ivd_lumbar_t2/nifti")
     image = read_volume(root / f"{name}_T2w.nii.gz")

@@ -1,4 +1,4 @@
-"""Tests of ivdseg.volume: NIfTI/NRRD reading and writing with geometry, and sagittal slicing."""
+"""Tests of ivdseg.io.volumes and ivdseg.io.geometry: NIfTI/NRRD reading and writing with geometry, and sagittal slicing."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 from conftest import require_data
 
-import ivdseg.volume as volume_module
+import ivdseg.io.volumes as volume_module
 from ivdseg.errors import IvdsegError
-from ivdseg.volume import Volume, read_volume, sagittal_slices, write_volume
+from ivdseg.io.geometry import Volume, sagittal_slices
+from ivdseg.io.volumes import read_volume, write_volume
 
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import slicer
 
-from ivdseg.dicom import index_folder, read_series
+from ivdseg.io.dicom import index_folder, read_series
 
 
 def loadSeriesByUID(seriesUID: str):

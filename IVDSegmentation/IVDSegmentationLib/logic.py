@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ivdseg.errors import IvdsegError
-from ivdseg.package import bundled_models_dirs, extract_package, read_card
+from ivdseg.models.package import bundled_models_dirs, extract_package, read_card
 
 from . import dependencies, nodes
 from .worker import WorkerJob

@@ -20,7 +20,7 @@ def ijkToRasArray(volumeNode) -> np.ndarray:
 
 def volumeFromNode(volumeNode):
     """A core Volume (array (K, J, I), IJK-to-RAS) from a scalar volume node."""
-    from ivdseg.volume import Volume
+    from ivdseg.io.geometry import Volume
 
     volumeFromNodeChecks(volumeNode)
     return Volume(np.array(slicer.util.arrayFromVolume(volumeNode)), ijkToRasArray(volumeNode))

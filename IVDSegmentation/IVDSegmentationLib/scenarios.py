@@ -13,8 +13,8 @@ import numpy as np
 import slicer
 import vtk
 
-from ivdseg.package import read_card, resolve_model
-from ivdseg.phantom import synthetic_spine_volume
+from ivdseg.models.package import read_card, resolve_model
+from ivdseg.data.phantom import synthetic_spine_volume
 
 from .logic import SegmentationLogic
 from .nodes import INPUT_ATTRIBUTE, MODEL_ATTRIBUTE, ijkToRasArray

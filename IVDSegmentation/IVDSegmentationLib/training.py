@@ -14,8 +14,8 @@ import numpy as np
 import slicer
 
 from ivdseg.errors import IvdsegError
-from ivdseg.export import ExportOptions, RawCase, export_dataset
-from ivdseg.volume import Volume, sagittal_slices
+from ivdseg.data.export import ExportOptions, RawCase, export_dataset
+from ivdseg.io.geometry import Volume, sagittal_slices
 
 from .nodes import ijkToRasArray, volumeFromNode
 from .worker import WorkerJob

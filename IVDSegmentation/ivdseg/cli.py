@@ -12,7 +12,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from .errors import IvdsegError
+from ivdseg.errors import IvdsegError
 
 
 def _sizes(text):
@@ -122,8 +122,8 @@ def _inference_args(g):
 
 
 def _open_backend(a, reporter):
-    from .backends import load_backend
-    from .package import resolve_model
+    from ivdseg.inference.backends import load_backend
+    from ivdseg.models.package import resolve_model
 
     if a.batch_size < 1:
         raise IvdsegError(f"--batch-size must be at least 1, got {a.batch_size}.")
@@ -147,13 +147,13 @@ def _check_output(path: Path, overwrite: bool):
 
 def _segment_to_files(a, reporter, volume, source, output, overlay=None, overwrite=False):
     """Runs the model on ``volume`` and writes ``output`` (labelmap + .json, or .seg.nrrd) and the overlay."""
-    from .segment import overlay_png, segment_volume, write_result
+    from ivdseg.inference.segment import overlay_png, segment_volume, write_result
 
     backend = _open_backend(a, reporter)
     result = segment_volume(volume, backend.predict, backend.card, a.batch_size, reporter.progress,
                             source=source, device=backend.device)
     if output.name.lower().endswith(".seg.nrrd"):
-        from .segnrrd import write_seg_nrrd
+        from ivdseg.io.segnrrd import write_seg_nrrd
 
         write_seg_nrrd(result.labelmap, result.classes, output, overwrite=overwrite,
                        algorithm_name=f"{backend.card['name']} {backend.card['version']}")
@@ -165,7 +165,7 @@ def _segment_to_files(a, reporter, volume, source, output, overlay=None, overwri
 
 
 def _report_done(reporter, result, **fields):
-    from .segment import summary_text
+    from ivdseg.inference.segment import summary_text
 
     reporter.emit("done", **fields, slices=result.slices, seconds=round(result.seconds, 2), device=result.device,
                   volumes_ml=result.volumes_ml)
@@ -174,8 +174,8 @@ def _report_done(reporter, result, **fields):
 
 
 def _cmd_segment(a) -> int:
-    from .progress import Reporter
-    from .volume import read_volume
+    from ivdseg.progress import Reporter
+    from ivdseg.io.volumes import read_volume
 
     reporter = Reporter.auto(a.progress)
     _check_output(a.output, a.overwrite)
@@ -189,10 +189,10 @@ DEMO_CASE = "ivd_lumbar_t2/nifti/case25"  # a patient of the bundled model's val
 
 
 def _cmd_demo(a) -> int:
-    from .metrics import dice_per_class
-    from .progress import Reporter
-    from .sample_data import sample_data_dir
-    from .volume import read_volume
+    from ivdseg.eval.metrics import dice_per_class
+    from ivdseg.progress import Reporter
+    from ivdseg.data.sample_data import sample_data_dir
+    from ivdseg.io.volumes import read_volume
 
     reporter = Reporter.auto(a.progress)
     root = a.sample_data or sample_data_dir()
@@ -216,7 +216,7 @@ def _cmd_demo(a) -> int:
 
 
 def _cmd_series(a) -> int:
-    from .dicom import index_folder
+    from ivdseg.io.dicom import index_folder
 
     series = index_folder(a.folder)
     if not series:
@@ -228,8 +228,8 @@ def _cmd_series(a) -> int:
 
 
 def _cmd_export(a) -> int:
-    from .export import ExportOptions, SourceSpec, export_dataset, iter_source_cases
-    from .progress import Reporter
+    from ivdseg.data.export import ExportOptions, SourceSpec, export_dataset, iter_source_cases
+    from ivdseg.progress import Reporter
 
     if a.spec:
         try:
@@ -270,8 +270,8 @@ def _cmd_export(a) -> int:
 
 
 def _cmd_train(a) -> int:
-    from .progress import Reporter
-    from .train import TrainConfig, train
+    from ivdseg.progress import Reporter
+    from ivdseg.nn.train import TrainConfig, train
 
     extra = {}
     if a.card:
@@ -292,9 +292,9 @@ def _cmd_train(a) -> int:
 
 
 def _cmd_evaluate(a) -> int:
-    from . import dataset as ds
-    from .evaluate import evaluate_cases
-    from .package import load_package, resolve_model
+    from ivdseg.data import dataset as ds
+    from ivdseg.eval.evaluate import evaluate_cases
+    from ivdseg.models.package import load_package, resolve_model
 
     info = ds.open_dataset(a.dataset)
     model, card = load_package(resolve_model(a.model))
@@ -315,7 +315,7 @@ def _cmd_evaluate(a) -> int:
     print(f"Dice per class at native resolution on the {a.split} split"
           + (f" of fold {a.fold}" if a.fold is not None else "") + ".")
     if a.json:
-        from .dataset import write_json
+        from ivdseg.io.atomic import write_json
 
         write_json(a.json, result)
     return 0

@@ -34,7 +34,7 @@ def _median_time(fn, repeats):
 
 
 def main(argv=None):
-    from ivdseg.sample_data import sample_data_dir
+    from ivdseg.data.sample_data import sample_data_dir
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--input", type=Path, default=sample_data_dir() / "ivd_lumbar_t2/nifti/case25_T2w.nii.gz")
@@ -44,11 +44,11 @@ def main(argv=None):
     p.add_argument("--device", default="auto")
     a = p.parse_args(argv)
 
-    from ivdseg.backends import load_backend
-    from ivdseg.infer import prepare_slices
-    from ivdseg.package import resolve_model
-    from ivdseg.segment import check_sagittal, segment_volume, write_result
-    from ivdseg.volume import read_volume
+    from ivdseg.inference.backends import load_backend
+    from ivdseg.inference.predict import prepare_slices
+    from ivdseg.models.package import resolve_model
+    from ivdseg.inference.segment import check_sagittal, segment_volume, write_result
+    from ivdseg.io.volumes import read_volume
 
     package = resolve_model(a.model)
     backends = ["tensorflow", "onnx"] if (Path(package) / "model.onnx").exists() else ["tensorflow"]

@@ -22,8 +22,8 @@ sys.path.insert(0, str(ROOT / "IVDSegmentation"))
 
 
 def _small_dataset(tmp: Path, size: int) -> Path:
-    from ivdseg.export import ExportOptions, SourceSpec, export_dataset, iter_source_cases
-    from ivdseg.sample_data import sample_data_dir
+    from ivdseg.data.export import ExportOptions, SourceSpec, export_dataset, iter_source_cases
+    from ivdseg.data.sample_data import sample_data_dir
 
     spec = SourceSpec(name="spider", kind="slices", root=sample_data_dir() / "spider_t2_2d",
                       images="images/1[0-9]*_t2_SPACE_slice*.png", labels="labels/{name}",
@@ -46,9 +46,11 @@ def main(argv=None):
     import numpy as np
     import tensorflow as tf
 
-    from ivdseg import dataset as ds, losses, networks
-    from ivdseg.augment import make_dataset
-    from ivdseg.preprocess import normalize_slices
+    from ivdseg.data import dataset as ds
+    from ivdseg.nn import losses
+    from ivdseg.nn import networks
+    from ivdseg.nn.augment import make_dataset
+    from ivdseg.data.preprocess import normalize_slices
 
     with tempfile.TemporaryDirectory() as tmp:
         root = a.dataset or _small_dataset(Path(tmp), a.size)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .preprocess import normalize_slices, resize_probabilities, resize_stack
+from ivdseg.data.preprocess import normalize_slices, resize_probabilities, resize_stack
 
 
 def prepare_slices(stack: np.ndarray, card: dict) -> np.ndarray:

@@ -15,8 +15,8 @@ import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from .errors import IvdsegError
-from .volume import Volume
+from ivdseg.errors import IvdsegError
+from ivdseg.io.geometry import Volume
 
 _LPS_TO_RAS = np.array([-1.0, -1.0, 1.0])
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from .volume import Volume
+from ivdseg.io.geometry import Volume
 
 
 def _body(canvas, centre, size, angle, value, rim):

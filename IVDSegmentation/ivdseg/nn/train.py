@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import signal
 import time
 from dataclasses import asdict, dataclass, field
@@ -18,10 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from . import dataset as ds
-from .errors import IvdsegError
-from .preprocess import DEFAULT_PERCENTILES, normalize_slices
-from .progress import Reporter
+from ivdseg.data import dataset as ds
+from ivdseg.errors import IvdsegError
+from ivdseg.io.atomic import atomic_write, write_json
+from ivdseg.data.preprocess import DEFAULT_PERCENTILES, normalize_slices
+from ivdseg.progress import Reporter
 
 
 @dataclass
@@ -54,14 +54,12 @@ class _Stop(Exception):
 
 
 def _atomic_save(model, path: Path) -> None:
-    tmp = path.with_name(f".{path.stem}.tmp.keras")
-    model.save(tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda temp: model.save(temp), overwrite=True)
 
 
 def _make_callbacks(keras, cfg, run_dir, val_x, val_y, num_classes, reporter, state, steps):
-    from .metrics import dice_per_class
-    from .infer import keras_predict, predict_probabilities
+    from ivdseg.eval.metrics import dice_per_class
+    from ivdseg.inference.predict import keras_predict, predict_probabilities
 
     ckpt_dir = run_dir / "checkpoints"
 
@@ -92,7 +90,7 @@ def _make_callbacks(keras, cfg, run_dir, val_x, val_y, num_classes, reporter, st
                 del best[cfg.keep_best:]
             _atomic_save(self.model, ckpt_dir / "last.keras")
             state["epoch"] = epoch + 1
-            ds.write_json(ckpt_dir / "state.json", state)
+            write_json(ckpt_dir / "state.json", state)
             lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
             reporter.emit("epoch", epoch=epoch + 1, epochs=cfg.epochs, loss=float(logs.get("loss", math.nan)),
                           val_dice=val_dice, best_val_dice=best[0][0], learning_rate=lr,
@@ -170,9 +168,10 @@ def train(dataset_dir, run_dir, cfg: TrainConfig, reporter: Reporter | None = No
     import keras
     import tensorflow as tf
 
-    from . import losses, networks
-    from .augment import make_dataset
-    from .package import load_keras_model, load_package
+    from ivdseg.nn import losses
+    from ivdseg.nn import networks
+    from ivdseg.nn.augment import make_dataset
+    from ivdseg.models.package import load_keras_model, load_package
 
     keras.utils.set_random_seed(cfg.seed)
     train_cases, val_cases, tx, ty, vx, vy = _load_split(info, cfg)
@@ -198,7 +197,7 @@ def train(dataset_dir, run_dir, cfg: TrainConfig, reporter: Reporter | None = No
             model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate), loss=losses.get_loss(cfg.loss),
                           metrics=[losses.DiceMetric(c) for c in range(1, info.num_classes)],
                           jit_compile=False)  # XLA is slower on CPU here and recompiles per shape
-    ds.write_json(run_dir / "config.json", {**asdict(cfg), "dataset": str(dataset_dir)})
+    write_json(run_dir / "config.json", {**asdict(cfg), "dataset": str(dataset_dir)})
 
     batch = cfg.batch_size * strategy.num_replicas_in_sync
     steps = cfg.steps_per_epoch or max(1, math.ceil(len(tx) / batch))
@@ -228,7 +227,7 @@ def train(dataset_dir, run_dir, cfg: TrainConfig, reporter: Reporter | None = No
     best = load_keras_model(ckpt_dir / best_name)
     card = _card(cfg, info, train_cases, val_cases, best_epoch, state["epoch"], device,
                  time.perf_counter() - t0, command)
-    from .evaluate import choose_postprocessing, predict_cases, score_predictions
+    from ivdseg.eval.evaluate import choose_postprocessing, predict_cases, score_predictions
 
     predictions = predict_cases(best, card, info, val_cases, cfg.batch_size, reporter.progress)
     card["postprocessing"] = choose_postprocessing(predictions, info, card)
@@ -250,8 +249,8 @@ def _main_thread():
 def _save_with_onnx(model, card, folder, extra, reporter):
     import tempfile
 
-    from .onnx_export import export_onnx
-    from .package import save_package
+    from ivdseg.models.onnx_export import export_onnx
+    from ivdseg.models.package import save_package
 
     with tempfile.TemporaryDirectory() as tmp:
         try:
@@ -264,7 +263,7 @@ def _save_with_onnx(model, card, folder, extra, reporter):
 
 
 def _card(cfg, info, train_cases, val_cases, best_epoch, epochs_run, device, seconds, command):
-    from .package import class_entries
+    from ivdseg.models.package import class_entries
 
     meta = json.loads((info.root / "dataset.json").read_text())
     patients = lambda cases: len({info.cases[c]["patient"] for c in cases})  # noqa: E731

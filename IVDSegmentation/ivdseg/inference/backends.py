@@ -15,8 +15,8 @@ from typing import Callable
 
 import numpy as np
 
-from .errors import IvdsegError
-from .package import read_card
+from ivdseg.errors import IvdsegError
+from ivdseg.models.package import read_card
 
 
 @dataclass
@@ -51,7 +51,7 @@ def _tensorflow(package: Path, card: dict, device: str) -> Backend:
     gpus = _tf_gpus() if device != "cpu" else []
     if device == "gpu" and not gpus:
         raise IvdsegError("--device gpu was asked for but TensorFlow sees no GPU; use --device auto or cpu.")
-    from .package import load_package
+    from ivdseg.models.package import load_package
 
     model, card = load_package(package)
 
@@ -125,7 +125,7 @@ def load_backend(package, backend="auto", device="auto") -> Backend:
     if package.suffix.lower() == ".zip":
         import tempfile
 
-        from .package import extract_package
+        from ivdseg.models.package import extract_package
 
         unpacked = tempfile.TemporaryDirectory(prefix="ivdseg-model-")  # removed with the backend
         package = extract_package(package, Path(unpacked.name))

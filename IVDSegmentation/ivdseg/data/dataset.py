@@ -16,16 +16,14 @@ size); its id is ``<patient pseudonym>-<series index>``. Every array is numeric 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .errors import IvdsegError
+from ivdseg.errors import IvdsegError
+from ivdseg.io.atomic import atomic_folder
 
 FORMAT = "ivdseg-dataset"
 FORMAT_VERSION = 1
@@ -73,40 +71,20 @@ def save_npz(path: Path, **arrays) -> None:
     np.savez_compressed(Path(path), **arrays)
 
 
-def write_json(path: Path, obj) -> None:
-    """JSON written to a temp name then renamed."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(obj, fh, indent=2, sort_keys=False)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 class DatasetWriter:
-    """Writes a dataset into a hidden staging folder and moves it into place only when complete.
+    """Writes a dataset into a hidden staging folder that replaces ``root`` only when complete.
 
-    Use as a context manager: an exception (or Ctrl-C) removes the staging folder and leaves any
-    previous dataset at ``root`` untouched.
+    Use as a context manager (:func:`ivdseg.io.atomic.atomic_folder`): an exception (or Ctrl-C) removes the
+    staging folder and leaves any previous dataset at ``root`` untouched.
     """
 
     def __init__(self, root, overwrite=False):
         self.root = Path(root)
-        if self.root.exists() and not overwrite:
-            raise IvdsegError(f"{self.root} already exists; choose another folder or pass --overwrite.")
-        parent = self.root.parent
-        if not parent.is_dir():
-            raise IvdsegError(f"Cannot write the dataset: folder {parent} does not exist.")
-        if not os.access(parent, os.W_OK):
-            raise IvdsegError(f"Cannot write the dataset: folder {parent} is not writable.")
+        self._folder = atomic_folder(self.root, overwrite=overwrite)
         self.staging: Path | None = None
 
     def __enter__(self):
-        self.staging = Path(tempfile.mkdtemp(dir=self.root.parent, prefix=f".{self.root.name}.partial-"))
+        self.staging = self._folder.__enter__()
         (self.staging / "cases").mkdir()
         return self
 
@@ -116,19 +94,7 @@ class DatasetWriter:
         return p
 
     def __exit__(self, exc_type, exc, tb):
-        if exc_type is not None:
-            shutil.rmtree(self.staging, ignore_errors=True)
-            if isinstance(exc, OSError) and exc.errno == 28:
-                raise IvdsegError(f"The disk holding {self.root} is full; nothing was written.") from exc
-            return False
-        old = None
-        if self.root.exists():
-            old = self.root.with_name(f".{self.root.name}.old-{os.getpid()}")
-            os.replace(self.root, old)
-        os.replace(self.staging, self.root)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-        return False
+        return self._folder.__exit__(exc_type, exc, tb)
 
 
 # ---------------------------------------------------------------- splits

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import dataset as ds
-from .infer import predict_stack
-from .metrics import confusion_counts, dice_from_counts, iou_from_counts
-from .postprocess import apply_card
+from ivdseg.data import dataset as ds
+from ivdseg.inference.predict import predict_stack
+from ivdseg.eval.metrics import confusion_counts, dice_from_counts, iou_from_counts
+from ivdseg.inference.postprocess import apply_card
 
 
 def _summary(counts: np.ndarray, per_patient: list[np.ndarray], class_names: list[str]) -> dict:

@@ -16,7 +16,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from .errors import IvdsegError
+from ivdseg.errors import IvdsegError
 
 CARD_FORMAT = "ivdseg-model"
 CARD_VERSION = 1
@@ -116,7 +116,7 @@ def load_keras_model(path):
     """Loads a ``.keras`` file with ``safe_mode=True`` and the ivdseg custom objects registered."""
     import keras
 
-    from . import losses, networks  # noqa: F401  (registers ivdseg> objects)
+    from ivdseg.nn import losses, networks  # noqa: F401  (registers ivdseg> objects)
 
     try:
         return keras.saving.load_model(str(path), safe_mode=True, compile=False)
@@ -170,31 +170,19 @@ def save_package(model, card: dict, folder, overwrite=False, extra_files: dict |
         overwrite: replace an existing package.
         extra_files: {name: source path} copied into the package (e.g. model.onnx, training log).
     """
+    from ivdseg.io.atomic import atomic_folder
+    from ivdseg.models.card import render
+
     folder = Path(folder)
-    if folder.exists() and not overwrite:
-        raise IvdsegError(f"{folder} already exists; choose another folder or pass --overwrite.")
     folder.parent.mkdir(parents=True, exist_ok=True)
     card = {"format": CARD_FORMAT, "format_version": CARD_VERSION, **card}
     check_card(card, folder / "model.json")
-    staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.partial-"))
-    try:
+    with atomic_folder(folder, overwrite=overwrite) as staging:
         model.save(staging / "model.keras")
         for name, src in (extra_files or {}).items():
             shutil.copy2(src, staging / name)
         (staging / "model.json").write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
-        from .modelcard import render
-
         (staging / "MODEL_CARD.md").write_text(render(card), encoding="utf-8")
-        old = None
-        if folder.exists():
-            old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
-            os.replace(folder, old)
-        os.replace(staging, folder)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return folder
 
 
@@ -204,8 +192,8 @@ def bundled_models_dirs() -> list[Path]:
     env = os.environ.get("IVDSEG_MODELS_DIR")
     if env:
         return [Path(env)]
-    here = Path(__file__).resolve()
-    candidates = [here.parents[2] / "Resources" / "models", here.parents[1] / "Resources" / "models"]
+    module_dir = Path(__file__).resolve().parents[2]  # IVDSegmentation/, which holds ivdseg/
+    candidates = [module_dir.parent / "Resources" / "models", module_dir / "Resources" / "models"]
     return [c for c in candidates if c.is_dir()] or candidates[:1]
 
 

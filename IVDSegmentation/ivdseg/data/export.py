@@ -19,10 +19,11 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from . import dataset as ds
-from .errors import IvdsegError
-from .preprocess import one_hot, resize_stack
-from .sample_data import expand
+from ivdseg.data import dataset as ds
+from ivdseg.errors import IvdsegError
+from ivdseg.io.atomic import write_json
+from ivdseg.data.preprocess import one_hot, resize_stack
+from ivdseg.data.sample_data import expand
 
 ProgressFn = Callable[[int, int, str], None]
 
@@ -172,12 +173,13 @@ def _iter_slices(spec: SourceSpec, classes: list[str]) -> Iterator[RawCase]:
 
 
 def _iter_volumes(spec: SourceSpec, classes: list[str]) -> Iterator[RawCase]:
-    from .volume import read_volume, sagittal_slices
+    from ivdseg.io.volumes import read_volume
+    from ivdseg.io.geometry import sagittal_slices
 
     for path in sorted((Path(p) for p in glob.glob(str(spec.root / spec.images))), key=_natural_key):
         patient = _patient_of(path, spec.patient_pattern)
         if patient is None and path.is_dir():
-            from .dicom import index_folder
+            from ivdseg.io.dicom import index_folder
 
             ids = {s.patient_id for s in index_folder(path)}
             patient = sorted(ids)[0] if ids else None
@@ -319,8 +321,8 @@ def _write_meta(writer, all_classes, options, meta_cases, sources, voxels, raw_o
             classes_of.setdefault(m["patient"], set()).update(m["classes_present"])
         strata = {p: f"{patient_strata[p]}|{sorted(classes_of[p])}" for p in patient_strata}
         splits["folds"] = ds.stratified_group_kfold(strata, options.kfold, options.seed, raw_order)
-    ds.write_json(writer.path("splits.json"), splits)
-    ds.write_json(writer.path("dataset.json"), {
+    write_json(writer.path("splits.json"), splits)
+    write_json(writer.path("dataset.json"), {
         "format": ds.FORMAT, "format_version": ds.FORMAT_VERSION,
         "classes": all_classes, "sizes": [int(s) for s in options.sizes],
         "background_channel": options.background_channel,

@@ -10,7 +10,7 @@ def sample_data_dir() -> Path:
     env = os.environ.get("IVDSEG_SAMPLE_DATA")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[3] / "shared" / "data"
+    return Path(__file__).resolve().parents[4] / "shared" / "data"  # <checkout>/../shared/data
 
 
 def expand(path_text: str) -> str:

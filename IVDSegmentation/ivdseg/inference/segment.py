@@ -13,10 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import IvdsegError
-from .infer import predict_probabilities, prepare_slices, probabilities_to_labels
-from .postprocess import apply_card
-from .volume import Volume, sagittal_slices, write_volume
+from ivdseg.errors import IvdsegError
+from ivdseg.inference.predict import predict_probabilities, prepare_slices, probabilities_to_labels
+from ivdseg.inference.postprocess import apply_card
+from ivdseg.io.geometry import Volume, sagittal_slices
+from ivdseg.io.atomic import atomic_write
+from ivdseg.io.volumes import write_volume
 
 MAX_OBLIQUITY_DEG = 30.0
 MAX_THICK_RATIO = 2.0
@@ -80,7 +82,7 @@ def write_result(result: SegmentResult, output, card: dict, overwrite=False) -> 
     output = Path(output)
     path = write_volume(result.labelmap, output, overwrite=overwrite)
     sidecar = output.with_name(output.name + ".json")
-    from .dataset import write_json
+    from ivdseg.io.atomic import write_json
 
     write_json(sidecar, {"model": card["name"], "model_version": card["version"], "labels": result.classes,
                          "volumes_ml": result.volumes_ml})
@@ -91,7 +93,7 @@ def overlay_png(volume: Volume, labelmap: Volume, classes: list[dict], path) -> 
     """Writes the mid-sagittal slice with each class's outline drawn in its colour (8-bit PNG)."""
     import cv2
 
-    from .preprocess import normalize_slices
+    from ivdseg.data.preprocess import normalize_slices
 
     stack, _ = sagittal_slices(volume)
     labels, _ = sagittal_slices(labelmap)
@@ -104,12 +106,13 @@ def overlay_png(volume: Volume, labelmap: Volume, classes: list[dict], path) -> 
         contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
         colour = tuple(int(255 * v) for v in reversed(c["color"]))  # OpenCV is BGR
         cv2.drawContours(rgb, contours, -1, colour, 1)
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    if not cv2.imwrite(str(tmp), rgb):
-        raise IvdsegError(f"Cannot write the overlay {path}.")
-    tmp.replace(path)
-    return path
+    def write(temp):
+        ok, encoded = cv2.imencode(".png", rgb)
+        if not ok:
+            raise IvdsegError(f"Cannot encode the overlay {path}.")
+        Path(temp).write_bytes(encoded.tobytes())
+
+    return atomic_write(Path(path), write, overwrite=True)
 
 
 def summary_text(result: SegmentResult) -> str:

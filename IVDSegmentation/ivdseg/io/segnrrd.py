@@ -20,8 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import IvdsegError
-from .volume import Volume, atomic_write
+from ivdseg.errors import IvdsegError
+from ivdseg.io.geometry import Volume
+from ivdseg.io.atomic import atomic_write
 
 TERMINOLOGY_CONTEXT = "Segmentation category and type - 3D Slicer General Anatomy list"
 ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"
@@ -192,5 +193,5 @@ def write_seg_nrrd(labelmap: Volume, classes: list[dict], path, overwrite: bool 
     import nrrd
 
     data = np.ascontiguousarray(labelmap.array.astype(np.uint8).transpose(2, 1, 0))  # (I, J, K) for index_order F
-    atomic_write(path, ".nrrd", lambda temp: nrrd.write(str(temp), data, header, index_order="F"), overwrite)
+    atomic_write(path, lambda temp: nrrd.write(str(temp), data, header, index_order="F"), overwrite)
     return path
