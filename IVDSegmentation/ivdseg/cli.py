@@ -150,8 +150,9 @@ def _segment_to_files(a, reporter, volume, source, output, overlay=None, overwri
     from ivdseg.inference.segment import overlay_png, segment_volume, write_result
 
     backend = _open_backend(a, reporter)
-    result = segment_volume(volume, backend.predict, backend.card, a.batch_size, reporter.progress,
+    result = segment_volume(volume, backend.predict, backend.card, a.batch_size, a.stop.guard(reporter.progress),
                             source=source, device=backend.device)
+    a.stop.check()  # a request that came with the last batch: nothing is written
     if output.name.lower().endswith(".seg.nrrd"):
         from ivdseg.io.segnrrd import write_seg_nrrd
 
@@ -262,7 +263,8 @@ def _cmd_export(a) -> int:
         for s in sources:
             yield from iter_source_cases(s, classes)
 
-    info = export_dataset(cases(), classes, a.output, options, overwrite=a.overwrite, progress=reporter.progress)
+    info = export_dataset(cases(), classes, a.output, options, overwrite=a.overwrite,
+                          progress=a.stop.guard(reporter.progress))
     reporter.emit("done", dataset=str(a.output), cases=len(info.cases),
                   patients=len({m["patient"] for m in info.cases.values()}),
                   train_patients=len(info.splits["train"]), val_patients=len(info.splits["val"]))
@@ -287,7 +289,7 @@ def _cmd_train(a) -> int:
                       name=a.name, version=a.model_version, card_extra=extra)
     command = "ivdseg " + " ".join(shlex.quote(x) for x in sys.argv[1:])
     train(a.dataset, a.output, cfg, Reporter.auto(a.progress), resume=a.resume, overwrite=a.overwrite,
-          command=command)
+          command=command, stop=a.stop)
     return 0
 
 
@@ -303,7 +305,7 @@ def _cmd_evaluate(a) -> int:
                           f"the dataset's {info.classes[1:]}.")
     train_cases, val_cases = info.split_cases(a.fold)
     cases = {"val": val_cases, "train": train_cases, "all": sorted(info.cases)}[a.split]
-    result = evaluate_cases(model, card, info, cases, a.batch_size)
+    result = evaluate_cases(model, card, info, cases, a.batch_size, a.stop.guard(None))
     rows = [("all", result["overall"])] + list(result["per_source"].items())
     names = info.classes[1:]
     widths = [max(len(n), 8) for n in names]
@@ -326,12 +328,19 @@ COMMANDS = {"export": _cmd_export, "train": _cmd_train, "evaluate": _cmd_evaluat
 
 
 def main(argv=None) -> int:
+    from ivdseg.stop import EXIT_CANCELLED, Cancelled, from_environment
+
     args = build_parser().parse_args(argv)
+    args.stop = from_environment()
     try:
         return COMMANDS[args.command](args)
+    except Cancelled as exc:
+        print(f"ivdseg {args.command}: {exc}", file=sys.stderr)
+        _emit_event(args, "cancelled", message=str(exc))
+        return EXIT_CANCELLED
     except IvdsegError as exc:
         print(f"ivdseg {args.command}: {exc}", file=sys.stderr)
-        _emit_error_event(args, str(exc))
+        _emit_event(args, "error", message=str(exc))
         return 2
     except KeyboardInterrupt:
         print(f"ivdseg {args.command}: interrupted.", file=sys.stderr)
@@ -351,10 +360,10 @@ def main(argv=None) -> int:
         raise
 
 
-def _emit_error_event(args, message):
+def _emit_event(args, event, **fields):
     mode = getattr(args, "progress", None)
     if mode == "jsonl" or (mode == "auto" and not sys.stdout.isatty()):
-        print(json.dumps({"event": "error", "message": message}), flush=True)
+        print(json.dumps({"event": event, **fields}), flush=True)
 
 
 if __name__ == "__main__":

@@ -2,15 +2,15 @@
 
 Keeps the best models by validation Dice (only the best N checkpoints), a ``last.keras`` for
 ``--resume``, a CSV log, early stopping, and progress as JSON lines. Every checkpoint is written to a
-temporary name and renamed, so a kill at any moment leaves the last good checkpoint intact; Ctrl-C
-or SIGTERM (the GUI's Stop) ends training and still packages the best model so far.
+temporary name and renamed, so a kill at any moment leaves the last good checkpoint intact. A stop request
+(:mod:`ivdseg.stop`: the GUI's Stop, SIGTERM, Ctrl-C) only sets a flag that training reads between batches, so
+no save is ever interrupted; training then packages the best model so far.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import signal
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,6 +22,7 @@ from ivdseg.errors import IvdsegError
 from ivdseg.io.atomic import atomic_write, write_json
 from ivdseg.data.preprocess import DEFAULT_PERCENTILES, normalize_slices
 from ivdseg.progress import Reporter
+from ivdseg.stop import StopRequest
 
 
 @dataclass
@@ -49,15 +50,11 @@ class TrainConfig:
     card_extra: dict = field(default_factory=dict)  # licence, citations, description for the card
 
 
-class _Stop(Exception):
-    pass
-
-
 def _atomic_save(model, path: Path) -> None:
     atomic_write(path, lambda temp: model.save(temp), overwrite=True)
 
 
-def _make_callbacks(keras, cfg, run_dir, val_x, val_y, num_classes, reporter, state, steps):
+def _make_callbacks(keras, cfg, run_dir, val_x, val_y, num_classes, reporter, state, steps, stop):
     from ivdseg.eval.metrics import dice_per_class
     from ivdseg.inference.predict import keras_predict, predict_probabilities
 
@@ -67,10 +64,15 @@ def _make_callbacks(keras, cfg, run_dir, val_x, val_y, num_classes, reporter, st
         """Validation Dice per class each epoch (argmax at the training size); keeps the best N models."""
 
         def on_train_batch_end(self, batch, logs=None):
-            if (batch + 1) % 10 == 0 or batch + 1 == steps:
+            if stop.requested:
+                self.model.stop_training = True  # Keras checks it after every batch
+                self._partial = True
+            elif (batch + 1) % 10 == 0 or batch + 1 == steps:
                 reporter.progress(batch + 1, steps, "train")
 
         def on_epoch_end(self, epoch, logs=None):
+            if self._partial:  # stopped inside this epoch: it is neither scored nor kept
+                return
             logs = logs if logs is not None else {}
             prob = predict_probabilities(keras_predict(self.model), val_x, cfg.batch_size)
             dice = dice_per_class(val_y, np.argmax(prob, -1), num_classes)
@@ -98,6 +100,10 @@ def _make_callbacks(keras, cfg, run_dir, val_x, val_y, num_classes, reporter, st
 
         def on_epoch_begin(self, epoch, logs=None):
             self._t0 = time.perf_counter()
+            self._partial = False
+            if stop.requested:  # asked between epochs
+                self.model.stop_training = True
+                self._partial = True
 
     return [
         ValidationDice(),
@@ -133,7 +139,7 @@ def _strategy(tf, cfg, reporter):
 
 
 def train(dataset_dir, run_dir, cfg: TrainConfig, reporter: Reporter | None = None, resume=False,
-          overwrite=False, command: str = "") -> Path:
+          overwrite=False, command: str = "", stop: StopRequest | None = None) -> Path:
     """Trains ``cfg.network`` on a dataset folder and writes the model package ``run_dir/model``.
 
     Args:
@@ -144,6 +150,8 @@ def train(dataset_dir, run_dir, cfg: TrainConfig, reporter: Reporter | None = No
         resume: continue from ``run_dir/checkpoints/last.keras``.
         overwrite: start afresh in a run folder that already holds a run.
         command: the command line, recorded in the card.
+        stop: when it is requested (the GUI's Stop, SIGTERM, Ctrl-C), training leaves its loop at the next batch
+            and packages the best model so far; the epoch in progress does not count.
 
     Returns:
         Path of the model package.
@@ -152,6 +160,7 @@ def train(dataset_dir, run_dir, cfg: TrainConfig, reporter: Reporter | None = No
         IvdsegError: bad dataset, split without validation, nothing to resume, an occupied run folder.
     """
     reporter = reporter or Reporter("jsonl")
+    stop = stop or StopRequest()
     info = ds.open_dataset(dataset_dir)
     run_dir = Path(run_dir)
     ckpt_dir = run_dir / "checkpoints"
@@ -202,22 +211,12 @@ def train(dataset_dir, run_dir, cfg: TrainConfig, reporter: Reporter | None = No
     batch = cfg.batch_size * strategy.num_replicas_in_sync
     steps = cfg.steps_per_epoch or max(1, math.ceil(len(tx) / batch))
     train_data = make_dataset(tx, ty, info.num_classes, batch, augment=cfg.augment, seed=cfg.seed, repeat=True)
-    callbacks = _make_callbacks(keras, cfg, run_dir, vx, vy, info.num_classes, reporter, state, steps)
+    callbacks = _make_callbacks(keras, cfg, run_dir, vx, vy, info.num_classes, reporter, state, steps, stop)
 
-    def on_term(signum, frame):
-        raise _Stop()
-
-    previous = signal.signal(signal.SIGTERM, on_term) if _main_thread() else None
-    stopped = None
     t0 = time.perf_counter()
-    try:
-        model.fit(train_data, epochs=cfg.epochs, initial_epoch=state["epoch"], steps_per_epoch=steps,
-                  callbacks=callbacks, verbose=0)
-    except (KeyboardInterrupt, _Stop):
-        stopped = "interrupted"
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+    model.fit(train_data, epochs=cfg.epochs, initial_epoch=state["epoch"], steps_per_epoch=steps,
+              callbacks=callbacks, verbose=0)
+    stopped = stop.requested
     if not state["best"]:
         raise IvdsegError(f"Training in {run_dir} stopped before the first epoch ended; no model was kept.")
     best_dice, best_epoch, best_name = state["best"][0]
@@ -238,12 +237,6 @@ def train(dataset_dir, run_dir, cfg: TrainConfig, reporter: Reporter | None = No
     reporter.emit("done", package=str(package), best_epoch=best_epoch, epochs_run=state["epoch"],
                   val_dice=card["validation"]["overall"]["mean_dice"], stopped=bool(stopped))
     return package
-
-
-def _main_thread():
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
 
 
 def _save_with_onnx(model, card, folder, extra, reporter):
