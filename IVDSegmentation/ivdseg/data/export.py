@@ -40,6 +40,8 @@ class RawCase:
         pixel_spacing_mm: (row, col) spacing, NaN where unknown (e.g. PNG).
         slice_spacing_mm: spacing between slices, NaN where unknown.
         origin: where it came from, for error messages only (never written).
+        order_key: sorts the patients before the seeded shuffle of the split (default: source + patient), so
+            that one seed gives one split whatever the pseudonym key; in memory only.
     """
 
     patient: str
@@ -49,6 +51,7 @@ class RawCase:
     pixel_spacing_mm: tuple = (float("nan"), float("nan"))
     slice_spacing_mm: float = float("nan")
     origin: str = ""
+    order_key: str = ""
 
 
 @dataclass
@@ -57,14 +60,17 @@ class SourceSpec:
 
     Attributes:
         name: source name (stratum of the split; must not identify a patient).
-        kind: "slices" (2D PNG/.npy files, each one slice) or "volumes" (NIfTI, NRRD, DICOM folder).
+        kind: "slices" (2D PNG/.npy files, each one slice), "volumes" (NIfTI, NRRD, DICOM folder: found by the
+            ``images`` glob) or "pairs" (an explicit list, ``pairs``: what the Slicer training panel writes).
         images: glob of image files (or DICOM folders), relative to ``root``.
         labels: label path template relative to ``root``: ``{stem}`` = image name without extension,
             ``{patient}`` = the patient pattern's first group, ``{name}`` = image file name.
         class_map: output class name -> source label values that form it (e.g. {"disc": [2]}).
         patient_pattern: regex searched in the image file name; group 1 is the patient. Default:
             each image is its own patient (DICOM: the PatientID tag).
-        root: folder the globs are relative to.
+        root: folder the globs and pair paths are relative to.
+        pairs: for kind "pairs": ``{"image": path, "label": path, "patient": id, "order": sort key}`` per series;
+            the patient id is used as given (the Slicer side passes a keyed hash, never the DICOM PatientID).
     """
 
     name: str
@@ -74,18 +80,27 @@ class SourceSpec:
     class_map: dict[str, list[int]]
     patient_pattern: str | None = None
     root: Path = field(default_factory=Path)
+    pairs: list[dict] = field(default_factory=list)
 
     @classmethod
     def from_dict(cls, d: dict, root: Path) -> "SourceSpec":
-        missing = {"name", "kind", "images", "labels", "classes"} - set(d)
+        if not isinstance(d, dict):
+            raise IvdsegError(f"A source in the export spec is {type(d).__name__}, not a JSON object.")
+        kind = d.get("kind")
+        needed = {"name", "kind", "classes"} | ({"pairs"} if kind == "pairs" else {"images", "labels"})
+        missing = needed - set(d)
         if missing:
             raise IvdsegError(f"A source in the export spec lacks {sorted(missing)}.")
-        if d["kind"] not in ("slices", "volumes"):
-            raise IvdsegError(f"Source {d['name']!r}: kind must be 'slices' or 'volumes', not {d['kind']!r}.")
-        return cls(name=d["name"], kind=d["kind"], images=d["images"], labels=d["labels"],
+        if kind not in ("slices", "volumes", "pairs"):
+            raise IvdsegError(f"Source {d['name']!r}: kind must be 'slices', 'volumes' or 'pairs', not {kind!r}.")
+        pairs = list(d.get("pairs") or [])
+        for n, pair in enumerate(pairs):
+            if not isinstance(pair, dict) or not {"image", "label", "patient"} <= set(pair):
+                raise IvdsegError(f"Pair {n} of source {d['name']!r} needs 'image', 'label' and 'patient'.")
+        return cls(name=d["name"], kind=kind, images=d.get("images", ""), labels=d.get("labels", ""),
                    class_map={k: [int(v) for v in vals] for k, vals in d["classes"].items()},
                    patient_pattern=d.get("patient_pattern"),
-                   root=root / expand(d.get("root", ".")))
+                   root=root / expand(d.get("root", ".")), pairs=pairs)
 
 
 def _stem(path: Path) -> str:
@@ -173,9 +188,6 @@ def _iter_slices(spec: SourceSpec, classes: list[str]) -> Iterator[RawCase]:
 
 
 def _iter_volumes(spec: SourceSpec, classes: list[str]) -> Iterator[RawCase]:
-    from ivdseg.io.volumes import read_volume
-    from ivdseg.io.geometry import sagittal_slices
-
     for path in sorted((Path(p) for p in glob.glob(str(spec.root / spec.images))), key=_natural_key):
         patient = _patient_of(path, spec.patient_pattern)
         if patient is None and path.is_dir():
@@ -184,16 +196,29 @@ def _iter_volumes(spec: SourceSpec, classes: list[str]) -> Iterator[RawCase]:
             ids = {s.patient_id for s in index_folder(path)}
             patient = sorted(ids)[0] if ids else None
         patient = patient or _stem(path)
-        image = read_volume(path)
-        lab_path = _label_path(spec, path, patient)
-        label = read_volume(lab_path)
-        check_same_geometry(image, label, lab_path)
-        img_slices, mapping = sagittal_slices(image)
-        lab_slices, _ = sagittal_slices(label)
-        yield RawCase(patient=patient, source=spec.name, image=img_slices,
-                      label=map_classes(np.rint(lab_slices).astype(np.int64), spec.class_map, classes, str(lab_path)),
-                      pixel_spacing_mm=tuple(float(s) for s in mapping.pixel_spacing_mm),
-                      slice_spacing_mm=float(mapping.slice_spacing_mm), origin=str(path))
+        yield _volume_case(spec, classes, path, _label_path(spec, path, patient), patient)
+
+
+def _iter_pairs(spec: SourceSpec, classes: list[str]) -> Iterator[RawCase]:
+    for pair in spec.pairs:
+        yield _volume_case(spec, classes, spec.root / pair["image"], spec.root / pair["label"], str(pair["patient"]),
+                           order_key=str(pair.get("order", "")))
+
+
+def _volume_case(spec: SourceSpec, classes, image_path: Path, label_path: Path, patient: str,
+                 order_key: str = "") -> RawCase:
+    from ivdseg.io.geometry import sagittal_slices
+    from ivdseg.io.volumes import read_volume
+
+    image = read_volume(image_path)
+    label = read_volume(label_path)
+    check_same_geometry(image, label, label_path)
+    img_slices, mapping = sagittal_slices(image)
+    lab_slices, _ = sagittal_slices(label)
+    return RawCase(patient=patient, source=spec.name, image=img_slices,
+                   label=map_classes(np.rint(lab_slices).astype(np.int64), spec.class_map, classes, str(label_path)),
+                   pixel_spacing_mm=tuple(float(s) for s in mapping.pixel_spacing_mm),
+                   slice_spacing_mm=float(mapping.slice_spacing_mm), origin=str(image_path), order_key=order_key)
 
 
 def check_same_geometry(image, label, label_path, atol_mm=1e-3) -> None:
@@ -208,6 +233,10 @@ def check_same_geometry(image, label, label_path, atol_mm=1e-3) -> None:
 
 def iter_source_cases(spec: SourceSpec, classes: list[str]) -> Iterator[RawCase]:
     """Reads a source's pairs as RawCases (labels already mapped to ``classes``)."""
+    if spec.kind == "pairs":
+        if not spec.pairs:
+            raise IvdsegError(f"Source {spec.name!r} lists no pairs.")
+        return _iter_pairs(spec, classes)
     if not glob.glob(str(spec.root / spec.images)):
         raise IvdsegError(f"No image matches {spec.root / spec.images} (source {spec.name!r}).")
     return _iter_slices(spec, classes) if spec.kind == "slices" else _iter_volumes(spec, classes)
@@ -274,7 +303,7 @@ def export_dataset(cases: Iterable[RawCase], classes: list[str], out, options: E
                 if not len(image):
                     continue
             pid = pseudonym(key, case.source, case.patient)
-            raw_order[pid] = f"{case.source}\x00{case.patient}"
+            raw_order[pid] = case.order_key or f"{case.source}\x00{case.patient}"
             k = series_count[pid] = series_count.get(pid, -1) + 1
             case_id = f"{pid}-{k}"
             if not np.issubdtype(image.dtype, np.number):
