@@ -37,8 +37,10 @@ def test_volume_properties():
     np.testing.assert_allclose(volume.spacing_ijk_mm, [1.25, 0.5, 3.0])
     np.testing.assert_allclose(volume.direction_ijk_to_ras, [[0, 0, 1], [-1, 0, 0], [0, 1, 0]])
     np.testing.assert_allclose(volume.origin_ras, [-32.5, 31.75, -19.25])
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"shape \(K, J, I\); got \(4, 3\)"):
         Volume(np.zeros((4, 3)), np.eye(4))
+    with pytest.raises(ValueError, match="must be 4x4"):
+        Volume(np.zeros((4, 3, 2)), np.eye(3))
 
 
 @pytest.mark.parametrize("suffix", [".nii", ".nii.gz", ".nrrd"])
@@ -111,6 +113,32 @@ def test_bad_paths_are_refused(tmp_path):
     (tmp_path / "cut.nii.gz").write_bytes(b"\x1f\x8b\x08\x00garbage")
     with pytest.raises(IvdsegError, match="cut.nii.gz"):
         read_volume(tmp_path / "cut.nii.gz")
+
+
+def _nifti_with_sform(path: Path, affine: np.ndarray) -> Path:
+    """A NIfTI whose only matrix is ``affine`` (sform): nibabel refuses to put a singular one in a qform."""
+    image = nib.Nifti1Image(np.zeros((4, 5, 6), np.int16), np.eye(4))
+    image.set_sform(affine, code=1)
+    image.set_qform(None, code=0)
+    nib.save(image, str(path))
+    return path
+
+
+def _nrrd_with_directions(path: Path, rows) -> Path:
+    nrrd.write(str(path), np.zeros((4, 5, 6), np.int16),
+               {"space": "left-posterior-superior", "space directions": np.array(rows, float)})
+    return path
+
+
+@pytest.mark.parametrize("make", [
+    lambda d: _nifti_with_sform(d / "zero_column.nii.gz", np.diag([1.0, 0.0, 1.0, 1.0])),
+    lambda d: _nrrd_with_directions(d / "zero_direction.nrrd", [[1, 0, 0], [0, 0, 0], [0, 0, 1]]),
+    lambda d: _nrrd_with_directions(d / "parallel.nrrd", [[1, 0, 0], [2, 0, 0], [0, 0, 1]]),
+], ids=["nifti-zero-column", "nrrd-zero-direction", "nrrd-parallel-axes"])
+def test_degenerate_matrix_is_refused_at_read_time(tmp_path, make):
+    path = make(tmp_path)
+    with pytest.raises(IvdsegError, match=rf"{path.name} has a degenerate voxel-to-world matrix"):
+        read_volume(path)
 
 
 def test_refuses_to_overwrite(tmp_path):
@@ -196,7 +224,7 @@ def test_to_volume_keeps_trailing_channels_and_checks_shape():
     probabilities = np.stack([sliced, -sliced], axis=-1)
     back = mapping.to_volume(probabilities)
     np.testing.assert_array_equal(back[..., 0], volume.array)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"Expected a stack of shape \(3, 4, 5\)"):
         mapping.to_volume(sliced[:, :, :-1])
 
 

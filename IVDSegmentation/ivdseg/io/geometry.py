@@ -50,6 +50,20 @@ class Volume:
         return self.ijk_to_ras[:3, 3].copy()
 
 
+def is_degenerate(ijk_to_ras: np.ndarray) -> bool:
+    """True when a 4x4 IJK-to-RAS matrix has a non-finite value, a zero-length axis or two parallel axes.
+
+    Such a matrix maps the voxel grid onto a plane or a line, so no slicing plane and no spacing can be derived.
+    """
+    matrix = np.asarray(ijk_to_ras, dtype=np.float64)
+    if not np.all(np.isfinite(matrix[:3, :4])):
+        return True
+    axes = matrix[:3, :3]
+    lengths = np.linalg.norm(axes, axis=0)
+    if lengths.min() <= 1e-9:
+        return True
+    return abs(np.linalg.det(axes / lengths)) < 1e-6
+
 
 @dataclass
 class SliceMapping:
@@ -102,9 +116,9 @@ def _match_axes(direction: np.ndarray) -> tuple[int, int, int]:
 
 def sagittal_mapping(volume: Volume) -> SliceMapping:
     """The :class:`SliceMapping` that :func:`sagittal_slices` applies; see there for the convention."""
-    direction = volume.direction_ijk_to_ras
-    if not np.all(np.isfinite(direction)) or abs(np.linalg.det(direction)) < 1e-6:
+    if is_degenerate(volume.ijk_to_ras):
         raise ValueError(f"The volume's IJK-to-RAS matrix is degenerate:\n{volume.ijk_to_ras}")
+    direction = volume.direction_ijk_to_ras
     voxel_of_ras = _match_axes(direction)
     # Stack axes (slice, row, column) follow RAS axes x, z, y, each towards decreasing RAS: left, inferior, posterior.
     ras_axes = (0, 2, 1)

@@ -18,7 +18,7 @@ import numpy as np
 from ivdseg.errors import IvdsegError
 from ivdseg.io.atomic import atomic_write
 from ivdseg.io.dicom import read_series
-from ivdseg.io.geometry import Volume
+from ivdseg.io.geometry import Volume, is_degenerate
 
 # Sign that turns each NRRD space's (x, y, z) into RAS.
 _NRRD_SPACE_TO_RAS = {
@@ -111,19 +111,27 @@ def read_volume(path, *, series_uid: str | None = None) -> Volume:
         The :class:`Volume`, array shape (K, J, I); a 2D image gives K = 1.
 
     Raises:
-        IvdsegError: the path is missing, has an unknown extension, cannot be decoded, or is not a 3D scalar image.
+        IvdsegError: the path is missing, has an unknown extension, cannot be decoded, is not a 3D scalar image,
+            or its IJK-to-RAS matrix is degenerate (non-finite, a zero-length axis, parallel axes).
     """
     path = Path(path)
     if not path.exists():
         raise IvdsegError(f"{path} does not exist; check the path.")
-    if path.is_dir() or _suffix(path) == ".dcm":
-        return read_series(path if path.is_dir() else [path], series_uid=series_uid)
     suffix = _suffix(path)
-    if suffix in (".nii", ".nii.gz"):
-        return _read_nifti(path)
-    if suffix in (".nrrd", ".nhdr"):
-        return _read_nrrd(path)
-    raise IvdsegError(f"{path} has an unknown extension; use .nii, .nii.gz, .nrrd, .nhdr or a DICOM folder.")
+    if path.is_dir() or suffix == ".dcm":
+        volume = read_series(path if path.is_dir() else [path], series_uid=series_uid)
+    elif suffix in (".nii", ".nii.gz"):
+        volume = _read_nifti(path)
+    elif suffix in (".nrrd", ".nhdr"):
+        volume = _read_nrrd(path)
+    else:
+        raise IvdsegError(f"{path} has an unknown extension; use .nii, .nii.gz, .nrrd, .nhdr or a DICOM folder.")
+    # Checked here, where the file can still be named: a flat grid would fail later in slicing as a bare ValueError.
+    if is_degenerate(volume.ijk_to_ras):
+        raise IvdsegError(f"{path} has a degenerate voxel-to-world matrix (a zero-length or repeated axis in its "
+                          "affine, space directions or pixel spacing); fix its geometry header, e.g. re-save it "
+                          "from Slicer.")
+    return volume
 
 
 def _writable_array(array: np.ndarray) -> np.ndarray:
