@@ -8,15 +8,16 @@ import numpy as np
 import pytest
 
 from ivdseg.errors import IvdsegError
-from ivdseg.io.segnrrd import seg_nrrd_header, terminology_entry, write_seg_nrrd
 from ivdseg.io.geometry import Volume
+from ivdseg.io.segnrrd import segmentation_dict, write_seg_nrrd
+from ivdseg.models.terminology import CONTEXT_NAME, terminology_entry
 
 DISC = {"category": ["SCT", "123037004", "Anatomical Structure"], "type": ["SCT", "360499006", "Intervertebral disc"]}
 CLASSES = [
     {"value": 1, "name": "intervertebral disc", "color": [0.27, 0.8, 0.64], "terminology": DISC},
     {"value": 3, "name": "marrow lesion", "color": [0.9, 0.45, 0.35]},  # no terminology; value skips 2
 ]
-DISC_ENTRY = ("Segmentation category and type - 3D Slicer General Anatomy list~SCT^123037004^Anatomical Structure"
+DISC_ENTRY = ("Segmentation category and type - IVDSegmentation~SCT^123037004^Anatomical Structure"
               "~SCT^360499006^Intervertebral disc~^^~Anatomic codes - DICOM master list~^^~^^")
 
 
@@ -151,16 +152,18 @@ def test_our_header_has_the_fields_slicer_writes(slicer_core, tmp_path):
 def test_terminology_entry_matches_slicer_serializer(slicer_core):
     cat, typ = DISC["category"], DISC["type"]
     expected = slicer_core.vtkSlicerTerminologiesModuleLogic.SerializeTerminologyEntry(
-        "Segmentation category and type - 3D Slicer General Anatomy list", cat[1], cat[0], cat[2],
+        CONTEXT_NAME, cat[1], cat[0], cat[2],
         typ[1], typ[0], typ[2], "", "", "", "Anatomic codes - DICOM master list", "", "", "", "", "", "")
     assert terminology_entry(DISC) == expected == DISC_ENTRY
 
 
-def test_header_without_slicer():
-    header = seg_nrrd_header(_labelmap(), CLASSES)
-    assert header["Segment0_Tags"] == f"TerminologyEntry:{DISC_ENTRY}|"
-    assert header["Segment1_Tags"] == ""
-    assert header["Segment1_LabelValue"] == "3" and header["Segment1_Extent"] == "0 7 0 9 0 5"
+def test_segments_without_slicer():
+    segmentation = segmentation_dict(_labelmap(), CLASSES)
+    first, second = segmentation["segments"]
+    assert first["tags"] == {"TerminologyEntry": DISC_ENTRY}
+    assert second["tags"] == {}
+    assert second["labelValue"] == 3 and second["extent"] == [0, 7, 0, 9, 0, 5]
+    assert segmentation["voxels"].shape == (8, 10, 6)  # (I, J, K) for slicerio's Fortran order
     assert terminology_entry(None) == ""
 
 

@@ -35,8 +35,28 @@ def bundled():
     return resolve_model()
 
 
-def test_geometry_is_kept(scenarios, case):
-    scenarios.scenarioVolumeGeometryIsKept(case)
+def test_geometry_round_trip(scenarios, case):
+    scenarios.scenarioVolumeGeometryRoundTrip(case)
+
+
+def test_segmentation_from_a_labelmap(scenarios, case):
+    scenarios.scenarioSegmentationFromLabelmap(case)
+
+
+def test_second_result_replaces_only_its_own(scenarios, case):
+    scenarios.scenarioSegmentationReplacesOwnResult(case)
+
+
+def test_terminology_context_loads(scenarios, case, mrml):
+    import slicer
+
+    logic = slicer.vtkSlicerTerminologiesModuleLogic()
+    logic.SetMRMLScene(mrml)
+    scenarios.scenarioTerminologyContextLoads(case, logic)
+
+
+def test_training_pairs_and_curves(scenarios, case):
+    scenarios.scenarioTrainingPairsAndCurves(case)
 
 
 def test_bundled_model_segments_the_synthetic_spine(scenarios, case, bundled, mrml):
@@ -45,10 +65,6 @@ def test_bundled_model_segments_the_synthetic_spine(scenarios, case, bundled, mr
 
     shNode = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(mrml)
     assert shNode.GetItemByDataNode(node)
-
-
-def test_second_run_replaces_only_its_own_result(scenarios, case, bundled):
-    scenarios.scenarioSegmentationReplacesOwnResult(case, bundled)
 
 
 def test_cancel_within_a_second_leaves_scene_unchanged(scenarios, case, bundled):
@@ -60,6 +76,31 @@ def test_broken_model_is_one_readable_error(scenarios, case, tmp_path):
     broken.mkdir()
     (broken / "model.json").write_text(json.dumps({"name": "x"}))
     scenarios.scenarioWorkerFailureIsReadable(case, broken)
+
+
+def test_segments_match_the_seg_nrrd_writer(mrml, tmp_path, scenarios):
+    """The node the Slicer side builds and the .seg.nrrd the command line writes carry the same segments."""
+    import slicer
+
+    from ivdseg.io.geometry import Volume
+    from ivdseg.io.segnrrd import write_seg_nrrd
+    from IVDSegmentationLib.nodes import ijkToRasArray, segmentationFromLabelmap
+
+    card = scenarios._blockCard()
+    volumeNode, discs = scenarios.addBlockSpineVolume()
+    ours = segmentationFromLabelmap(discs, volumeNode, card).GetSegmentation().GetSegment("Segment_1")
+    path = write_seg_nrrd(Volume(discs, ijkToRasArray(volumeNode)), card["classes"], tmp_path / "d.seg.nrrd",
+                          algorithm_name="block-test-model 0")
+    node = mrml.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    storage = mrml.AddNewNodeByClass("vtkMRMLSegmentationStorageNode")
+    storage.SetFileName(str(path))
+    assert storage.ReadData(node) == 1
+    theirs = node.GetSegmentation().GetSegment("Segment_1")
+    assert (ours.GetName(), ours.GetTerminology()) == (theirs.GetName(), theirs.GetTerminology())
+    for key in ("DICOM.SegmentAlgorithmType", "DICOM.SegmentAlgorithmName"):
+        assert scenarios._tag(ours, key) == scenarios._tag(theirs, key)
+    assert ours.GetColor() == pytest.approx(theirs.GetColor())
+    assert slicer.util.arrayFromSegmentBinaryLabelmap(node, "Segment_1", volumeNode).sum() == discs.sum()
 
 
 def test_dicom_folder_loads_under_its_study_and_result_follows(mrml, tmp_path, bundled):
@@ -76,6 +117,26 @@ def test_dicom_folder_loads_under_its_study_and_result_follows(mrml, tmp_path, b
     assert shNode.GetItemLevel(study) == "Study"
     seg = SegmentationLogic().segment(node, str(bundled), device="cpu", timeout=300)
     assert shNode.GetItemParent(shNode.GetItemByDataNode(seg)) == study
+
+
+def test_dicom_patients_stay_apart_and_pair_by_patient(mrml, tmp_path):
+    """Two DICOM series of two patients are two patients for the export; two series of one patient share one
+    patient item (by PatientID, as Slicer's DICOM module keys it)."""
+    import slicer
+    from IVDSegmentationLib.logic import SegmentationLogic
+    from IVDSegmentationLib.training import patientOf
+
+    nodes = []
+    for n, patient in enumerate(["PID-1", "PID-2", "PID-1"]):
+        _series(tmp_path / f"dcm{n}", iop=SAGITTAL_IOP, PatientID=patient, series_uid=f"1.2.826.0.1.{n + 1}",
+                StudyInstanceUID=f"1.2.826.0.2.{n + 1}", PatientName="Doe^Jane")
+        nodes.append(SegmentationLogic.loadDicomFolder(str(tmp_path / f"dcm{n}")))
+    identities = [patientOf(node) for node in nodes]
+    assert identities[0] == identities[2] != identities[1]
+    shNode = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(mrml)
+    patients = {shNode.GetItemParent(shNode.GetItemParent(shNode.GetItemByDataNode(node))) for node in nodes}
+    assert len(patients) == 2
+    assert all(shNode.GetItemLevel(item) == "Patient" for item in patients)
 
 
 def test_real_dicom_series_node_geometry_matches_tags(mrml):
@@ -128,6 +189,21 @@ def test_missing_packages_are_named_as_pip_requirements(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "onnxruntime" else real(name))
     assert dependencies.missingInferencePackages() == ["onnxruntime>=1.18"]
     assert "tensorflow>=2.20" not in dependencies.missingInferencePackages()
+
+
+def test_a_card_naming_a_path_is_not_installed(mrml, tmp_path, monkeypatch, bundled):
+    from IVDSegmentationLib.logic import SegmentationLogic
+
+    monkeypatch.setenv("IVDSEG_USER_MODELS", str(tmp_path / "user"))
+    for name, version in (("../../escape", "1"), ("ok", "../../x"), ("..", "1"), ("a/b", "1")):
+        package = tmp_path / f"pkg-{abs(hash((name, version)))}"
+        shutil.copytree(bundled, package)
+        card = json.loads((package / "model.json").read_text())
+        (package / "model.json").write_text(json.dumps({**card, "name": name, "version": version}))
+        with pytest.raises(ValueError, match="letters, digits"):
+            SegmentationLogic().installModel(str(package))
+    assert not (tmp_path / "user").exists() or list((tmp_path / "user").iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir() if not p.name.startswith("pkg-")] in ([], ["user"])
 
 
 def test_colour_volume_is_refused(mrml):

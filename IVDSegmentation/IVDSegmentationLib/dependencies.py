@@ -1,17 +1,23 @@
-"""Inference dependencies in Slicer's Python: checked on demand, installed only after the user agrees.
+"""Python packages of inference and training: checked on demand, installed only after the user agrees.
 
-Only what inference needs (ONNX Runtime, OpenCV, NRRD/NIfTI readers) is installed; TensorFlow is asked
-for only when the user trains. Slicer's own numpy is pinned so no install replaces it.
+Only what inference needs (ONNX Runtime, OpenCV, NRRD/NIfTI readers) is installed for the Segment panel;
+TensorFlow is asked for only when the user trains. Slicer's own numpy is pinned by a constraints file, so no
+install replaces it. Requirements always travel as a list (a single string would be split POSIX-style, which
+eats the backslashes of Windows paths); Slicer 5.12's ``slicer.packaging.pip_install`` takes the constraints
+file itself, older versions get ``-c FILE`` in the list.
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import json
 import os
 import subprocess
 import sys
 import tempfile
+
+from .worker import isForeignPython, processOptions, workerEnvironment
 
 # import name -> pip requirement
 INFERENCE = {
@@ -22,17 +28,26 @@ INFERENCE = {
     "pydicom": "pydicom>=3.0",
     "scipy": "scipy>=1.11",
 }
-TRAINING = {"tensorflow": "tensorflow>=2.20", "keras": "keras>=3.10", "tf2onnx": "tf2onnx>=1.16",
+# keras 3.11.0 fixes a safe-mode bypass (CVE-2025-8747): no older Keras may load a model package.
+TRAINING = {"tensorflow": "tensorflow>=2.20", "keras": "keras>=3.11.0", "tf2onnx": "tf2onnx>=1.16",
             "onnx": "onnx>=1.16"}
+PROBE_TIMEOUT_S = 60
+
+
+def probeCommand(python, modules) -> list:
+    """The command that asks ``python`` which of ``modules`` it cannot import (a JSON list on its last line)."""
+    code = ("import importlib.util, json; print(json.dumps([m for m in %r "
+            "if importlib.util.find_spec(m) is None]))" % list(modules))
+    return [python, "-c", code]
 
 
 def _missing(table, python=None) -> list:
-    if python and os.path.realpath(python) != os.path.realpath(sys.executable):
-        # another environment runs the worker: ask it
-        code = ("import importlib.util, json; print(json.dumps([m for m in %r "
-                "if importlib.util.find_spec(m) is None]))" % list(table))
+    if isForeignPython(python):
+        # Another environment runs the worker: ask it, in the environment the worker will have, with no console.
         try:
-            out = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=60, check=True).stdout
+            out = subprocess.run(probeCommand(python, table), capture_output=True, text=True, check=True,
+                                 timeout=PROBE_TIMEOUT_S, stdin=subprocess.DEVNULL, env=workerEnvironment(python),
+                                 **processOptions()).stdout
             return [table[m] for m in json.loads(out.strip().splitlines()[-1])]
         except (OSError, subprocess.SubprocessError, ValueError, IndexError):
             raise ValueError(f"The worker Python {python} does not run; check the path in Advanced.") from None
@@ -44,8 +59,14 @@ def missingInferencePackages(python=None) -> list:
     return _missing(INFERENCE, python)
 
 
-def missingTrainingPackages() -> list:
-    return _missing(TRAINING)
+def missingTrainingPackages(python=None) -> list:
+    """pip requirements of training that the worker's Python lacks."""
+    return _missing(TRAINING, python)
+
+
+def pipArguments(requirements, constraintsFile) -> list:
+    """The argument list for ``slicer.util.pip_install``: requirements, then ``-c`` and the constraints file."""
+    return [*requirements, "-c", str(constraintsFile)]
 
 
 def _install(requirements) -> bool:
@@ -58,18 +79,24 @@ def _install(requirements) -> bool:
         fh.write(f"numpy=={numpy.__version__}\n")  # never replace Slicer's numpy
         constraints = fh.name
     try:
-        slicer.util.pip_install(" ".join([*requirements, "-c", constraints]))
+        packaging = getattr(slicer, "packaging", None)
+        if packaging is not None and hasattr(packaging, "pip_install"):  # Slicer 5.12 and later
+            packaging.pip_install(list(requirements), constraints=constraints)
+        else:
+            slicer.util.pip_install(pipArguments(requirements, constraints))
     finally:
         os.unlink(constraints)
     importlib.invalidate_caches()
-    # A package that was imported before in this session (an older version) needs a restart.
-    return any(importlib.util.find_spec(m) is None for m in INFERENCE)
+    # Still not importable, or imported before in this session (an older version is in memory): restart.
+    modules = [m for m, requirement in {**INFERENCE, **TRAINING}.items() if requirement in requirements]
+    return any(importlib.util.find_spec(m) is None or m in sys.modules for m in modules)
 
 
 def installInferencePackages() -> bool:
-    """Installs the missing inference packages; returns True when Slicer must restart to use them."""
+    """Installs the missing inference packages into Slicer's Python; True when Slicer must restart to use them."""
     return _install(missingInferencePackages())
 
 
 def installTrainingPackages() -> bool:
+    """Installs the missing training packages into Slicer's Python; True when Slicer must restart to use them."""
     return _install(missingTrainingPackages())

@@ -7,6 +7,7 @@ segmentation made for it lands beside it and Slicer's DICOM SEG export finds its
 from __future__ import annotations
 
 import numpy as np
+import pydicom
 import slicer
 
 from ivdseg.io.dicom import index_folder, read_series
@@ -34,10 +35,13 @@ def loadSeriesByUID(seriesUID: str):
 
 
 def loadSeriesFromFolder(folder, seriesUID: str | None = None, scene=None):
-    """Reads a DICOM folder with pydicom (ivdseg.dicom) into a new scalar volume node.
+    """Reads a DICOM folder with pydicom (ivdseg.io.dicom) into a new scalar volume node.
 
-    The node gets the series' geometry (IJK-to-RAS from ImagePositionPatient, ImageOrientationPatient
-    and PixelSpacing) and sits under patient and study items in the subject hierarchy.
+    The node gets the series' geometry (IJK-to-RAS from ImagePositionPatient, ImageOrientationPatient and
+    PixelSpacing) and sits under its patient and study in the subject hierarchy exactly as Slicer's DICOM module
+    places a loaded series: the patient item's DICOM UID is the PatientID (so two patients stay two, and two
+    series of one patient share one item), the study's is the StudyInstanceUID, the series' its
+    SeriesInstanceUID.
 
     Raises:
         ivdseg.errors.IvdsegError: a folder without a readable image series (one sentence).
@@ -52,11 +56,29 @@ def loadSeriesFromFolder(folder, seriesUID: str | None = None, scene=None):
     node.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(volume.ijk_to_ras))
     node.CreateDefaultDisplayNodes()
     if info is not None:
-        shNode = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
-        patient = shNode.CreateSubjectItem(shNode.GetSceneItemID(), "Patient")
-        study = shNode.CreateStudyItem(patient, "Study")
-        shNode.SetItemUID(study, "DICOM", info.study_uid)
-        item = shNode.GetItemByDataNode(node) or shNode.CreateItem(study, node)
-        shNode.SetItemParent(item, study)
-        shNode.SetItemUID(item, "DICOM", info.series_uid)
+        placeInHierarchy(scene, node, info)
     return node
+
+
+def placeInHierarchy(scene, node, info) -> None:
+    """Puts a series' node under its patient and study items (created when missing), keyed by DICOM UIDs."""
+    shNode = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    seriesItem = shNode.GetItemByDataNode(node) or shNode.CreateItem(shNode.GetSceneItemID(), node)
+    shNode.SetItemUID(seriesItem, "DICOM", info.series_uid)
+    shNode.SetItemAttribute(seriesItem, "DICOM.Modality", info.modality)
+    patientID = info.patient_id or f"Patient-{info.study_uid}"  # what Slicer's DICOM plugins do without an ID
+    isNewPatient = not shNode.GetItemByUID("DICOM", patientID)
+    slicer.vtkSlicerSubjectHierarchyModuleLogic.InsertDicomSeriesInHierarchy(
+        shNode, patientID, info.study_uid, info.series_uid)
+    patientItem = shNode.GetItemByUID("DICOM", patientID)
+    if isNewPatient and patientItem:
+        header = pydicom.dcmread(info.files[0], stop_before_pixels=True)
+        patientName = str(header.get("PatientName", "") or "") or "No name"
+        shNode.SetItemAttribute(patientItem, "DICOM.PatientID", info.patient_id)
+        shNode.SetItemAttribute(patientItem, "DICOM.PatientName", patientName)
+        shNode.SetItemName(patientItem, patientName)
+        studyItem = shNode.GetItemByUID("DICOM", info.study_uid)
+        if studyItem:
+            description = str(header.get("StudyDescription", "") or "") or "No study description"
+            shNode.SetItemAttribute(studyItem, "DICOM.StudyInstanceUID", info.study_uid)
+            shNode.SetItemName(studyItem, description)

@@ -7,16 +7,22 @@ never shows a dialog.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from ivdseg.errors import IvdsegError
+from ivdseg.io.atomic import atomic_folder
 from ivdseg.models.package import bundled_models_dirs, extract_package, read_card
 
 from . import dependencies, nodes
 from .worker import WorkerJob
+
+# What a card's name and version may be: they become a folder name in the user's model folder.
+PACKAGE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+PACKAGE_VERSION = re.compile(r"[0-9A-Za-z][0-9A-Za-z._+-]{0,31}")
 
 
 @dataclass
@@ -65,6 +71,7 @@ class SegmentationJob:
         return self.worker.log
 
     def cancel(self):
+        """Asks the worker to stop and kills it after a short grace period; returns at once."""
         self.worker.cancel()
 
     def cleanup(self):
@@ -96,7 +103,7 @@ class SegmentationLogic:
             if not folder.is_dir():
                 continue
             for package in sorted(folder.iterdir()):
-                if (package / "model.json").is_file():
+                if not package.name.startswith(".") and (package / "model.json").is_file():  # not a staging folder
                     try:
                         found.append(ModelInfo.fromPackage(package, builtin))
                     except IvdsegError:
@@ -110,23 +117,24 @@ class SegmentationLogic:
             card = read_card(source)
         except IvdsegError as exc:
             raise ValueError(str(exc)) from None
-        target = Path(self.userModelsDir()) / f"{card['name']}-{card['version']}"
+        name, version = str(card["name"]), str(card["version"])
+        if not PACKAGE_NAME.fullmatch(name) or not PACKAGE_VERSION.fullmatch(version) or ".." in name + version:
+            raise ValueError(f"The card of {source} names the model {name!r} version {version!r}; a name and a "
+                             "version of letters, digits, '.', '_' or '-' are needed.")
+        models = Path(self.userModelsDir()).resolve()
+        target = models / f"{name}-{version}"
+        if target.resolve().parent != models:
+            raise ValueError(f"The card of {source} would install outside the model folder; refused.")
         if target.exists():
             raise ValueError(f"Model {card['name']} {card['version']} is already installed in {target}.")
-        staging = Path(tempfile.mkdtemp(dir=self.userModelsDir(), prefix=".install-"))
         try:
-            if source.suffix.lower() == ".zip":
-                try:
-                    os.replace(extract_package(source, staging / "x"), staging / "pkg")
-                except IvdsegError as exc:
-                    raise ValueError(str(exc)) from None
-            else:
-                shutil.copytree(source, staging / "pkg")
-            if not (staging / "pkg" / "model.keras").is_file() and not (staging / "pkg" / "model.onnx").is_file():
-                raise ValueError(f"{source} has neither model.keras nor model.onnx.")
-            os.replace(staging / "pkg", target)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            with atomic_folder(target) as staging, tempfile.TemporaryDirectory(dir=models, prefix=".unpack-") as unpacked:
+                package = extract_package(source, Path(unpacked)) if source.suffix.lower() == ".zip" else source
+                if not (package / "model.keras").is_file() and not (package / "model.onnx").is_file():
+                    raise ValueError(f"{source} has neither model.keras nor model.onnx.")
+                shutil.copytree(package, staging, dirs_exist_ok=True)
+        except IvdsegError as exc:
+            raise ValueError(str(exc)) from None
         return ModelInfo.fromPackage(target, builtin=False)
 
     # ------------------------------------------------------------ dependencies
@@ -175,17 +183,24 @@ class SegmentationLogic:
                 raise RuntimeError("Segmentation was cancelled; the scene is unchanged.")
             if job.returncode != 0:
                 raise RuntimeError(job.worker.errorMessage())
-            labels = nodes.readLabelArray(Path(job.tmpdir) / "labels.nrrd")
+            labels = nodes.readLabelArray(Path(job.tmpdir) / "labels.nrrd", job.volumeNode)
             card = read_card(job.modelPath)
             return nodes.segmentationFromLabelmap(labels, job.volumeNode, card)
         finally:
             job.cleanup()
 
     def segment(self, volumeNode, modelPath: str, device="auto", batchSize=16, progressCallback=None,
-                backend="auto", timeout=None):
-        """Blocking segmentation (for scripts and tests); progressCallback receives each event dict."""
+                backend="auto", timeout=None, idle=None):
+        """Blocking segmentation (for scripts and tests); progressCallback receives each event dict, ``idle`` is
+        called between polls (e.g. to process GUI events; default: a short sleep)."""
         job = self.startSegmentation(volumeNode, modelPath, device, batchSize, backend)
-        job.worker.wait(timeout=timeout, onEvent=progressCallback)
+        try:
+            job.worker.wait(timeout=timeout, onEvent=progressCallback, idle=idle)
+        except BaseException:
+            job.cancel()
+            job.worker.wait()
+            job.cleanup()
+            raise
         return self.finishSegmentation(job)
 
     # ------------------------------------------------------------ DICOM
@@ -208,3 +223,16 @@ def cardSummary(info: ModelInfo) -> str:
     """One line for the model selector: classes, input size and validation Dice."""
     dice = f"{info.validationDice:.3f}" if info.validationDice is not None else "n/a"
     return f"{', '.join(info.classes)}; input {info.inputSize} px; validation Dice {dice}"
+
+
+def modelKey(info: ModelInfo) -> str:
+    """What the parameter node stores to name a model package: its name and version."""
+    return f"{info.name} {info.version}"
+
+
+def findModel(models, modelName: str):
+    """The package of ``models`` named "<name> <version>" (or just "<name>": the first listed), or None."""
+    if not modelName:
+        return None
+    exact = [m for m in models if modelKey(m) == modelName]
+    return (exact or [m for m in models if m.name == modelName] or [None])[0]

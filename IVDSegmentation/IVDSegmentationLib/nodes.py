@@ -6,6 +6,8 @@ import numpy as np
 import slicer
 import vtk
 
+from ivdseg.models.terminology import segment_descriptions
+
 
 MODEL_ATTRIBUTE = "IVDSegmentation.Model"
 INPUT_ATTRIBUTE = "IVDSegmentation.InputVolumeID"
@@ -40,14 +42,43 @@ def writeVolumeNode(volumeNode, path) -> None:
         raise ValueError(f"Could not write volume '{volumeNode.GetName()}' to {path}; is the disk full?")
 
 
-def readLabelArray(path) -> np.ndarray:
-    """Reads a labelmap NRRD written by the worker; returns its voxels (K, J, I)."""
+def arrayOnGrid(node, ijkToRas: np.ndarray) -> np.ndarray:
+    """The node's voxels (K, J, I) on the grid ``ijkToRas``, which may differ from the node's by axis flips only.
+
+    Slicer's volume reader turns a left-handed grid into a right-handed one (it reverses an axis, moving the
+    origin to the other end), so a file written from a left-handed node reads back mirrored; this undoes it.
+
+    Raises:
+        ValueError: the grids differ by more than axis flips (another spacing, orientation or extent).
+    """
+    array = np.array(slicer.util.arrayFromVolume(node))
+    ours = ijkToRasArray(node)
+    signs = np.sign(np.einsum("ij,ij->j", ours[:3, :3], ijkToRas[:3, :3]))  # +1 same direction, -1 reversed
+    shape_ijk = array.shape[::-1]
+    expected = ours.copy()  # the node's grid with the reversed axes turned round: the wanted grid, if all is well
+    for axis in range(3):
+        if signs[axis] < 0:
+            expected[:3, 3] = expected[:3, 3] + ours[:3, axis] * (shape_ijk[axis] - 1)
+            expected[:3, axis] = -ours[:3, axis]
+    if not np.allclose(expected, ijkToRas, atol=1e-4):
+        raise ValueError("The worker's result lies on another grid than its volume; it was not imported.")
+    for axis in range(3):
+        if signs[axis] < 0:
+            array = np.flip(array, axis=2 - axis)  # array axes are (k, j, i)
+    return np.ascontiguousarray(array)
+
+
+def readLabelArray(path, referenceVolumeNode=None) -> np.ndarray:
+    """Reads a labelmap NRRD written by the worker; returns its voxels (K, J, I) on the reference volume's grid
+    (default: as the file stores them)."""
     node = slicer.vtkMRMLLabelMapVolumeNode()
     storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
     storage.SetFileName(str(path))
     if not storage.ReadData(node):
         raise ValueError(f"The worker's result {path} could not be read.")
-    return np.array(slicer.util.arrayFromVolume(node))
+    if referenceVolumeNode is None:
+        return np.array(slicer.util.arrayFromVolume(node))
+    return arrayOnGrid(node, ijkToRasArray(referenceVolumeNode))
 
 
 def volumeFromNodeChecks(volumeNode) -> None:
@@ -56,17 +87,6 @@ def volumeFromNodeChecks(volumeNode) -> None:
     if volumeNode.GetImageData().GetNumberOfScalarComponents() != 1:
         raise ValueError(f"Volume '{volumeNode.GetName()}' has several components (colour or vector); "
                          "a greyscale MRI is needed.")
-
-
-def terminologyString(entry: dict | None) -> str:
-    """Slicer's serialized terminology entry for a card class (SNOMED CT category and type)."""
-    if not entry:
-        return ""
-    cat, typ = entry["category"], entry["type"]
-    return slicer.vtkSlicerTerminologiesModuleLogic.SerializeTerminologyEntry(
-        "Segmentation category and type - 3D Slicer General Anatomy list",
-        cat[1], cat[0], cat[2], typ[1], typ[0], typ[2], "", "", "",
-        "Anatomic codes - DICOM master list", "", "", "", "", "", "")
 
 
 def findResultNode(scene, volumeNode, modelName):
@@ -99,7 +119,7 @@ def segmentationFromLabelmap(labels: np.ndarray, volumeNode, card: dict, scene=N
     if labels.shape != expected:
         raise ValueError(f"The result has {labels.shape} voxels but the volume has {expected}.")
     modelName = card["name"]
-    algorithm = f"{card['name']} {card['version']}"
+    segments = segment_descriptions(card["classes"], algorithm_name=f"{card['name']} {card['version']}")
     existing = findResultNode(scene, volumeNode, modelName)
     node = existing or scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
     try:
@@ -111,18 +131,13 @@ def segmentationFromLabelmap(labels: np.ndarray, volumeNode, card: dict, scene=N
         try:
             segmentation.RemoveAllSegments()
             node.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
-            for cls in card["classes"]:
-                segmentId = f"Segment_{cls['value']}"  # the IDs ivdseg.segnrrd writes
-                segmentation.AddEmptySegment(segmentId, cls["name"], list(cls["color"]))
+            for description in segments:  # the same segments ivdseg.io.segnrrd writes
+                segmentId = description["id"]
+                segmentation.AddEmptySegment(segmentId, description["name"], list(description["color"]))
                 segment = segmentation.GetSegment(segmentId)
-                tag = terminologyString(cls.get("terminology"))
-                if tag and hasattr(segment, "SetTerminology"):
-                    segment.SetTerminology(tag)
-                elif tag:
-                    segment.SetTag("TerminologyEntry", tag)
-                segment.SetTag("DICOM.SegmentAlgorithmType", "AUTOMATIC")
-                segment.SetTag("DICOM.SegmentAlgorithmName", algorithm)
-                mask = (labels == cls["value"]).astype(np.uint8)
+                for key, value in description["tags"].items():
+                    segment.SetTag(key, value)  # TerminologyEntry included: the tag SetTerminology writes
+                mask = (labels == description["label_value"]).astype(np.uint8)
                 slicer.util.updateSegmentBinaryLabelmapFromArray(mask, node, segmentId, volumeNode)
         finally:
             node.EndModify(wasModifying)

@@ -1,28 +1,31 @@
 """TrainingLogic: the training panel without the GUI.
 
-Pairs of (image volume, segmentation) from the scene become de-identified datasets through the same
-core code as ``ivdseg export``; training runs ``ivdseg train`` in the worker; its epoch events feed a
+Pairs of (image volume, segmentation) from the scene become de-identified datasets through the same core code as
+``ivdseg export``, run in the worker like training: the Slicer side only writes each pair (volume and mapped
+labelmap, with Slicer's storage nodes) into a private temporary folder, with a spec naming each series' patient by
+a keyed hash, never by its DICOM identity. Training runs ``ivdseg train`` in the worker; its epoch events feed a
 table and a plot chart node (live curves); the finished package is registered in the model list.
+
+Nothing here copies voxel arrays on GUI events: the pair list and its summary read node names and the subject
+hierarchy only; voxels are touched once, when the export is started.
 """
 
 from __future__ import annotations
 
+import json
+import secrets
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import slicer
 
-from ivdseg.errors import IvdsegError
-from ivdseg.data.export import ExportOptions, RawCase, export_dataset
-from ivdseg.io.geometry import Volume, sagittal_slices
-
-from .nodes import ijkToRasArray, volumeFromNode
+from .nodes import ijkToRasArray, writeVolumeNode
 from .worker import WorkerJob
 
-
-class ExportCancelled(Exception):
-    pass
+SCENE_SOURCE = "scene"
 
 
 @dataclass
@@ -65,20 +68,28 @@ def segmentNames(pairs) -> list:
 
 
 def patientOf(volumeNode, scene=None) -> str:
-    """The patient identifier of a volume (DICOM patient item of the subject hierarchy, else the node
-    name). It is only used in memory: the export turns it into a keyed-hash pseudonym."""
+    """The patient identity of a volume, in memory only (the export receives its keyed hash).
+
+    The volume's patient item in the subject hierarchy names it: its DICOM UID (the PatientID, as Slicer's DICOM
+    module and IVDSegmentationLib.dicomdb set it), else its DICOM.PatientID / DICOM.PatientName attribute, else
+    the item's name. A volume outside any patient item is its own patient (its node ID: unique in the scene,
+    unlike names, which users reuse).
+    """
     scene = scene or slicer.mrmlScene
     shNode = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
     item = shNode.GetItemByDataNode(volumeNode) if shNode else 0
     while item and item != shNode.GetSceneItemID():
         if shNode.GetItemLevel(item) == "Patient":
+            uid = shNode.GetItemUID(item, "DICOM")
+            if uid:
+                return f"dicom:{uid}"
             for key in ("DICOM.PatientID", "DICOM.PatientName"):
                 value = shNode.GetItemAttribute(item, key)
                 if value:
-                    return value
-            return shNode.GetItemName(item)
+                    return f"dicom:{value}"
+            return f"item:{shNode.GetItemName(item)}"
         item = shNode.GetItemParent(item)
-    return volumeNode.GetName()
+    return f"node:{volumeNode.GetID()}"
 
 
 def labelArray(pair: CasePair, classMap: dict, classes: list) -> np.ndarray:
@@ -120,69 +131,146 @@ def _checkGeometry(pair: CasePair):
                          f"'{volumeNode.GetName()}'; set its reference geometry to the volume and resample it.")
 
 
-def rawCases(pairs, classMap: dict, classes: list, source="scene"):
-    """Yields a RawCase (sagittal slices, mapped labels, in-memory patient ID) for each pair."""
-    for pair in pairs:
-        volume = volumeFromNode(pair.volumeNode)
+def writePairs(pairs, classMap: dict, folder, source: str = SCENE_SOURCE) -> Path:
+    """Writes the pairs for the worker's export into ``folder``; returns the export spec it wrote there.
+
+    Each pair becomes ``caseN.nrrd`` (the volume, Slicer's storage node) and ``caseN-label.nrrd`` (the mapped
+    classes, value = index in ``classMap`` + 1, on the volume's grid). The spec's patient of each pair is a keyed
+    hash (a random key, forgotten when this returns) and its sort order the rank of the real identity, so the
+    seeded split is the same whatever the key.
+
+    Raises:
+        ValueError: a segmentation drawn on another grid than its volume, or a file that could not be written.
+    """
+    from ivdseg.data.export import pseudonym  # needs OpenCV (through the export): imported on use
+
+    folder = Path(folder)
+    classes = list(classMap)
+    key = secrets.token_bytes(32)
+    identities = [patientOf(pair.volumeNode) for pair in pairs]
+    rank = {identity: n for n, identity in enumerate(sorted(set(identities)))}
+    entries = []
+    for n, (pair, identity) in enumerate(zip(pairs, identities)):
+        image, label = f"case{n}.nrrd", f"case{n}-label.nrrd"
         labels = labelArray(pair, classMap, classes)
-        image, mapping = sagittal_slices(volume)
-        label, _ = sagittal_slices(Volume(labels, volume.ijk_to_ras))
-        yield RawCase(patient=patientOf(pair.volumeNode), source=source, image=image, label=label,
-                      pixel_spacing_mm=tuple(float(s) for s in mapping.pixel_spacing_mm),
-                      slice_spacing_mm=float(mapping.slice_spacing_mm), origin=pair.label)
+        writeVolumeNode(pair.volumeNode, folder / image)
+        writeLabelArray(labels, pair.volumeNode, folder / label)
+        entries.append({"image": image, "label": label, "patient": pseudonym(key, source, identity),
+                        "order": f"{rank[identity]:08d}"})
+    spec = {"classes": classes, "sources": [{"name": source, "kind": "pairs", "root": ".", "pairs": entries,
+                                             "classes": {c: [i + 1] for i, c in enumerate(classes)}}]}
+    path = folder / "spec.json"
+    path.write_text(json.dumps(spec, indent=2), encoding="utf-8")
+    return path
 
 
-def summarize(pairs, classMap: dict, classes: list) -> dict:
-    """Patients, series and labelled slices the pairs would give (what the panel shows before export)."""
-    patients, labelled, slicesPerClass = set(), 0, {c: 0 for c in classes}
-    for case in rawCases(pairs, classMap, classes):
-        patients.add(case.patient)
-        per_slice = case.label.reshape(len(case.label), -1)
-        labelled += int(per_slice.any(axis=1).sum())
-        for i, c in enumerate(classes, start=1):
-            slicesPerClass[c] += int((per_slice == i).any(axis=1).sum())
-    return {"patients": len(patients), "series": len(pairs), "labelledSlices": labelled,
-            "slicesPerClass": slicesPerClass}
+def writeLabelArray(labels: np.ndarray, referenceVolumeNode, path) -> None:
+    """Writes a (K, J, I) uint8 array on the reference volume's grid as a labelmap NRRD (Slicer's storage node)."""
+    node = slicer.vtkMRMLLabelMapVolumeNode()
+    slicer.util.updateVolumeFromArray(node, np.ascontiguousarray(labels, np.uint8))
+    node.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(ijkToRasArray(referenceVolumeNode)))
+    writeVolumeNode(node, path)
+
+
+def summarize(pairs, classMap: dict) -> dict:
+    """Patients, series and, per class, the series holding one of its segments: what the panel shows before an
+    export. Reads names and the subject hierarchy only, never voxels (cheap enough for every GUI change)."""
+    patients = {patientOf(pair.volumeNode) for pair in pairs}
+    seriesPerClass = {}
+    for className, names in classMap.items():
+        wanted = set(names)
+        seriesPerClass[className] = sum(1 for pair in pairs if wanted & set(segmentNames([pair])))
+    return {"patients": len(patients), "series": len(pairs), "seriesPerClass": seriesPerClass}
+
+
+class ExportJob:
+    """An export running in the worker, with the private folder of its input files (removed by finishExport)."""
+
+    def __init__(self, worker: WorkerJob, tmpdir: str, outputFolder: Path):
+        self.worker, self.tmpdir, self.outputFolder = worker, tmpdir, Path(outputFolder)
+
+    def poll(self):
+        return self.worker.poll()
+
+    @property
+    def finished(self):
+        return self.worker.finished
+
+    def cancel(self):
+        self.worker.cancel()
 
 
 class TrainingLogic:
     def __init__(self, workerPython: str | None = None):
         self.workerPython = workerPython or None
 
-    def exportDataset(self, pairs, classMap: dict, outputFolder, sizes=(128, 192, 256), valFraction=0.1,
-                      seed=0, backgroundChannel=True, overwrite=False, progressCallback=None, cancelRequested=None):
-        """Writes the dataset folder atomically; returns the opened DatasetInfo.
+    def startExport(self, pairs, classMap: dict, outputFolder, sizes=(128, 192, 256), valFraction=0.1, seed=0,
+                    backgroundChannel=True, overwrite=False) -> ExportJob:
+        """Writes the pairs into a private temporary folder and starts ``ivdseg export`` on them; returns at once.
 
         Args:
             pairs: CasePairs to export.
             classMap: output class name -> segment names that form it.
-            progressCallback: called with (done pairs, total pairs).
-            cancelRequested: callable returning True to stop; the folder is then left as it was.
+            outputFolder: the dataset folder to create (replaced only when complete, if ``overwrite``).
 
         Raises:
-            ValueError: no pairs, a geometry mismatch, a class with no voxel, an unwritable or full destination
-                (one sentence).
+            ValueError: no pairs or classes, a bad fraction, a geometry mismatch, a file that could not be written.
         """
         if not pairs:
             raise ValueError("No (volume, segmentation) pairs to export; add segmentations of your volumes first.")
-        classes = list(classMap)
-        total = len(pairs)
-
-        def progress(done, _total, _stage):
-            if cancelRequested and cancelRequested():
-                raise ExportCancelled()
-            if progressCallback:
-                progressCallback(done, total)
-
-        options = ExportOptions(sizes=tuple(sizes), background_channel=backgroundChannel,
-                                val_fraction=valFraction, seed=seed)
+        if not classMap:
+            raise ValueError("Give at least one segment a class name.")
+        if not 0.0 < float(valFraction) < 1.0:
+            raise ValueError(f"The validation fraction must lie between 0 and 1, not {valFraction}.")
+        tmpdir = tempfile.mkdtemp(prefix="ivdseg-export-")  # 0700: the volumes are patient data
         try:
-            return export_dataset(rawCases(pairs, classMap, classes), classes, outputFolder, options,
-                                  overwrite=overwrite, progress=progress)
-        except IvdsegError as exc:
-            raise ValueError(str(exc)) from None
-        except OSError as exc:
-            raise ValueError(f"Cannot write the dataset to {outputFolder} ({exc.strerror}).") from None
+            spec = writePairs(pairs, classMap, tmpdir)
+            args = ["export", outputFolder, "--spec", spec, "--sizes", ",".join(str(int(s)) for s in sizes),
+                    "--val-fraction", float(valFraction), "--seed", int(seed), "--progress", "jsonl"]
+            if not backgroundChannel:
+                args.append("--no-background-channel")
+            if overwrite:
+                args.append("--overwrite")
+            worker = WorkerJob(args, python=self.workerPython)
+        except BaseException:
+            shutil.rmtree(tmpdir, ignore_errors=True)
+            raise
+        return ExportJob(worker, tmpdir, outputFolder)
+
+    @staticmethod
+    def finishExport(job: ExportJob):
+        """The written dataset (DatasetInfo) of a finished export; always removes the job's temporary files.
+
+        Raises:
+            RuntimeError: the worker failed or was cancelled (one sentence); the dataset folder is as it was.
+        """
+        from ivdseg.data.dataset import open_dataset
+        from ivdseg.errors import IvdsegError
+
+        try:
+            if not job.finished:
+                raise RuntimeError("The export is still running.")
+            if job.worker.cancelled:
+                raise RuntimeError(f"Export cancelled; {job.outputFolder} is as it was.")
+            if job.worker.returncode != 0:
+                raise RuntimeError(job.worker.errorMessage())
+            try:
+                return open_dataset(job.outputFolder)
+            except IvdsegError as exc:
+                raise RuntimeError(str(exc)) from None
+        finally:
+            shutil.rmtree(job.tmpdir, ignore_errors=True)
+
+    def exportDataset(self, pairs, classMap: dict, outputFolder, timeout=None, progressCallback=None, **options):
+        """Blocking export (scripts and tests): startExport, wait, finishExport. ``progressCallback`` receives
+        each event dict."""
+        job = self.startExport(pairs, classMap, outputFolder, **options)
+        try:
+            job.worker.wait(timeout=timeout, onEvent=progressCallback)
+        finally:
+            if not job.finished:
+                job.cancel()
+        return self.finishExport(job)
 
     def startTraining(self, datasetFolder, runFolder, network="unet2d", size=256, activation="relu", epochs=50,
                       batchSize=8, learningRate=1e-3, loss="dice_ce", name="my-model", extraArgs=()) -> WorkerJob:
@@ -194,9 +282,9 @@ class TrainingLogic:
         return WorkerJob(args, python=self.workerPython)
 
     @staticmethod
-    def stopTraining(job: WorkerJob, grace=120.0):
-        """Asks the worker to stop (SIGTERM): it packages the best model so far, then ends."""
-        job.cancel(grace=grace)
+    def stopTraining(job: WorkerJob):
+        """Asks the worker to stop; it packages the best model so far, then ends (returns at once)."""
+        job.requestStop()
 
     @staticmethod
     def updateCurves(events, tableNode=None, chartNode=None, scene=None):

@@ -23,30 +23,6 @@ CARD_VERSION = 1
 REQUIRED_CARD_KEYS = ("format", "format_version", "name", "version", "network", "input_size", "channels",
                       "normalization", "slice_plane", "classes")
 
-# SNOMED CT codes as Slicer's terminology entries use them: (coding scheme, code, meaning).
-ANATOMICAL_STRUCTURE = ("SCT", "123037004", "Anatomical Structure")
-TERMINOLOGY = {
-    "intervertebral disc": ("SCT", "360499006", "Intervertebral disc"),
-    "vertebra": ("SCT", "51282000", "Vertebral column"),
-    "spinal canal": ("SCT", "180959008", "Spinal canal"),
-}
-DEFAULT_COLORS = [(0.0, 0.0, 0.0), (0.27, 0.80, 0.64), (0.89, 0.85, 0.62), (0.40, 0.52, 0.90),
-                  (0.90, 0.45, 0.35), (0.70, 0.45, 0.85), (0.95, 0.70, 0.25)]
-
-
-def class_entries(class_names: list[str]) -> list[dict]:
-    """Card entries for the foreground classes ``class_names[1:]`` (index = label value)."""
-    out = []
-    for value, name in enumerate(class_names[1:], start=1):
-        # DEFAULT_COLORS[0] is background's; foreground classes cycle through the others
-        entry = {"value": value, "name": name, "color": list(DEFAULT_COLORS[1 + (value - 1) % (len(DEFAULT_COLORS) - 1)])}
-        code = TERMINOLOGY.get(name.lower())
-        if code:
-            entry["terminology"] = {"category": list(ANATOMICAL_STRUCTURE), "type": list(code)}
-        out.append(entry)
-    return out
-
-
 def check_card(card: dict, path) -> dict:
     """Raises IvdsegError when the card lacks a key or holds an unknown format version."""
     missing = [k for k in REQUIRED_CARD_KEYS if k not in card]
