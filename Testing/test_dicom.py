@@ -13,7 +13,7 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
 from ivdseg.io.dicom import SeriesInfo, index_folder, orientation_name, read_series
-from ivdseg.errors import IvdsegError
+from ivdseg.errors import IvdsegError, IvdsegWarning
 from ivdseg.io.volumes import read_volume
 from ivdseg.io.geometry import sagittal_slices
 
@@ -104,12 +104,57 @@ def test_several_series_need_a_uid(tmp_path):
 def test_truncated_file_is_named(tmp_path):
     _series(tmp_path)
     victim = tmp_path / "slice3.dcm"
-    victim.write_bytes(victim.read_bytes()[:-20])  # pixel data cut short
-    with pytest.raises(IvdsegError, match="slice3.dcm"):
+    victim.write_bytes(victim.read_bytes()[:-20])  # pixel data cut short: the header says it is of this series
+    with pytest.raises(IvdsegError, match="slice3.dcm could not be decoded"):
         read_series(tmp_path)
-    victim.write_bytes(victim.read_bytes()[:200])  # header cut short
-    with pytest.raises(IvdsegError, match="slice3.dcm"):
+    victim.write_bytes(victim.read_bytes()[:200])  # header cut short: its series cannot be told, so it is skipped
+    with pytest.warns(IvdsegWarning, match=r"skipped 1 damaged DICOM file\(s\).*slice3.dcm"):
+        with pytest.raises(IvdsegError, match=r"a slice is missing \(skipped as damaged: slice3.dcm\)"):
+            read_series(tmp_path)
+
+
+def cut_after_series_uid(path: Path) -> Path:
+    """Truncates a file just after its SeriesInstanceUID: the partial header names the series, the image tags
+    (Rows, Columns, pixels) are gone."""
+    data = path.read_bytes()
+    uid = str(pydicom.dcmread(path).SeriesInstanceUID).encode()
+    end = data.index(uid) + len(uid) + len(uid) % 2  # UIDs are padded to an even length
+    path.write_bytes(data[:end + 3])  # into the next element's tag
+    return path
+
+
+def test_damaged_files_outside_the_chosen_series_are_skipped_with_a_warning(tmp_path):
+    _series(tmp_path / "a", series_uid="1.2.3.4")
+    _series(tmp_path / "b", series_uid="1.2.3.5", iop=OBLIQUE_IOP)
+    cut_after_series_uid(tmp_path / "b" / "slice1.dcm")  # known to be of series b
+    (tmp_path / "b" / "slice2.dcm").write_bytes((tmp_path / "b" / "slice2.dcm").read_bytes()[:200])  # unknown
+    with pytest.warns(IvdsegWarning, match=r"skipped 2 damaged DICOM file\(s\).*slice1.dcm.*slice2.dcm"):
+        volume = read_series(tmp_path, series_uid="1.2.3.4")
+    assert volume.array.shape == (5, 4, 6)
+    np.testing.assert_array_equal(volume.array[2], _pixels(2))
+    with pytest.warns(IvdsegWarning, match="skipped 2 damaged"):
+        series = index_folder(tmp_path)
+    assert [(s.series_uid, s.n_files) for s in series] == [("1.2.3.4", 5), ("1.2.3.5", 3)]
+
+
+def test_damaged_file_of_the_chosen_series_is_refused(tmp_path):
+    _series(tmp_path / "a", series_uid="1.2.3.4")
+    _series(tmp_path / "b", series_uid="1.2.3.5", iop=OBLIQUE_IOP)
+    victim = cut_after_series_uid(tmp_path / "a" / "slice0.dcm")  # an end slice: no gap would reveal it
+    with pytest.raises(IvdsegError, match=r"a/slice0.dcm is a damaged DICOM file of the chosen series"):
+        read_series(tmp_path, series_uid="1.2.3.4")
+    with pytest.warns(IvdsegWarning, match="slice0.dcm"):
+        assert read_series(tmp_path, series_uid="1.2.3.5").array.shape == (5, 4, 6)
+    (tmp_path / "b" / "slice0.dcm").unlink()
+    for n in range(1, 5):
+        (tmp_path / "b" / f"slice{n}.dcm").unlink()
+    with pytest.raises(IvdsegError, match="slice0.dcm is a damaged DICOM file of the chosen series"):
+        read_series(tmp_path)  # the only series, chosen without --series
+    for n in range(1, 5):
+        (tmp_path / "a" / f"slice{n}.dcm").unlink()
+    with pytest.raises(IvdsegError, match=r"holds 1 damaged DICOM file\(s\) \(e.g. slice0.dcm"):
         read_series(tmp_path)
+    assert victim.exists()
 
 
 def test_report_without_pixels_is_not_an_image_series(tmp_path):

@@ -8,6 +8,7 @@ LPS; the volume's matrix is RAS, as in Slicer.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from ivdseg.errors import IvdsegError
+from ivdseg.errors import IvdsegError, IvdsegWarning
 from ivdseg.io.geometry import Volume
 
 _LPS_TO_RAS = np.array([-1.0, -1.0, 1.0])
@@ -74,24 +75,51 @@ def _normal(iop) -> np.ndarray:
     return normal / np.linalg.norm(normal)
 
 
+@dataclass
+class DamagedFile:
+    """A file that claims to be DICOM but whose header cannot be read whole.
+
+    ``series_uid`` is the SeriesInstanceUID its readable part names, or None when that part ends before the tag.
+    """
+
+    path: Path
+    reason: str
+    series_uid: str | None = None
+
+
+def _partial_series_uid(path: Path) -> str | None:
+    """The SeriesInstanceUID of a damaged file, reading no further than that tag (damage beyond it is harmless)."""
+    from pydicom.filereader import read_partial
+
+    try:
+        with open(path, "rb") as fh:
+            ds = read_partial(fh, stop_when=lambda tag, vr, length: tag > 0x0020000E)
+        uid = ds.get("SeriesInstanceUID")
+    except Exception:  # noqa: BLE001  (any failure only means the series cannot be told)
+        return None
+    return str(uid) if uid else None
+
+
 def _read_header(path: Path):
-    """The dataset without pixels, or None when the file is not DICOM. A broken DICOM file raises IvdsegError."""
+    """The dataset without pixels, None when the file is not DICOM, or a :class:`DamagedFile`."""
     if path.name.upper() == "DICOMDIR":
         return None
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, force=False)
+        with warnings.catch_warnings():  # pydicom's own warnings about the damage: the DamagedFile says it once
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(path, stop_before_pixels=True, force=False)
     except InvalidDicomError:
         return None
     except (OSError, EOFError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise IvdsegError(f"{path} is a damaged DICOM file ({exc}); remove it or copy the series again.") from exc
+        return DamagedFile(path, str(exc) or type(exc).__name__, _partial_series_uid(path))
     if "DirectoryRecordSequence" in ds:  # a DICOMDIR under another name
         return None
     # pydicom stops quietly at the end of a truncated file; an image class without its image tags gives it away.
     sop_class = getattr(ds, "file_meta", pydicom.Dataset()).get("MediaStorageSOPClassUID")
     is_image_class = sop_class is not None and "Image Storage" in getattr(sop_class, "name", "")
     if len(ds) == 0 or (is_image_class and ("Rows" not in ds or "Columns" not in ds)):
-        raise IvdsegError(f"{path} is a damaged DICOM file (it ends before its image tags); remove it or copy "
-                          "the series again.")
+        uid = ds.get("SeriesInstanceUID")
+        return DamagedFile(path, "it ends before its image tags", str(uid) if uid else _partial_series_uid(path))
     return ds
 
 
@@ -123,20 +151,35 @@ def _geometry(ds):
     return [float(v) for v in iop], [float(v) for v in ipp]
 
 
-def _scan(source) -> tuple[list[SeriesInfo], str, int]:
-    """Reads all headers; returns image series, the label for messages, and the count of non-image DICOM files."""
+def _scan(source) -> tuple[list[SeriesInfo], str, int, list[DamagedFile]]:
+    """Reads all headers; returns image series, the label for messages, the count of non-image DICOM files and
+    the damaged files (left to the caller, which knows which series is wanted)."""
     files, label = _files_of(source)
     groups: dict[str, list[tuple[Path, object]]] = {}
     n_non_image = 0
+    damaged = []
     for path in files:
         ds = _read_header(path)
         if ds is None:
+            continue
+        if isinstance(ds, DamagedFile):
+            damaged.append(ds)
             continue
         if "Rows" not in ds or "Columns" not in ds:  # SR, presentation states, ...: no pixels
             n_non_image += 1
             continue
         groups.setdefault(str(ds.get("SeriesInstanceUID", "")), []).append((path, ds))
-    return [_series_info(uid, members) for uid, members in groups.items()], label, n_non_image
+    return [_series_info(uid, members) for uid, members in groups.items()], label, n_non_image, damaged
+
+
+def _warn_skipped(damaged: list[DamagedFile], label: str) -> None:
+    """One warning for all damaged files that were skipped (one line on the command line, however many)."""
+    if not damaged:
+        return
+    names = ", ".join(f"{d.path.name} ({d.reason})" for d in damaged[:3])
+    more = f" and {len(damaged) - 3} more" if len(damaged) > 3 else ""
+    warnings.warn(IvdsegWarning(f"{label}: skipped {len(damaged)} damaged DICOM file(s) outside the chosen series "
+                                f"or of unknown series: {names}{more}."), stacklevel=3)
 
 
 def _header_iop(ds):
@@ -182,7 +225,8 @@ def index_folder(folder) -> list[SeriesInfo]:
     """Finds the DICOM image series under a folder, recursively.
 
     Headers only are read (``stop_before_pixels=True, force=False``); non-DICOM files and DICOMDIR are skipped
-    silently, and files without pixels (structured reports, ...) are not image series.
+    silently, files without pixels (structured reports, ...) are not image series, and damaged DICOM files are
+    skipped with one :class:`~ivdseg.errors.IvdsegWarning` naming them, so one bad file does not hide the others.
 
     Args:
         folder: a folder (searched recursively) or one DICOM file.
@@ -191,14 +235,19 @@ def index_folder(folder) -> list[SeriesInfo]:
         One :class:`SeriesInfo` per SeriesInstanceUID, ordered by series number then UID; empty if none.
 
     Raises:
-        IvdsegError: the folder does not exist, or a file that claims to be DICOM is damaged.
+        IvdsegError: the folder does not exist.
     """
-    series, _, _ = _scan(folder)
+    series, label, _, damaged = _scan(folder)
+    _warn_skipped(damaged, label)
     return sorted(series, key=lambda s: (s.series_number is None, s.series_number or 0, s.series_uid))
 
 
-def _choose(series: list[SeriesInfo], series_uid, label: str, n_non_image: int) -> SeriesInfo:
+def _choose(series: list[SeriesInfo], series_uid, label: str, n_non_image: int,
+            damaged: list[DamagedFile]) -> SeriesInfo:
     if not series:
+        if damaged:
+            raise IvdsegError(f"{label} holds {len(damaged)} damaged DICOM file(s) (e.g. {damaged[0].path.name}: "
+                              f"{damaged[0].reason}) and no readable image series; copy the series again.")
         if n_non_image:
             raise IvdsegError(f"{label} holds {n_non_image} DICOM file(s) but no image series (only objects "
                               "without pixels, such as reports); choose the folder of the MRI series.")
@@ -254,7 +303,7 @@ def _rescale(slices: list[np.ndarray], slopes, intercepts) -> np.ndarray:
     return values.astype(np.float32)
 
 
-def _spacing(positions: np.ndarray, ds, label: str) -> float:
+def _spacing(positions: np.ndarray, ds, label: str, skipped: str = "") -> float:
     """Slice spacing from sorted positions along the normal; refuses duplicated, missing or uneven slices.
 
     A single slice takes SpacingBetweenSlices, else SliceThickness (from ``ds``), else 1 mm.
@@ -272,7 +321,7 @@ def _spacing(positions: np.ndarray, ds, label: str) -> float:
                           "repeats); export one echo or time point as its own series.")
     if gaps.max() > 1.5 * median:
         raise IvdsegError(f"{label} has a gap of {gaps.max():.2f} mm between slices spaced {median:.2f} mm; a slice "
-                          "is missing or the spacing is uneven, so copy the complete series again.")
+                          f"is missing{skipped} or the spacing is uneven, so copy the complete series again.")
     if np.abs(gaps - median).max() > 0.05 * median:
         raise IvdsegError(f"{label} has uneven slice spacing ({gaps.min():.2f} to {gaps.max():.2f} mm); "
                           "resample it to regular slices first.")
@@ -366,12 +415,19 @@ def read_series(folder_or_files, series_uid: str | None = None) -> Volume:
         applied (float32 where they are not integral).
 
     Raises:
-        IvdsegError: no DICOM or no image series, several series and no ``series_uid``, a damaged file, colour
+        IvdsegError: no DICOM or no image series, several series and no ``series_uid``, a damaged file of the
+            chosen series (damaged files of other or unknown series are skipped with an IvdsegWarning), colour
             images, differing sizes or orientations, a missing slice or uneven spacing, no geometry tags, or an
             unsupported multi-frame file.
     """
-    series, label, n_non_image = _scan(folder_or_files)
-    info = _choose(series, series_uid, label, n_non_image)
+    series, label, n_non_image, damaged = _scan(folder_or_files)
+    info = _choose(series, series_uid, label, n_non_image, damaged)
+    own = [d for d in damaged if d.series_uid == info.series_uid]
+    if own:
+        raise IvdsegError(f"{own[0].path} is a damaged DICOM file of the chosen series ({own[0].reason}); "
+                          "remove it or copy the series again.")
+    _warn_skipped(damaged, label)
+    unknown = [d.path.name for d in damaged if d.series_uid is None]
     label = str(info.files[0].parent) if len(info.files) > 1 else str(info.files[0])
     datasets, pixels = zip(*(_read_full(path) for path in info.files))
     if any(int(ds.get("NumberOfFrames", 1) or 1) > 1 or "PerFrameFunctionalGroupsSequence" in ds for ds in datasets):
@@ -396,7 +452,9 @@ def read_series(folder_or_files, series_uid: str | None = None) -> Volume:
     order = np.argsort(positions, kind="stable")
     positions = positions[order]
     ipps = np.array(ipps)[order]
-    slice_spacing = _spacing(positions, datasets[0], label)
+    # A skipped file of unknown series may have been one of these slices: the gap check then names it.
+    slice_spacing = _spacing(positions, datasets[0], label,
+                             f" (skipped as damaged: {', '.join(unknown[:3])})" if unknown else "")
     drift = (ipps[-1] - ipps[0]) - (positions[-1] - positions[0]) * normal
     if np.linalg.norm(drift) > 0.5 * min(pixel_spacing):
         raise IvdsegError(f"{label} has slices that shift sideways along the stack (tilted or sheared "
