@@ -50,6 +50,21 @@ def exported_bytes(root: Path) -> bytes:
     return b"\n".join(chunks).lower()
 
 
+def require_slicer_core():
+    """The slicer-core package (real MRML nodes, no Qt); skips when it is missing, or fails under CI=true, where
+    a missing test dependency must never pass as a skip."""
+    try:
+        import slicer
+    except ImportError:
+        slicer = None
+    if slicer is None or not hasattr(slicer, "vtkMRMLScene"):
+        reason = "slicer-core is not installed here (pip install slicer-core; never 'pip install slicer')"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason, pytrace=False)
+        pytest.skip(reason, allow_module_level=True)
+    return slicer
+
+
 @pytest.fixture
 def data_dir():
     return require_data(".")
@@ -70,9 +85,7 @@ def mrml():
     Sets ``slicer.mrmlScene`` and ``slicer.modules.<name>.logic()`` as the application would, and
     restores the previous values afterwards.
     """
-    slicer = pytest.importorskip("slicer")
-    if not hasattr(slicer, "vtkMRMLScene"):
-        pytest.skip("the slicer module here is not slicer-core")
+    slicer = require_slicer_core()
     sys.path.insert(0, str(ROOT / "IVDSegmentation"))
     scene = slicer.vtkMRMLScene()
     app_logic = slicer.vtkSlicerApplicationLogic()

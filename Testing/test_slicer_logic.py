@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import require_data
+from conftest import require_data, require_slicer_core
 from dicom_builders import SAGITTAL_IOP, _series
 
-pytest.importorskip("slicer")
+require_slicer_core()
 
 
 @pytest.fixture

@@ -3,12 +3,14 @@ two-epoch training in the worker with curves in a plot chart node, and registrat
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import exported_bytes, require_data
+from conftest import exported_bytes, require_data, require_slicer_core
 
-pytest.importorskip("slicer")
+require_slicer_core()
 
 LEVELS = {1: "L5-S1", 2: "L4-L5", 3: "L3-L4", 4: "L2-L3", 5: "L1-L2"}
 SECRETS = {"DICOM.PatientName": "Doe^Janeway", "DICOM.PatientID": "SECRET-4471"}
@@ -58,45 +60,112 @@ def test_summary_and_segment_names(pairs):
     from IVDSegmentationLib.training import segmentNames, summarize
 
     assert segmentNames(pairs) == sorted(LEVELS.values())
-    s = summarize(pairs, CLASS_MAP, list(CLASS_MAP))
-    assert s["patients"] == 3 and s["series"] == 3
-    assert 0 < s["labelledSlices"] < 3 * 67 and s["slicesPerClass"]["intervertebral disc"] == s["labelledSlices"]
+    assert summarize(pairs, CLASS_MAP) == {"patients": 3, "series": 3, "seriesPerClass": {"intervertebral disc": 3}}
+    assert summarize(pairs, {"lesion": ["no such segment"]})["seriesPerClass"] == {"lesion": 0}
 
 
-def test_export_is_deidentified_and_refuses_twice(pairs, tmp_path):
+def test_summary_reads_no_voxels(pairs, monkeypatch):
+    """The summary runs on every GUI change: it must not copy segment arrays (each adds and removes nodes)."""
+    import slicer
+    from IVDSegmentationLib.training import summarize
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the summary read voxels")
+
+    monkeypatch.setattr(slicer.util, "arrayFromSegmentBinaryLabelmap", refuse)
+    monkeypatch.setattr(slicer.util, "arrayFromVolume", refuse)
+    assert summarize(pairs, CLASS_MAP)["patients"] == 3
+
+
+def test_export_runs_in_the_worker_and_is_deidentified(pairs, tmp_path, monkeypatch):
+    import tempfile
+
     from IVDSegmentationLib.training import TrainingLogic
 
-    info = TrainingLogic().exportDataset(pairs, CLASS_MAP, tmp_path / "ds", sizes=(64,), valFraction=0.34)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))  # where the private pair files go
+    (tmp_path / "tmp").mkdir()
+    events = []
+    info = TrainingLogic().exportDataset(pairs, CLASS_MAP, tmp_path / "ds", sizes=(64,), valFraction=0.34,
+                                         progressCallback=events.append, timeout=300)
     assert len(info.cases) == 3 and info.classes == ["background", "intervertebral disc"]
+    assert len({m["patient"] for m in info.cases.values()}) == 3
+    assert [e["done"] for e in events if e["event"] == "progress"] == [1, 2, 3]
     blob = exported_bytes(tmp_path / "ds")
     for secret in ["doe^janeway", "janeway", "secret-4471", "case11", "20230905"]:
         assert secret.encode() not in blob, secret
-    with pytest.raises(ValueError, match="already exists"):
-        TrainingLogic().exportDataset(pairs, CLASS_MAP, tmp_path / "ds", sizes=(64,))
+    assert list((tmp_path / "tmp").iterdir()) == []  # the pair files are gone
+    # Every voxel of every disc level became the one class (native copies: the volumes' sagittal slices).
+    import numpy as np
+    from ivdseg.data.dataset import load_npz
+
+    labels = sum(int((load_npz(tmp_path / "ds" / "cases" / f"{c}.npz")["label"] == 1).sum()) for c in info.cases)
+    assert labels == sum(int((_labels(name) > 0).sum()) for name in ("case11", "case20", "case42"))
+    with pytest.raises(RuntimeError, match="already exists"):
+        TrainingLogic().exportDataset(pairs, CLASS_MAP, tmp_path / "ds", sizes=(64,), timeout=300)
+    assert np is not None
+
+
+def _labels(name):
+    from ivdseg.io.volumes import read_volume
+
+    return read_volume(require_data("ivd_lumbar_t2/nifti") / f"{name}_ivd_labels.nii.gz").array
+
+
+def test_same_seed_same_split_whatever_the_session(pairs, tmp_path):
+    """The Slicer side hashes patients with a fresh key each export; the split must not depend on it."""
+    import json
+
+    from IVDSegmentationLib.training import TrainingLogic
+
+    splits = []
+    for n in range(2):
+        TrainingLogic().exportDataset(pairs, CLASS_MAP, tmp_path / f"ds{n}", sizes=(64,), valFraction=0.34, seed=3,
+                                      timeout=300)
+        meta = json.loads((tmp_path / f"ds{n}" / "dataset.json").read_text())
+        split = json.loads((tmp_path / f"ds{n}" / "splits.json").read_text())
+        # name each validation patient by its series' slice count (the pseudonyms differ between exports)
+        splits.append(sorted(m["n_slices"] * 1000 + m["labelled_slices"] for m in meta["cases"].values()
+                             if m["patient"] in split["val"]))
+    assert splits[0] == splits[1] and len(splits[0]) == 1
 
 
 def test_bad_exports(pairs, mrml, tmp_path):
+    import slicer
     from IVDSegmentationLib.training import CasePair, TrainingLogic
 
     logic = TrainingLogic()
     with pytest.raises(ValueError, match="No \\(volume, segmentation\\) pairs"):
-        logic.exportDataset([], CLASS_MAP, tmp_path / "a")
-    with pytest.raises(ValueError, match="no voxel in any case"):
-        logic.exportDataset(pairs, {"intervertebral disc": ["no such segment"]}, tmp_path / "b", sizes=(64,))
+        logic.startExport([], CLASS_MAP, tmp_path / "a")
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        logic.startExport(pairs, CLASS_MAP, tmp_path / "a", valFraction=1.5)
+    with pytest.raises(RuntimeError, match="no voxel in any case"):
+        logic.exportDataset(pairs, {"intervertebral disc": ["no such segment"]}, tmp_path / "b", sizes=(64,),
+                            timeout=300)
     # a segmentation drawn on another grid than the volume it is paired with
-    other = pairs[1].volumeNode
     cropped = mrml.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "cropped")
-    import slicer
-
     slicer.util.updateVolumeFromArray(cropped, np.zeros((10, 12, 14), np.int16))
     with pytest.raises(ValueError, match="another grid"):
-        logic.exportDataset([CasePair(cropped, pairs[0].segmentationNode)], CLASS_MAP, tmp_path / "c", sizes=(64,))
-    cancelled = []
-    with pytest.raises(Exception):
-        logic.exportDataset(pairs, CLASS_MAP, tmp_path / "d", sizes=(64,),
-                            cancelRequested=lambda: cancelled.append(1) or True)
-    assert not (tmp_path / "d").exists() and [p.name for p in tmp_path.iterdir()] == []
-    assert other is not None
+        logic.startExport([CasePair(cropped, pairs[0].segmentationNode)], CLASS_MAP, tmp_path / "c", sizes=(64,))
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_cancelled_export_leaves_the_folder_as_it_was(pairs, tmp_path):
+    from IVDSegmentationLib.training import TrainingLogic
+
+    (tmp_path / "ds").mkdir()
+    (tmp_path / "ds" / "dataset.json").write_text("{}")  # an earlier dataset the user agreed to replace
+    logic = TrainingLogic()
+    job = logic.startExport(pairs, CLASS_MAP, tmp_path / "ds", sizes=(64, 128, 192, 256), overwrite=True)
+    while not job.poll() and not job.finished:  # the worker is at work
+        time.sleep(0.02)
+    job.cancel()
+    while not job.finished:
+        time.sleep(0.02)
+    with pytest.raises(RuntimeError, match="Export cancelled"):
+        logic.finishExport(job)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]
+    assert sorted(p.name for p in (tmp_path / "ds").iterdir()) == ["dataset.json"]
+    assert not Path(job.tmpdir).exists()
 
 
 @pytest.mark.slow
@@ -106,14 +175,11 @@ def test_train_two_epochs_with_curves_and_register(pairs, tmp_path, monkeypatch)
 
     monkeypatch.setenv("IVDSEG_USER_MODELS", str(tmp_path / "models"))
     logic = TrainingLogic()
-    logic.exportDataset(pairs, CLASS_MAP, tmp_path / "ds", sizes=(64,), valFraction=0.34)
+    logic.exportDataset(pairs, CLASS_MAP, tmp_path / "ds", sizes=(64,), valFraction=0.34, timeout=300)
     job = logic.startTraining(tmp_path / "ds", tmp_path / "run", size=64, epochs=2, batchSize=8,
                               name="scene-model", extraArgs=["--depth", "3", "--base-filters", "8"])
-    table = chart = None
-    while not job.finished:
-        job.wait(timeout=600)
-    table, chart = logic.updateCurves(job.events, table, chart)
-    assert job.returncode == 0, job.log[-2000:]
+    assert job.wait(timeout=600) == 0, job.log[-2000:]
+    table, chart = logic.updateCurves(job.events)
     assert table.GetNumberOfRows() == 2 and chart.GetNumberOfPlotSeriesNodes() == 2
     import slicer
 

@@ -26,6 +26,8 @@ from .nodes import ijkToRasArray, writeVolumeNode
 from .worker import WorkerJob
 
 SCENE_SOURCE = "scene"
+# The export checks for a stop between cases (a case takes a second or two): it is killed only after this.
+EXPORT_CANCEL_GRACE_S = 10.0
 
 
 @dataclass
@@ -197,7 +199,15 @@ class ExportJob:
         return self.worker.finished
 
     def cancel(self):
-        self.worker.cancel()
+        """Asks the worker to stop at the next case (it then removes its unfinished folder); kills it later."""
+        self.worker.cancel(grace=EXPORT_CANCEL_GRACE_S)
+
+    def removeLeftovers(self) -> None:
+        """Removes the staging folder a killed worker could not remove (made after this job started)."""
+        folder = self.outputFolder
+        for leftover in folder.parent.glob(f".{folder.name}.partial-*"):
+            if leftover.is_dir() and leftover.stat().st_mtime >= self.worker.startTime - 1.0:
+                shutil.rmtree(leftover, ignore_errors=True)
 
 
 class TrainingLogic:
@@ -260,6 +270,8 @@ class TrainingLogic:
                 raise RuntimeError(str(exc)) from None
         finally:
             shutil.rmtree(job.tmpdir, ignore_errors=True)
+            if job.worker.killed:
+                job.removeLeftovers()
 
     def exportDataset(self, pairs, classMap: dict, outputFolder, timeout=None, progressCallback=None, **options):
         """Blocking export (scripts and tests): startExport, wait, finishExport. ``progressCallback`` receives

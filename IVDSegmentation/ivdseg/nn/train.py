@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
 import time
-from dataclasses import asdict, dataclass, field
+import zipfile
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +50,102 @@ class TrainConfig:
     name: str = "ivdseg-model"
     version: str = "1.0.0"
     card_extra: dict = field(default_factory=dict)  # licence, citations, description for the card
+
+
+def check_config(cfg: TrainConfig) -> None:
+    """Refuses settings out of range before any work (the message names the ``ivdseg train`` option).
+
+    Raises:
+        IvdsegError: the first setting out of range.
+    """
+    at_least_one = {"--epochs": cfg.epochs, "--batch-size": cfg.batch_size, "--patience": cfg.patience,
+                    "--keep-best": cfg.keep_best, "--depth": cfg.depth, "--base-filters": cfg.base_filters}
+    if cfg.steps_per_epoch is not None:
+        at_least_one["--steps-per-epoch"] = cfg.steps_per_epoch
+    for option, value in at_least_one.items():
+        if value < 1:
+            raise IvdsegError(f"{option} must be at least 1, got {value}.")
+    if not (math.isfinite(cfg.learning_rate) and cfg.learning_rate > 0):
+        raise IvdsegError(f"--learning-rate must be a positive number, got {cfg.learning_rate}.")
+    if not 0.0 <= cfg.dropout < 1.0:
+        raise IvdsegError(f"--dropout must lie in [0, 1), got {cfg.dropout}.")
+    if cfg.size < 16 or cfg.size % 16:
+        raise IvdsegError(f"--size must be a multiple of 16 (the networks halve it four times), got {cfg.size}.")
+    if cfg.fold is not None and cfg.fold < 0:
+        raise IvdsegError(f"--fold counts from 0, got {cfg.fold}.")
+
+
+# What a checkpoint's weights depend on: a resumed run must ask for the same, or last.keras is another network.
+RESUME_KEYS = {"size": "--size", "network": "--network", "depth": "--depth", "base_filters": "--base-filters",
+               "activation": "--activation", "classes": "the dataset's classes"}
+
+
+def _resume_state(run_dir: Path, cfg: TrainConfig, classes: list[str]) -> dict:
+    """The saved state of the run to resume, checked against the requested configuration.
+
+    Raises:
+        IvdsegError: no last.keras, a missing or unreadable state.json, or a saved configuration that differs in a
+            :data:`RESUME_KEYS` setting.
+    """
+    ckpt_dir = run_dir / "checkpoints"
+    path = ckpt_dir / "state.json"
+    if not (ckpt_dir / "last.keras").is_file():
+        raise IvdsegError(f"Nothing to resume in {run_dir}: checkpoints/last.keras is missing.")
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise IvdsegError(f"Cannot resume {run_dir}: {path} is missing; start afresh with --overwrite.") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise IvdsegError(f"Cannot resume {run_dir}: {path} is not readable ({exc}); "
+                          "start afresh with --overwrite.") from None
+    if not (isinstance(state, dict) and isinstance(state.get("config"), dict)
+            and isinstance(state.get("epoch"), int) and isinstance(state.get("best"), list)):
+        raise IvdsegError(f"Cannot resume {run_dir}: {path} is not a training state of ivdseg train; "
+                          "start afresh with --overwrite.")
+    requested = {**asdict(cfg), "classes": classes}
+    saved = state["config"]
+    differ = [k for k in RESUME_KEYS if k in saved and saved[k] != requested[k]]
+    if differ:
+        was = ", ".join(f"{RESUME_KEYS[k]} {saved[k]}" for k in differ)
+        now = ", ".join(f"{RESUME_KEYS[k]} {requested[k]}" for k in differ)
+        raise IvdsegError(f"Cannot resume {run_dir}: it was trained with {was} but this run asks for {now}; "
+                          "repeat the run's settings or start afresh with --overwrite.")
+    state["config"] = requested
+    return state
+
+
+# TrainConfig fields whose ``ivdseg train`` option is not --<field-name>; card_extra is the content of --card.
+_TRAIN_FLAGS = {"version": "--model-version", "augment": "--no-augment"}
+
+
+def reproduce_command(cfg: TrainConfig, card_name: str | None = None) -> str:
+    """The ``ivdseg train`` command that repeats ``cfg``, for the model card, without any path of this machine.
+
+    Paths can hold patient or user names and mean nothing elsewhere, so the dataset and run folder are the
+    placeholders DATASET and RUN, and --init-from keeps only the package's last name.
+
+    Args:
+        cfg: the training settings.
+        card_name: file name (no folder) of the --card extract, if one was given.
+
+    Returns:
+        e.g. ``ivdseg train DATASET -o RUN --network unet2d --size 256 ... --card card.json``.
+    """
+    parts = ["ivdseg", "train", "DATASET", "-o", "RUN"]
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if f.name == "card_extra" or value is None:
+            continue
+        flag = _TRAIN_FLAGS.get(f.name, "--" + f.name.replace("_", "-"))
+        if f.name == "augment":
+            parts += [] if value else [flag]
+            continue
+        if f.name == "init_from":
+            value = Path(value).name
+        parts += [flag, shlex.quote(str(value))]
+    if card_name:
+        parts += ["--card", shlex.quote(Path(card_name).name)]
+    return " ".join(parts)
 
 
 def _atomic_save(model, path: Path) -> None:
@@ -114,15 +212,23 @@ def _make_callbacks(keras, cfg, run_dir, val_x, val_y, num_classes, reporter, st
     ]
 
 
-def _load_split(info, cfg):
+def _split(info, cfg):
+    """(train cases, validation cases) for ``cfg``, checked before any work."""
+    if cfg.size not in info.sizes:
+        raise IvdsegError(f"--size {cfg.size}: {info.root} has no {cfg.size} px copy (it has {info.sizes}); "
+                          f"choose one of those or re-export with --sizes including {cfg.size}.")
     train_cases, val_cases = info.split_cases(cfg.fold)
     if not train_cases:
         raise IvdsegError(f"{info.root / 'splits.json'} leaves no training patient.")
     if not val_cases:
         raise IvdsegError(f"{info.root / 'splits.json'} has no validation patient; export with more patients.")
+    return train_cases, val_cases
+
+
+def _load_split(info, cfg, train_cases, val_cases):
     tx, ty = ds.load_resized(info, train_cases, cfg.size)
     vx, vy = ds.load_resized(info, val_cases, cfg.size)
-    return train_cases, val_cases, normalize_slices(tx), ty, normalize_slices(vx)[..., None], vy
+    return normalize_slices(tx), ty, normalize_slices(vx)[..., None], vy
 
 
 def _strategy(tf, cfg, reporter):
@@ -149,7 +255,8 @@ def train(dataset_dir, run_dir, cfg: TrainConfig, reporter: Reporter | None = No
         reporter: progress events (JSON lines by default).
         resume: continue from ``run_dir/checkpoints/last.keras``.
         overwrite: start afresh in a run folder that already holds a run.
-        command: the command line, recorded in the card.
+        command: the command that reproduces the run, recorded in the card; it must hold no path of this
+            machine (the CLI passes placeholders, see ``ivdseg.cli``).
         stop: when it is requested (the GUI's Stop, SIGTERM, Ctrl-C), training leaves its loop at the next batch
             and packages the best model so far; the epoch in progress does not count.
 
@@ -157,22 +264,24 @@ def train(dataset_dir, run_dir, cfg: TrainConfig, reporter: Reporter | None = No
         Path of the model package.
 
     Raises:
-        IvdsegError: bad dataset, split without validation, nothing to resume, an occupied run folder.
+        IvdsegError: a setting out of range (:func:`check_config`), a bad dataset, a size or fold it lacks, a split
+            without validation, nothing to resume or a saved configuration that differs, an occupied run folder;
+            all before the run folder is created or changed.
     """
     reporter = reporter or Reporter("jsonl")
     stop = stop or StopRequest()
+    # Everything a user can get wrong is checked before the run folder is touched.
+    check_config(cfg)
     info = ds.open_dataset(dataset_dir)
+    train_cases, val_cases = _split(info, cfg)
     run_dir = Path(run_dir)
     ckpt_dir = run_dir / "checkpoints"
-    if resume and not (ckpt_dir / "last.keras").is_file():
-        raise IvdsegError(f"Nothing to resume in {run_dir}: checkpoints/last.keras is missing.")
-    if not resume and ckpt_dir.exists() and any(ckpt_dir.iterdir()) and not overwrite:
+    if resume:
+        state = _resume_state(run_dir, cfg, info.classes)
+    elif ckpt_dir.exists() and any(ckpt_dir.iterdir()) and not overwrite:
         raise IvdsegError(f"{run_dir} already holds a run; pass --resume to continue it or --overwrite to restart.")
-    if not resume and ckpt_dir.exists():
-        for f in ckpt_dir.iterdir():
-            f.unlink()
-        (run_dir / "log.csv").unlink(missing_ok=True)
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    else:
+        state = {"epoch": 0, "best": [], "config": {**asdict(cfg), "classes": info.classes}}
 
     import keras
     import tensorflow as tf
@@ -180,24 +289,27 @@ def train(dataset_dir, run_dir, cfg: TrainConfig, reporter: Reporter | None = No
     from ivdseg.nn import losses
     from ivdseg.nn import networks
     from ivdseg.nn.augment import make_dataset
-    from ivdseg.models.package import load_keras_model, load_package
+    from ivdseg.models.package import load_keras_model, load_package, resolve_model
 
     keras.utils.set_random_seed(cfg.seed)
-    train_cases, val_cases, tx, ty, vx, vy = _load_split(info, cfg)
-    reporter.message(f"{len(tx)} training slices from {len(train_cases)} series, "
-                     f"{len(vx)} validation slices from {len(val_cases)} series, {cfg.size} px.")
     strategy, device = _strategy(tf, cfg, reporter)
-    state = {"epoch": 0, "best": [], "config": asdict(cfg)}
     with strategy.scope():
         if resume:
-            state = json.loads((ckpt_dir / "state.json").read_text())
-            model = keras.saving.load_model(str(ckpt_dir / "last.keras"), safe_mode=True)
+            try:  # compiled, with the optimizer's state, so that the run goes on where it stopped
+                model = keras.saving.load_model(str(ckpt_dir / "last.keras"), safe_mode=True)
+            except (OSError, ValueError, TypeError, zipfile.BadZipFile) as exc:
+                raise IvdsegError(f"Cannot resume {run_dir}: checkpoints/last.keras does not load "
+                                  f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
+                                  "start afresh with --overwrite.") from None
         else:
-            model = networks.build_model(
-                cfg.network, input_size=cfg.size, num_classes=info.num_classes, activation=cfg.activation,
-                depth=cfg.depth, base_filters=cfg.base_filters, dropout=cfg.dropout)
+            try:
+                model = networks.build_model(
+                    cfg.network, input_size=cfg.size, num_classes=info.num_classes, activation=cfg.activation,
+                    depth=cfg.depth, base_filters=cfg.base_filters, dropout=cfg.dropout)
+            except ValueError as exc:
+                raise IvdsegError(f"--network {cfg.network} cannot be built with these settings ({exc}).") from None
             if cfg.init_from:
-                source, _ = load_package(cfg.init_from)
+                source, _ = load_package(resolve_model(cfg.init_from))
                 try:
                     model.set_weights(source.get_weights())
                 except ValueError:
@@ -206,6 +318,14 @@ def train(dataset_dir, run_dir, cfg: TrainConfig, reporter: Reporter | None = No
             model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate), loss=losses.get_loss(cfg.loss),
                           metrics=[losses.DiceMetric(c) for c in range(1, info.num_classes)],
                           jit_compile=False)  # XLA is slower on CPU here and recompiles per shape
+    tx, ty, vx, vy = _load_split(info, cfg, train_cases, val_cases)
+    reporter.message(f"{len(tx)} training slices from {len(train_cases)} series, "
+                     f"{len(vx)} validation slices from {len(val_cases)} series, {cfg.size} px.")
+    if not resume and ckpt_dir.exists():  # --overwrite: the old run goes only now that the new one can start
+        for f in ckpt_dir.iterdir():
+            f.unlink()
+        (run_dir / "log.csv").unlink(missing_ok=True)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / "config.json", {**asdict(cfg), "dataset": str(dataset_dir)})
 
     batch = cfg.batch_size * strategy.num_replicas_in_sync
