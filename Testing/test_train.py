@@ -131,3 +131,47 @@ def test_sigterm_packages_the_best_model_so_far(real_dataset, tmp_path):
     model, card = load_package(tmp_path / "run" / "model")
     assert card["training"]["best_epoch"] >= 1
     assert (tmp_path / "run" / "checkpoints" / "last.keras").is_file()
+
+
+def test_model_card_holds_no_path_of_this_machine(tmp_path, capsys):
+    """A tiny real training (in this process, seconds): model.json and MODEL_CARD.md name no folder of ours,
+    while the training command in the card still says how to repeat the run."""
+    from ivdseg import cli
+    from ivdseg.data.export import ExportOptions, RawCase, export_dataset
+    from ivdseg.models.package import save_package
+    from ivdseg.nn import networks
+
+    home = tmp_path / "jane.doe" / "project"  # a path that names someone, as a user's home does
+    home.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    cases = []
+    for i in range(4):
+        label = np.zeros((2, 32, 32), np.uint8)
+        label[:, 8:16, 8:20] = 1
+        cases.append(RawCase(patient=f"p{i}", source="site", image=rng.random((2, 32, 32), dtype=np.float32) + label,
+                             label=label))
+    export_dataset(cases, ["intervertebral disc"], home / "ds", ExportOptions(sizes=(32,)))
+    classes = [{"value": 1, "name": "intervertebral disc", "color": [0.3, 0.8, 0.6]}]
+    start = save_package(networks.build_unet2d(input_size=32, depth=2, base_filters=4),
+                         {"name": "start", "version": "0", "network": "unet2d", "input_size": 32, "channels": 1,
+                          "normalization": {"method": "percentile", "percentiles": [0.5, 99.5]},
+                          "slice_plane": "sagittal", "classes": classes}, home / "start-pkg")
+    (home / "extract.json").write_text(json.dumps({"licence": "CC-BY-4.0"}))
+    code = cli.main([str(a) for a in ["train", home / "ds", "-o", home / "run", "--size", "32", "--depth", "2",
+                                      "--base-filters", "4", "--epochs", "1", "--steps-per-epoch", "1",
+                                      "--batch-size", "4", "--init-from", start, "--card", home / "extract.json",
+                                      "--progress", "none"]])
+    assert code == 0, capsys.readouterr().err
+    card_text = (home / "run" / "model" / "model.json").read_text()
+    markdown = (home / "run" / "model" / "MODEL_CARD.md").read_text()
+    for text in (card_text, markdown):
+        assert str(tmp_path) not in text and "jane.doe" not in text
+    command = json.loads(card_text)["training"]["command"]
+    assert command == ("ivdseg train DATASET -o RUN --network unet2d --size 32 --activation relu --depth 2 "
+                       "--base-filters 4 --dropout 0.0 --loss dice_ce --epochs 1 --batch-size 4 --learning-rate 0.001 "
+                       "--steps-per-epoch 1 --patience 15 --keep-best 3 --seed 0 --mixed-precision auto "
+                       "--init-from start-pkg --name ivdseg-model --model-version 1.0.0 --card extract.json")
+    assert f"`{command}`" in markdown
+    assert json.loads(card_text)["licence"] == "CC-BY-4.0"
+    # the run folder is the user's own: its config may name the dataset
+    assert json.loads((home / "run" / "config.json").read_text())["dataset"] == str(home / "ds")

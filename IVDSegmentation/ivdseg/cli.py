@@ -1,6 +1,8 @@
 """The ``ivdseg`` command: the engine of the Slicer module for batch work.
 
-Errors a user can cause end in one sentence on stderr and exit code 2, never a traceback.
+Errors a user can cause end in one sentence on stderr and exit code 2, never a traceback; a mistake on the command
+line is found before any work, so nothing (no dataset, run folder or key file) is left behind. Warnings (e.g. a
+damaged DICOM file that was skipped) are one line each on stderr.
 """
 
 from __future__ import annotations
@@ -8,11 +10,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import sys
+import warnings
 from pathlib import Path
 
-from ivdseg.errors import IvdsegError
+from ivdseg.errors import IvdsegError, IvdsegWarning
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line naming the option, like every other error of the command."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: {message}; see {self.prog} --help.\n")
 
 
 def _sizes(text):
@@ -34,7 +43,7 @@ def _class_arg(text):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ivdseg", description="Intervertebral disc segmentation in spine MRI.")
+    p = _Parser(prog="ivdseg", description="Intervertebral disc segmentation in spine MRI.")
     p.add_argument("--version", action="version", version=f"%(prog)s {__import__('ivdseg').__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -121,12 +130,20 @@ def _inference_args(g):
     g.add_argument("--progress", choices=["auto", "jsonl", "text", "none"], default="auto")
 
 
+def _check_batch_size(a):
+    if a.batch_size < 1:
+        raise IvdsegError(f"--batch-size must be at least 1, got {a.batch_size}.")
+
+
+def _check_folder_of(path: Path, option: str):
+    if not path.parent.is_dir():
+        raise IvdsegError(f"{option} {path}: the folder {path.parent} does not exist; create it first.")
+
+
 def _open_backend(a, reporter):
     from ivdseg.inference.backends import load_backend
     from ivdseg.models.package import resolve_model
 
-    if a.batch_size < 1:
-        raise IvdsegError(f"--batch-size must be at least 1, got {a.batch_size}.")
     backend = load_backend(resolve_model(a.model), a.backend, a.device)
     reporter.message(f"Model {backend.card['name']} {backend.card['version']} on the {backend.device.upper()} "
                      f"({backend.name}).")
@@ -178,8 +195,11 @@ def _cmd_segment(a) -> int:
     from ivdseg.progress import Reporter
     from ivdseg.io.volumes import read_volume
 
-    reporter = Reporter.auto(a.progress)
+    _check_batch_size(a)
     _check_output(a.output, a.overwrite)
+    if a.overlay:
+        _check_folder_of(a.overlay, "--overlay")
+    reporter = Reporter.auto(a.progress)
     volume = read_volume(a.input, series_uid=a.series)
     result = _segment_to_files(a, reporter, volume, str(a.input), a.output, a.overlay, a.overwrite)
     _report_done(reporter, result, output=str(a.output))
@@ -195,6 +215,7 @@ def _cmd_demo(a) -> int:
     from ivdseg.data.sample_data import sample_data_dir
     from ivdseg.io.volumes import read_volume
 
+    _check_batch_size(a)
     reporter = Reporter.auto(a.progress)
     root = a.sample_data or sample_data_dir()
     image_path = root / f"{DEMO_CASE}_T2w.nii.gz"
@@ -228,32 +249,59 @@ def _cmd_series(a) -> int:
     return 0
 
 
-def _cmd_export(a) -> int:
-    from ivdseg.data.export import ExportOptions, SourceSpec, export_dataset, iter_source_cases
-    from ivdseg.progress import Reporter
+def _read_json_object(path: Path, option: str, what: str) -> dict:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise IvdsegError(f"{option} {path} is not a readable JSON {what} ({exc}).") from None
+    if not isinstance(value, dict):
+        raise IvdsegError(f"{option} {path} holds a JSON {type(value).__name__}, not the JSON object "
+                          f"{{...}} of a {what}.")
+    return value
 
-    if a.spec:
-        try:
-            spec = json.loads(a.spec.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise IvdsegError(f"{a.spec} is not a readable JSON export spec ({exc}).") from None
-        classes = list(spec.get("classes") or [])
-        sources = [SourceSpec.from_dict(s, a.spec.parent) for s in spec.get("sources") or []]
-        if not classes or not sources:
-            raise IvdsegError(f"{a.spec} must list 'classes' and at least one entry in 'sources'.")
-    else:
+
+def _export_sources(a):
+    """(classes, sources) from --spec or from --images/--labels/--class, checked."""
+    from ivdseg.data.export import SourceSpec
+
+    if not a.spec:
         if not (a.images and a.labels and a.classes):
             raise IvdsegError("ivdseg export needs --spec, or --images, --labels and at least one --class.")
-        classes = [name for name, _ in a.classes]
-        sources = [SourceSpec(name=a.source_name, kind=a.kind, images=a.images, labels=a.labels,
-                              class_map=dict(a.classes), patient_pattern=a.patient_pattern, root=Path.cwd())]
-    key = None
+        return [name for name, _ in a.classes], [
+            SourceSpec(name=a.source_name, kind=a.kind, images=a.images, labels=a.labels,
+                       class_map=dict(a.classes), patient_pattern=a.patient_pattern, root=Path.cwd())]
+    spec = _read_json_object(a.spec, "--spec", "export spec")
+    classes, sources = spec.get("classes"), spec.get("sources")
+    if not (isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes)
+            and isinstance(sources, list) and sources and all(isinstance(s, dict) for s in sources)):
+        raise IvdsegError(f"--spec {a.spec} must list 'classes' (names) and at least one object in 'sources'.")
+    return classes, [SourceSpec.from_dict(s, a.spec.parent) for s in sources]
+
+
+def _check_export_args(a):
+    if not 0.0 < a.val_fraction < 1.0:
+        raise IvdsegError(f"--val-fraction must lie strictly between 0 and 1, got {a.val_fraction}.")
+    if a.kfold < 0 or a.kfold == 1:
+        raise IvdsegError(f"--kfold must be 0 (no folds) or at least 2, got {a.kfold}.")
+    bad = [s for s in a.sizes if s < 16 or s % 16]
+    if not a.sizes or bad:
+        raise IvdsegError(f"--sizes must be multiples of 16 (the networks halve them four times), got "
+                          f"{','.join(map(str, bad or a.sizes)) or 'none'}.")
+    if a.output.exists() and not a.overwrite:
+        raise IvdsegError(f"{a.output} already exists; choose another name or pass --overwrite.")
+    _check_folder_of(a.output, "the dataset")
     if a.pseudonym_key_file:
-        if a.pseudonym_key_file.exists():
-            key = a.pseudonym_key_file.read_bytes()
-        else:
-            key = os.urandom(32)
-            a.pseudonym_key_file.write_bytes(key)
+        _check_folder_of(a.pseudonym_key_file, "--pseudonym-key-file")
+
+
+def _cmd_export(a) -> int:
+    from ivdseg.data.export import ExportOptions, export_dataset, iter_source_cases, load_or_create_pseudonym_key
+    from ivdseg.progress import Reporter
+
+    _check_export_args(a)
+    classes, sources = _export_sources(a)
+    key, key_created = (load_or_create_pseudonym_key(a.pseudonym_key_file) if a.pseudonym_key_file
+                        else (None, False))
     options = ExportOptions(sizes=a.sizes, background_channel=not a.no_background_channel,
                             val_fraction=a.val_fraction, seed=a.seed, kfold=a.kfold,
                             keep_unlabelled=not a.drop_unlabelled, pseudonym_key=key)
@@ -263,8 +311,13 @@ def _cmd_export(a) -> int:
         for s in sources:
             yield from iter_source_cases(s, classes)
 
-    info = export_dataset(cases(), classes, a.output, options, overwrite=a.overwrite,
-                          progress=a.stop.guard(reporter.progress))
+    try:
+        info = export_dataset(cases(), classes, a.output, options, overwrite=a.overwrite,
+                              progress=a.stop.guard(reporter.progress))
+    except BaseException:
+        if key_created:  # a failed export leaves nothing, not even a key that no dataset uses
+            a.pseudonym_key_file.unlink(missing_ok=True)
+        raise
     reporter.emit("done", dataset=str(a.output), cases=len(info.cases),
                   patients=len({m["patient"] for m in info.cases.values()}),
                   train_patients=len(info.splits["train"]), val_patients=len(info.splits["val"]))
@@ -273,23 +326,19 @@ def _cmd_export(a) -> int:
 
 def _cmd_train(a) -> int:
     from ivdseg.progress import Reporter
-    from ivdseg.nn.train import TrainConfig, train
+    from ivdseg.nn.train import TrainConfig, check_config, reproduce_command, train
 
-    extra = {}
-    if a.card:
-        try:
-            extra = json.loads(a.card.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise IvdsegError(f"{a.card} is not a readable JSON card extract ({exc}).") from None
     cfg = TrainConfig(network=a.network, size=a.size, activation=a.activation, depth=a.depth,
                       base_filters=a.base_filters, dropout=a.dropout, loss=a.loss, epochs=a.epochs,
                       batch_size=a.batch_size, learning_rate=a.learning_rate, steps_per_epoch=a.steps_per_epoch,
                       patience=a.patience, keep_best=a.keep_best, seed=a.seed, fold=a.fold,
                       augment=not a.no_augment, mixed_precision=a.mixed_precision, init_from=a.init_from,
-                      name=a.name, version=a.model_version, card_extra=extra)
-    command = "ivdseg " + " ".join(shlex.quote(x) for x in sys.argv[1:])
+                      name=a.name, version=a.model_version)
+    check_config(cfg)
+    if a.card:
+        cfg.card_extra = _read_json_object(a.card, "--card", "card extract")
     train(a.dataset, a.output, cfg, Reporter.auto(a.progress), resume=a.resume, overwrite=a.overwrite,
-          command=command, stop=a.stop)
+          command=reproduce_command(cfg, a.card.name if a.card else None), stop=a.stop)
     return 0
 
 
@@ -298,6 +347,9 @@ def _cmd_evaluate(a) -> int:
     from ivdseg.eval.evaluate import evaluate_cases
     from ivdseg.models.package import load_package, resolve_model
 
+    _check_batch_size(a)
+    if a.json:
+        _check_folder_of(a.json, "--json")
     info = ds.open_dataset(a.dataset)
     model, card = load_package(resolve_model(a.model))
     if [c["name"] for c in card["classes"]] != info.classes[1:]:
@@ -333,7 +385,10 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     args.stop = from_environment()
     try:
-        return COMMANDS[args.command](args)
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", IvdsegWarning)  # each run reports its own skipped files
+            warnings.showwarning = _one_line_warning(args.command, warnings.showwarning)
+            return COMMANDS[args.command](args)
     except Cancelled as exc:
         print(f"ivdseg {args.command}: {exc}", file=sys.stderr)
         _emit_event(args, "cancelled", message=str(exc))
@@ -358,6 +413,15 @@ def main(argv=None) -> int:
                   file=sys.stderr)
             return 2
         raise
+
+
+def _one_line_warning(command, show):
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, IvdsegWarning):
+            print(f"ivdseg {command}: warning: {message}", file=sys.stderr, flush=True)
+        else:  # library warnings keep their usual form
+            show(message, category, filename, lineno, file, line)
+    return showwarning
 
 
 def _emit_event(args, event, **fields):

@@ -21,7 +21,7 @@ import numpy as np
 
 from ivdseg.data import dataset as ds
 from ivdseg.errors import IvdsegError
-from ivdseg.io.atomic import write_json
+from ivdseg.io.atomic import atomic_write, write_json
 from ivdseg.data.preprocess import one_hot, resize_stack
 from ivdseg.data.sample_data import expand
 
@@ -247,6 +247,46 @@ def pseudonym(key: bytes, source: str, patient: str) -> str:
     return "P" + hmac.new(key, f"{source}\x00{patient}".encode(), hashlib.sha256).hexdigest()[:12]
 
 
+MIN_KEY_BYTES = 16  # 128 bits: shorter keys make the pseudonyms guessable from a list of patient IDs
+NEW_KEY_BYTES = 32
+
+
+def load_or_create_pseudonym_key(path) -> tuple[bytes, bool]:
+    """Reads the secret key of the pseudonyms, or creates a new random one readable by its owner only (0600).
+
+    The file is kept outside the dataset: with it, the same patient gets the same pseudonym in later exports.
+
+    Args:
+        path: the key file; created with :data:`NEW_KEY_BYTES` random bytes when missing.
+
+    Returns:
+        (key, created): ``created`` is True when this call wrote the file, so that the caller can remove it
+        when the export then fails (a failed run leaves nothing behind).
+
+    Raises:
+        IvdsegError: the file's folder is missing, the path is a folder, the file cannot be read or written, or
+            an existing file is shorter than :data:`MIN_KEY_BYTES` (an empty file must never silently become a
+            new key: every pseudonym would change).
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise IvdsegError(f"The pseudonym key file {path} is a folder; give a file name.")
+    if not path.parent.is_dir():
+        raise IvdsegError(f"The folder of the pseudonym key file {path} does not exist; create it first.")
+    if not path.exists():
+        key = secrets.token_bytes(NEW_KEY_BYTES)
+        atomic_write(path, lambda temp: Path(temp).write_bytes(key), mode=0o600)
+        return key, True
+    try:
+        key = path.read_bytes()
+    except OSError as exc:
+        raise IvdsegError(f"The pseudonym key file {path} cannot be read ({exc.strerror}).") from None
+    if len(key) < MIN_KEY_BYTES:
+        raise IvdsegError(f"The pseudonym key file {path} holds {len(key)} bytes, fewer than {MIN_KEY_BYTES}; "
+                          "restore the real key file, or name a new file to start new pseudonyms.")
+    return key, False
+
+
 @dataclass
 class ExportOptions:
     sizes: tuple = ds.DEFAULT_SIZES
@@ -283,7 +323,13 @@ def export_dataset(cases: Iterable[RawCase], classes: list[str], out, options: E
     for s in options.sizes:
         if int(s) < 16 or int(s) % 16:
             raise IvdsegError(f"Size {s} is not a multiple of 16; the networks halve it four times.")
-    key = options.pseudonym_key or secrets.token_bytes(32)
+    if options.pseudonym_key is None:
+        key = secrets.token_bytes(NEW_KEY_BYTES)
+    elif len(options.pseudonym_key) < MIN_KEY_BYTES:  # b"" must not fall back to a random key
+        raise IvdsegError(f"The pseudonym key has {len(options.pseudonym_key)} bytes; it needs at least "
+                          f"{MIN_KEY_BYTES}.")
+    else:
+        key = options.pseudonym_key
     meta_cases: dict[str, dict] = {}
     sources: dict[str, dict] = {}
     voxels = np.zeros(len(all_classes), np.int64)
