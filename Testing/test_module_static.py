@@ -20,7 +20,7 @@ PANEL_FILE = MODULE_DIR / "IVDSegmentationLib" / "gui" / "trainingpanel.py"  # t
 UI_FILE = MODULE_DIR / "Resources" / "UI" / "IVDSegmentation.ui"
 MODULE_CMAKE = MODULE_DIR / "CMakeLists.txt"
 TOP_CMAKE = ROOT / "CMakeLists.txt"
-S4EXT = ROOT / "IVDSegmentation.s4ext"
+CATALOG_ENTRY = ROOT / "IVDSegmentation.json"  # the Extensions Index entry (replaces the .s4ext format)
 HEAVY_IMPORTS = {"tensorflow", "onnxruntime", "keras", "tf2onnx", "onnx", "torch"}
 
 # What slicer.parameterNodeWrapper's GUI connectors accept (Base/Python/slicer/parameterNodeWrapper/guiConnectors.py):
@@ -319,7 +319,7 @@ def test_every_listed_file_exists():
             assert (MODULE_DIR / item).is_file(), f"{variable} lists {item}, which does not exist"
 
 
-@pytest.mark.parametrize("folder", ["Resources/UI", "Resources/Icons"])
+@pytest.mark.parametrize("folder", ["Resources/UI", "Resources/Icons", "Resources/Terminology"])
 def test_every_resource_file_is_listed_in_cmake(folder):
     listed = set(_cmake_list(_module_cmake_text(), "MODULE_PYTHON_RESOURCES"))
     on_disk = {p.relative_to(MODULE_DIR).as_posix() for p in (MODULE_DIR / folder).rglob("*") if p.is_file()}
@@ -348,17 +348,35 @@ def test_top_level_cmake_is_a_slicer_extension():
         assert line in text, f"{TOP_CMAKE.name} lacks {line}"
 
 
-def test_s4ext_agrees_with_cmake():
-    entries = {}
-    for line in S4EXT.read_text(encoding="utf-8").splitlines():
-        if line.strip() and not line.lstrip().startswith("#"):
-            key, _, value = line.strip().partition(" ")
-            entries[key] = value.strip()
-    for key in ["scm", "scmurl", "scmrevision", "depends", "build_subdirectory", "homepage", "category", "enabled"]:
-        assert entries.get(key), f"{S4EXT.name} has no {key}"
-    assert entries["scm"] == "git" and entries["depends"] == "NA" and entries["category"] == "Segmentation"
+# Slicer's Schemas/slicer-extension-catalog-entry-schema-v1.0.2.json: required and allowed properties (it admits
+# no others).
+CATALOG_REQUIRED = {"$schema", "category", "scm_url"}
+CATALOG_ALLOWED = CATALOG_REQUIRED | {"scm_revision", "scm_type", "build_dependencies", "dicom_support_rule",
+                                      "build_subdirectory", "enabled", "tier"}
+
+
+def test_catalog_entry_follows_the_schema_and_agrees_with_cmake():
+    import json
+
+    entry = json.loads(CATALOG_ENTRY.read_text(encoding="utf-8"))
+    assert CATALOG_REQUIRED <= set(entry) <= CATALOG_ALLOWED, sorted(set(entry) ^ CATALOG_ALLOWED)
+    assert entry["$schema"].endswith("/Schemas/slicer-extension-catalog-entry-schema-v1.0.2.json#")
+    assert entry["category"] == "Segmentation" and entry["scm_type"] == "git" and entry["build_dependencies"] == []
+    assert isinstance(entry["enabled"], bool) and entry["tier"] in range(1, 6)
     cmake = TOP_CMAKE.read_text(encoding="utf-8")
-    assert f'set(EXTENSION_HOMEPAGE "{entries["homepage"]}")' in cmake
+    homepage = re.search(r'set\(EXTENSION_HOMEPAGE "([^"#]+)', cmake).group(1)
+    assert homepage.rstrip("/") == entry["scm_url"].rstrip("/")
+    assert 'set(EXTENSION_DEPENDS "NA")' in cmake
+    assert not list(ROOT.glob("*.s4ext"))
+
+
+def test_screenshot_and_icon_urls_point_at_files_of_the_repository():
+    cmake = TOP_CMAKE.read_text(encoding="utf-8")
+    for variable in ("ICONURL", "SCREENSHOTURLS"):
+        url = re.search(rf'set\(EXTENSION_{variable} "([^"]+)"\)', cmake).group(1)
+        relative = url.split("/main/", 1)[1]
+        data = (ROOT / relative).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n", relative
 
 
 @pytest.mark.parametrize("icon", ["IVDSegmentation/Resources/Icons/IVDSegmentation.png",
