@@ -376,7 +376,7 @@ def _save_with_onnx(model, card, folder, extra, reporter):
 
 
 def _card(cfg, info, train_cases, val_cases, best_epoch, epochs_run, device, seconds, command):
-    from ivdseg.models.package import class_entries
+    from ivdseg.models.terminology import class_entries
 
     meta = json.loads((info.root / "dataset.json").read_text())
     patients = lambda cases: len({info.cases[c]["patient"] for c in cases})  # noqa: E731
