@@ -12,7 +12,8 @@ import pytest
 keras = pytest.importorskip("keras")
 from ivdseg.nn import networks  # noqa: E402
 from ivdseg.errors import IvdsegError  # noqa: E402
-from ivdseg.models.package import class_entries, load_package, read_card, resolve_model, save_package  # noqa: E402
+from ivdseg.models.package import load_package, read_card, resolve_model, save_package  # noqa: E402
+from ivdseg.models.terminology import class_entries  # noqa: E402
 
 CARD = {
     "name": "test-model", "version": "0.0.1", "network": "unet2d", "input_size": 32, "channels": 1,

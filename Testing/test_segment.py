@@ -14,7 +14,8 @@ from ivdseg import cli
 from ivdseg.nn import networks  # noqa: E402
 from ivdseg.inference.backends import load_backend  # noqa: E402
 from ivdseg.models.onnx_export import export_onnx  # noqa: E402
-from ivdseg.models.package import class_entries, save_package  # noqa: E402
+from ivdseg.models.package import save_package  # noqa: E402
+from ivdseg.models.terminology import class_entries  # noqa: E402
 from ivdseg.inference.segment import segment_volume  # noqa: E402
 from ivdseg.io.geometry import Volume, sagittal_slices
 from ivdseg.io.volumes import read_volume, write_volume  # noqa: E402
