@@ -18,7 +18,7 @@ from IVDSegmentationLib.gui.dicomdialog import chooseDicomSeries
 from IVDSegmentationLib.gui.jobrunner import JobRunner
 from IVDSegmentationLib.gui.trainingpanel import TrainingPanel
 from IVDSegmentationLib.logic import SegmentationLogic, cardSummary, findModel, modelKey
-from IVDSegmentationLib.terminology import loadTerminologyContext
+from IVDSegmentationLib.terminology import ensureTerminologyContext
 from slicer import vtkMRMLPlotChartNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate
@@ -59,9 +59,10 @@ package lists the data sets it was trained on, with their licences and citations
         # Slicer's terminology lists lack intervertebral disc: load the extension's context once Slicer is up.
         slicer.app.connect("startupCompleted()", self.loadTerminology)
 
-    def loadTerminology(self):
+    @staticmethod
+    def loadTerminology():
         try:
-            loadTerminologyContext(slicer.modules.terminologies.logic())
+            ensureTerminologyContext(slicer.modules.terminologies.logic())
         except RuntimeError as exc:
             logger.warning("IVDSegmentation: %s", exc)
 
@@ -136,6 +137,7 @@ class IVDSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = IVDSegmentationLogic()
+        IVDSegmentation.loadTerminology()  # when the module was loaded after start-up (e.g. reloaded)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)

@@ -31,7 +31,7 @@ from . import dependencies, training
 from .logic import SegmentationLogic
 from .nodes import (INPUT_ATTRIBUTE, MODEL_ATTRIBUTE, arrayOnGrid, ijkToRasArray, readLabelArray,
                     segmentationFromLabelmap, writeVolumeNode)
-from .terminology import loadTerminologyContext
+from .terminology import ensureTerminologyContext, loadedContextNames, loadTerminologyContext
 
 # The block spine's grid, written out by hand: i runs posterior 0.8 mm, j inferior 0.9 mm, k to the left 3 mm.
 BLOCK_SPINE_IJK_TO_RAS = np.array([[0.0, 0.0, -3.0, 12.5],
@@ -187,7 +187,9 @@ def scenarioTerminologyContextLoads(testCase, terminologiesLogic):
     """The extension's terminology context loads into Slicer's Terminologies logic and holds every type the
     models name, so the terminology selector can show a disc segment's type."""
     testCase.assertEqual(loadTerminologyContext(terminologiesLogic), CONTEXT_NAME)
-    testCase.assertIn(CONTEXT_NAME, _names(terminologiesLogic))
+    testCase.assertIn(CONTEXT_NAME, loadedContextNames(terminologiesLogic))
+    testCase.assertEqual(ensureTerminologyContext(terminologiesLogic), CONTEXT_NAME)  # loaded once, not twice
+    testCase.assertEqual(loadedContextNames(terminologiesLogic).count(CONTEXT_NAME), 1)
     found = set()
     category = slicer.vtkSlicerTerminologyCategory()
     typeObject = slicer.vtkSlicerTerminologyType()
@@ -197,12 +199,6 @@ def scenarioTerminologyContextLoads(testCase, terminologiesLogic):
             terminologiesLogic.GetNthTypeInTerminologyCategory(CONTEXT_NAME, category, t, typeObject)
             found.add((typeObject.GetCodingSchemeDesignator(), typeObject.GetCodeValue(), typeObject.GetCodeMeaning()))
     testCase.assertEqual(found, set(TYPES.values()))
-
-
-def _names(terminologiesLogic):
-    names = vtk.vtkStringArray()
-    terminologiesLogic.GetLoadedTerminologyNames(names)
-    return [names.GetValue(i) for i in range(names.GetNumberOfValues())]
 
 
 def scenarioTrainingPairsAndCurves(testCase):

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import vtk
+
 from ivdseg.models.terminology import CONTEXT_NAME
 
 TERMINOLOGY_FILE = (Path(__file__).resolve().parents[1] / "Resources" / "Terminology"
@@ -26,3 +28,16 @@ def loadTerminologyContext(terminologiesLogic) -> str:
     if name != CONTEXT_NAME:
         raise RuntimeError(f"Slicer did not load the terminology context {TERMINOLOGY_FILE} (got {name!r}).")
     return name
+
+
+def loadedContextNames(terminologiesLogic) -> list:
+    names = vtk.vtkStringArray()
+    terminologiesLogic.GetLoadedTerminologyNames(names)
+    return [names.GetValue(i) for i in range(names.GetNumberOfValues())]
+
+
+def ensureTerminologyContext(terminologiesLogic) -> str:
+    """Loads the context unless it is loaded already (start-up, then every module widget set-up after a reload)."""
+    if CONTEXT_NAME in loadedContextNames(terminologiesLogic):
+        return CONTEXT_NAME
+    return loadTerminologyContext(terminologiesLogic)
