@@ -12,7 +12,7 @@ from conftest import require_data
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
-from ivdseg.io.dicom import SeriesInfo, index_folder, orientation_name, read_series
+from ivdseg.io.dicom import index_folder, orientation_name, read_series
 from ivdseg.errors import IvdsegError, IvdsegWarning
 from ivdseg.io.volumes import read_volume
 from ivdseg.io.geometry import sagittal_slices
@@ -242,20 +242,24 @@ def test_real_sagittal_series_matches_its_tags():
     folder = require_data("dicom_mr_sagittal_series/In")
     sidecar = json.loads(next(folder.parent.glob("Ref_dcm2niix_*.json")).read_text())
     info, = index_folder(folder)
-    assert isinstance(info, SeriesInfo)
     assert (info.n_files, info.n_slices, info.orientation) == (35, 35, "sagittal")
     assert info.description == sidecar["SeriesDescription"]
     assert np.all(np.diff(info.positions_mm) > 0)
     volume = read_series(folder)
     assert volume.array.shape == (35, 256, 256) and volume.array.dtype == np.uint16
-    first = pydicom.dcmread(info.files[0])
+    # The reference slice is found without ivdseg's sorting: IOP (0,1,0 / 0,0,-1) has the normal (-1, 0, 0), so
+    # slices run from the largest LPS x (patient left) to the smallest, 4.8 mm apart (sidecar).
+    headers = {f: pydicom.dcmread(f, stop_before_pixels=True) for f in sorted(folder.rglob("*.dcm"))}
+    first_file = max(headers, key=lambda f: float(headers[f].ImagePositionPatient[0]))
+    first = pydicom.dcmread(first_file)
     np.testing.assert_array_equal(volume.array[0], first.pixel_array)
     iop = np.array(sidecar["ImageOrientationPatientDICOM"], float)
     row_mm, col_mm = (float(v) for v in first.PixelSpacing)
     np.testing.assert_allclose(volume.ijk_to_ras[:3, 0], iop[:3] * col_mm * LPS_TO_RAS, atol=1e-6)
     np.testing.assert_allclose(volume.ijk_to_ras[:3, 1], iop[3:] * row_mm * LPS_TO_RAS, atol=1e-6)
+    np.testing.assert_allclose(volume.ijk_to_ras[:3, 2], [sidecar["SpacingBetweenSlices"], 0.0, 0.0], atol=1e-5)
     np.testing.assert_allclose(volume.origin_ras, np.array(first.ImagePositionPatient, float) * LPS_TO_RAS)
-    assert volume.spacing_ijk_mm[2] == pytest.approx(sidecar["SpacingBetweenSlices"], rel=1e-5)
+    assert volume.origin_ras[0] == pytest.approx(-81.6, abs=0.05)  # PROVENANCE.md: x from -81.6 to +81.6 mm
     stack, mapping = sagittal_slices(volume)
     assert stack.shape == (35, 256, 256)
     assert mapping.slice_spacing_mm == pytest.approx(4.8, rel=1e-5)

@@ -12,7 +12,8 @@ from dicom_builders import SAGITTAL_IOP, _series
 
 from ivdseg.data import dataset as ds
 from ivdseg.errors import IvdsegError
-from ivdseg.data.export import ExportOptions, RawCase, SourceSpec, export_dataset, iter_source_cases, map_classes
+from ivdseg.data.export import (ExportOptions, RawCase, SourceSpec, export_dataset, iter_source_cases, map_classes,
+                                pseudonym)
 from ivdseg.io.geometry import Volume
 from ivdseg.io.volumes import read_volume, write_volume
 
@@ -67,17 +68,24 @@ def test_unlabelled_slices_kept_by_default_and_dropped_on_request(tmp_path):
 def test_split_is_patient_level_seeded_and_independent_of_pseudonym_key(tmp_path):
     cases = [_raw(f"p{i}", source="a" if i < 12 else "b", seed=i) for i in range(16)]
     cases.append(_raw("p0", source="a", h=50, seed=99))  # a second series of patient p0, other size
-    runs = []
-    for k, key in enumerate([b"k1" * 16, b"k2" * 16]):
-        info = export_dataset(cases, CLASSES, tmp_path / f"d{k}", ExportOptions(sizes=(32,), seed=3,
-                                                                               pseudonym_key=key))
+
+    def validation_patients(key, seed, name):
+        """The source's own patient IDs of the validation split, mapped back through the pseudonyms."""
+        info = export_dataset(cases, CLASSES, tmp_path / name, ExportOptions(sizes=(32,), seed=seed,
+                                                                             pseudonym_key=key))
+        raw_of = {pseudonym(key, c.source, c.patient): c.patient for c in cases}
+        assert set(raw_of) == {m["patient"] for m in info.cases.values()} and len(info.cases) == 17
         train, val = info.split_cases()
         assert not {info.cases[c]["patient"] for c in train} & {info.cases[c]["patient"] for c in val}
         assert {info.cases[c]["source"] for c in val} == {"a", "b"}  # every source validated
-        runs.append(sorted(info.cases[c]["n_slices"] * 1000 + info.cases[c]["shape_hw"][0] for c in val))
-    assert runs[0] == runs[1]  # the same patients go to validation whatever the key
-    patients = {m["patient"] for m in info.cases.values()}
-    assert len(patients) == 16 and len(info.cases) == 17
+        return {raw_of[info.cases[c]["patient"]] for c in val}, set(raw_of)
+
+    first, pseudonyms_1 = validation_patients(b"k1" * 16, 3, "d1")
+    again, pseudonyms_2 = validation_patients(b"k2" * 16, 3, "d2")
+    other_seed, _ = validation_patients(b"k1" * 16, 4, "d3")
+    assert pseudonyms_1.isdisjoint(pseudonyms_2)  # another key: every pseudonym differs...
+    assert again == first and len(first) == 2  # ...yet the same patients are validated
+    assert other_seed != first  # while the seed does choose them
 
 
 def test_stratified_group_kfold_folds_partition_patients():

@@ -42,15 +42,21 @@ def test_hausdorff_95_known_value():
     assert math.isnan(metrics.hausdorff_95(a, np.zeros_like(a)))
 
 
-keras = pytest.importorskip("keras")
-from ivdseg.nn import losses  # noqa: E402
+@pytest.fixture
+def losses():
+    """The Keras losses and metrics; only the tests that take this fixture skip without Keras (the numpy
+    reference metrics above always run)."""
+    pytest.importorskip("keras")
+    from ivdseg.nn import losses
+
+    return losses
 
 
 def onehot(x, n):
     return np.eye(n, dtype=np.float32)[x]
 
 
-def test_keras_dice_metric_matches_numpy_over_batches():
+def test_keras_dice_metric_matches_numpy_over_batches(losses):
     rng = np.random.default_rng(0)
     truth = rng.integers(0, 3, (4, 8, 8))
     pred = rng.integers(0, 3, (4, 8, 8))
@@ -67,7 +73,7 @@ def test_keras_dice_metric_matches_numpy_over_batches():
         assert float(m.result()) == 0.0
 
 
-def test_soft_dice_loss_matches_numpy_reference():
+def test_soft_dice_loss_matches_numpy_reference(losses):
     rng = np.random.default_rng(1)
     truth = onehot(rng.integers(0, 3, (2, 5, 5)), 3)
     prob = rng.random((2, 5, 5, 3)).astype(np.float32)
@@ -79,7 +85,7 @@ def test_soft_dice_loss_matches_numpy_reference():
     assert loss_all == pytest.approx(1 - ref.mean(), abs=1e-6)
 
 
-def test_dice_loss_is_zero_for_perfect_prediction_and_ce_adds():
+def test_dice_loss_is_zero_for_perfect_prediction_and_ce_adds(losses):
     truth = onehot(np.array([[[0, 1], [1, 2]]]), 3)
     assert float(losses.SoftDiceLoss()(truth, truth)) == pytest.approx(0.0, abs=1e-6)
     prob = np.full_like(truth, 1 / 3)
@@ -88,7 +94,7 @@ def test_dice_loss_is_zero_for_perfect_prediction_and_ce_adds():
     assert float(losses.DiceCrossEntropyLoss()(truth, prob)) == pytest.approx(dice + ce, abs=1e-5)
 
 
-def test_get_loss():
+def test_get_loss(losses):
     assert isinstance(losses.get_loss("dice_ce"), losses.DiceCrossEntropyLoss)
     with pytest.raises(ValueError, match="loss must be one of"):
         losses.get_loss("focal")

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 
+import nibabel as nib
+import nrrd
 import numpy as np
+import pydicom
 import pytest
 from conftest import require_data
 from dicom_builders import _series
@@ -43,15 +46,32 @@ def _volume(shape_kji=(12, 20, 16), seed=0, ijk_to_ras=None):
     return Volume(arr, ijk_to_ras)
 
 
+LPS_TO_RAS = np.array([-1.0, -1.0, 1.0])
+
+
+def _nrrd_ijk_to_ras(path) -> np.ndarray:
+    """IJK-to-RAS of an NRRD file from its raw header (pynrrd), converted by hand: independent of ivdseg."""
+    header = nrrd.read_header(str(path))
+    assert header["space"] == "left-posterior-superior"
+    matrix = np.eye(4)
+    matrix[:3, :3] = np.array(header["space directions"], float).T * LPS_TO_RAS[:, None]  # rows are i, j, k
+    matrix[:3, 3] = np.array(header["space origin"], float) * LPS_TO_RAS
+    return matrix
+
+
 def test_labelmap_has_the_input_geometry_for_non_ras_volume(tiny_package, tmp_path):
     volume = _volume()
     write_volume(volume, tmp_path / "in.nii.gz")
     code = cli.main(["segment", str(tmp_path / "in.nii.gz"), "-o", str(tmp_path / "out.nrrd"), "--model",
                      str(tiny_package), "--progress", "none", "--backend", "onnx"])
     assert code == 0
+    given = nib.load(tmp_path / "in.nii.gz")  # what any NIfTI reader sees in the input
+    hand = np.array([[0, 0, 1.5, -10], [-0.8, 0, 0, 20], [0, -0.9, 0, 30], [0, 0, 0, 1]])  # _volume's PSR-like grid
+    np.testing.assert_allclose(given.affine, hand, atol=1e-5)
+    np.testing.assert_allclose(_nrrd_ijk_to_ras(tmp_path / "out.nrrd"), hand, atol=1e-5)
+    assert list(nrrd.read_header(str(tmp_path / "out.nrrd"))["sizes"]) == list(given.shape)  # (I, J, K)
     out = read_volume(tmp_path / "out.nrrd")
-    assert out.array.shape == volume.array.shape and out.array.dtype == np.uint8
-    np.testing.assert_allclose(out.ijk_to_ras, volume.ijk_to_ras, atol=1e-5)
+    assert out.array.dtype == np.uint8
     sidecar = json.loads((tmp_path / "out.nrrd.json").read_text())
     assert sidecar["labels"][0]["name"] == "intervertebral disc"
 
@@ -64,34 +84,64 @@ def test_batching_gives_the_same_labels_as_one_slice_at_a_time(tiny_package):
     np.testing.assert_array_equal(batched, single)
 
 
-def test_onnx_and_tensorflow_backends_agree(tiny_package):
-    volume = _volume(seed=2)
+def test_onnx_and_tensorflow_backends_give_the_same_probabilities(tiny_package):
+    from ivdseg.inference.predict import prepare_slices
+
     tf_backend = load_backend(tiny_package, "tensorflow", "cpu")
     onnx_backend = load_backend(tiny_package, "onnx", "cpu")
     assert onnx_backend.name == "onnx" and tf_backend.name == "tensorflow"
-    a = segment_volume(volume, tf_backend.predict, tf_backend.card).labelmap.array
-    b = segment_volume(volume, onnx_backend.predict, onnx_backend.card).labelmap.array
-    assert (a != b).mean() < 1e-4  # ties at 0.5 may round either way
+    stack, _ = sagittal_slices(_volume(seed=2))
+    batch = prepare_slices(stack, tf_backend.card)
+    a, b = tf_backend.predict(batch), onnx_backend.predict(batch)
+    assert a.shape == b.shape == (len(stack), 32, 32, 2)
+    assert np.abs(a - b).max() < 1e-5
     assert load_backend(tiny_package, "auto", "cpu").name == "onnx"
 
 
-def test_dicom_series_labelmap_affine_equals_series_affine(tiny_package, tmp_path):
-    _series(tmp_path / "dcm")
-    series = read_volume(tmp_path / "dcm")
-    backend = load_backend(tiny_package, "onnx", "cpu")
-    result = segment_volume(series, backend.predict, backend.card)
-    np.testing.assert_array_equal(result.labelmap.ijk_to_ras, series.ijk_to_ras)
-    assert result.labelmap.array.shape == series.array.shape
+def test_dicom_series_labelmap_has_the_series_geometry(tiny_package, tmp_path):
+    _series(tmp_path / "dcm")  # sagittal IOP (0,1,0 / 0,0,-1), PixelSpacing 0.5 x 0.75, 3 mm, first IPP (10,-20,30)
+    out = tmp_path / "out.nii.gz"
+    assert cli.main(["segment", str(tmp_path / "dcm"), "-o", str(out), "--model", str(tiny_package),
+                     "--progress", "none"]) == 0
+    # by hand: i = row cosine x 0.75 mm, j = column cosine x 0.5 mm, k = normal (-1, 0, 0) x 3 mm, all LPS -> RAS
+    hand = np.array([[0, 0, 3.0, -10.0], [-0.75, 0, 0, 20.0], [0, -0.5, 0, 30.0], [0, 0, 0, 1]])
+    image = nib.load(out)
+    np.testing.assert_allclose(image.affine, hand, atol=1e-5)
+    assert image.shape == (6, 4, 5)  # (Columns, Rows, slices)
+
+
+def test_real_dicom_series_labelmap_matches_its_tags(tiny_package, tmp_path):
+    """The real sagittal series: the labelmap's matrix against the dcm2niix sidecar and the raw headers."""
+    folder = require_data("dicom_mr_sagittal_series/In")
+    sidecar = json.loads(next(folder.parent.glob("Ref_dcm2niix_*.json")).read_text())
+    headers = [pydicom.dcmread(f, stop_before_pixels=True) for f in sorted(folder.rglob("*.dcm"))]
+    out = tmp_path / "out.nii.gz"
+    assert cli.main(["segment", str(folder), "-o", str(out), "--model", str(tiny_package), "--progress", "none"]) == 0
+    iop = np.array(sidecar["ImageOrientationPatientDICOM"], float)
+    row_mm, col_mm = (float(v) for v in headers[0].PixelSpacing)
+    normal = np.cross(iop[:3], iop[3:])  # (-1, 0, 0): towards the patient's right
+    first = max(headers, key=lambda h: float(h.ImagePositionPatient[0]))  # the leftmost slice comes first
+    hand = np.eye(4)
+    hand[:3, 0] = iop[:3] * col_mm * LPS_TO_RAS
+    hand[:3, 1] = iop[3:] * row_mm * LPS_TO_RAS
+    hand[:3, 2] = normal * sidecar["SpacingBetweenSlices"] * LPS_TO_RAS
+    hand[:3, 3] = np.array(first.ImagePositionPatient, float) * LPS_TO_RAS
+    image = nib.load(out)
+    np.testing.assert_allclose(image.affine, hand, atol=1e-4)
+    assert image.shape == (256, 256, len(headers)) == (256, 256, 35)
 
 
 def test_real_psr_cervical_volume_round_trip(tiny_package, tmp_path):
     path = next(require_data("sct_cervical_t2/t2").glob("*.nii*"))
+    given = nib.load(path)
+    out = tmp_path / "out.nii.gz"
+    assert cli.main(["segment", str(path), "-o", str(out), "--model", str(tiny_package), "--batch-size", "32",
+                     "--progress", "none"]) == 0
+    written = nib.load(out)
+    np.testing.assert_allclose(written.affine, given.affine, atol=1e-4)
+    assert written.shape == given.shape and nib.aff2axcodes(written.affine) == ("P", "S", "R")
     volume = read_volume(path)
-    backend = load_backend(tiny_package, "onnx", "cpu")
-    result = segment_volume(volume, backend.predict, backend.card, batch_size=32)
-    assert result.labelmap.array.shape == volume.array.shape
-    np.testing.assert_array_equal(result.labelmap.ijk_to_ras, volume.ijk_to_ras)
-    stack, mapping = sagittal_slices(volume)
+    _, mapping = sagittal_slices(volume)
     np.testing.assert_array_equal(mapping.to_volume(mapping.to_stack(volume.array)), volume.array)
 
 

@@ -113,8 +113,9 @@ def test_slicer_geometry_is_the_labelmap_ijk_to_ras(slicer_core, tmp_path):
     labelmap.GetImageToWorldMatrix(image_to_world)
     np.testing.assert_allclose(_matrix(image_to_world), volume.ijk_to_ras, atol=1e-9)
     assert labelmap.GetExtent() == (0, 7, 0, 9, 0, 5)
-    # A voxel's RAS position, through Slicer's matrix: voxel (i, j, k) = (7, 9, 5) holds label 1.
-    np.testing.assert_allclose(_matrix(image_to_world) @ [7, 9, 5, 1], volume.ijk_to_ras @ [7, 9, 5, 1])
+    # The far corner voxel (i, j, k) = (7, 9, 5), set in _labelmap, is in Slicer's image where the matrix says.
+    assert labelmap.GetScalarComponentAsDouble(7, 9, 5, 0) == 1
+    assert labelmap.GetScalarComponentAsDouble(6, 9, 5, 0) == 0
 
     reference = slicer_core.vtkOrientedImageData()
     converter = slicer_core.vtkSegmentationConverter
