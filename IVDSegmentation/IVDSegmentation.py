@@ -414,10 +414,13 @@ class IVDSegmentationTest(ScriptedLoadableModuleTest):
         self.setUp()
         self.test_TrainingScenario()
 
-    def _notRun(self, what, missing) -> None:
-        message = f"IVDSegmentation self-test: {what} did not run: the worker lacks {', '.join(missing)}."
-        logger.warning(message)
-        self.delayDisplay(message)
+    def _canRun(self, what, missing) -> bool:
+        """False, after saying so once, when the worker lacks packages a scenario needs."""
+        if missing:
+            message = f"IVDSegmentation self-test: {what} did not run: the worker lacks {', '.join(missing)}."
+            logger.warning(message)
+            self.delayDisplay(message)
+        return not missing
 
     def test_LogicScenarios(self):
         """Geometry round trip, segments from a labelmap (terminology, tags, hierarchy), replacing the own result,
@@ -431,9 +434,7 @@ class IVDSegmentationTest(ScriptedLoadableModuleTest):
         """The bundled model in the worker on a synthetic spine, then Cancel."""
         from IVDSegmentationLib import scenarios
 
-        missing = scenarios.missingForInference()
-        if missing:
-            self._notRun("the inference scenarios", missing)
+        if not self._canRun("the inference scenarios", scenarios.missingForInference()):
             return
         self.delayDisplay("Segmenting a synthetic spine in the worker")
         scenarios.runInferenceScenarios(self, idle=_idle)
@@ -448,9 +449,7 @@ class IVDSegmentationTest(ScriptedLoadableModuleTest):
         """Apply in the panel gives a segmentation; Apply then Cancel leaves the scene as it was."""
         from IVDSegmentationLib import scenarios
 
-        missing = scenarios.missingForInference()
-        if missing:
-            self._notRun("the panel's Apply/Cancel test", missing)
+        if not self._canRun("the panel's Apply/Cancel test", scenarios.missingForInference()):
             return
         widget = slicer.modules.ivdsegmentation.widgetRepresentation().self()
         widget.initializeParameterNode()
@@ -481,9 +480,7 @@ class IVDSegmentationTest(ScriptedLoadableModuleTest):
         """Two synthetic cases exported and trained for one epoch in the worker; the model installed and listed."""
         from IVDSegmentationLib import scenarios
 
-        missing = scenarios.missingForTraining()
-        if missing:
-            self._notRun("the training scenario", missing)
+        if not self._canRun("the training scenario", scenarios.missingForTraining()):
             return
         self.delayDisplay("Exporting and training in the worker")
         scenarios.runTrainingScenario(self, idle=_idle)
