@@ -56,7 +56,7 @@ def test_export_with_no_matching_images(tmp_path, capsys):
 def test_export_bad_spec(tmp_path, capsys):
     (tmp_path / "spec.json").write_text("{not json")
     code, _, err = run_cli(["export", tmp_path / "d", "--spec", tmp_path / "spec.json"], capsys)
-    assert code == 2 and "spec.json is not a readable JSON" in _one_sentence(err)
+    assert code == 2 and "spec.json is not readable JSON" in _one_sentence(err)
 
 
 def test_export_existing_folder(dataset, capsys):

@@ -250,13 +250,14 @@ def _cmd_series(a) -> int:
 
 
 def _read_json_object(path: Path, option: str, what: str) -> dict:
+    """The JSON object in ``path``; ``what`` says what it must be, e.g. "an export spec"."""
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise IvdsegError(f"{option} {path} is not a readable JSON {what} ({exc}).") from None
+        raise IvdsegError(f"{option} {path} is not readable JSON ({exc}); it must be {what}.") from None
     if not isinstance(value, dict):
-        raise IvdsegError(f"{option} {path} holds a JSON {type(value).__name__}, not the JSON object "
-                          f"{{...}} of a {what}.")
+        raise IvdsegError(f"{option} {path} holds a JSON {type(value).__name__}, not the JSON object {{...}} "
+                          f"of {what}.")
     return value
 
 
@@ -270,7 +271,7 @@ def _export_sources(a):
         return [name for name, _ in a.classes], [
             SourceSpec(name=a.source_name, kind=a.kind, images=a.images, labels=a.labels,
                        class_map=dict(a.classes), patient_pattern=a.patient_pattern, root=Path.cwd())]
-    spec = _read_json_object(a.spec, "--spec", "export spec")
+    spec = _read_json_object(a.spec, "--spec", "an export spec")
     classes, sources = spec.get("classes"), spec.get("sources")
     if not (isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes)
             and isinstance(sources, list) and sources and all(isinstance(s, dict) for s in sources)):
@@ -336,7 +337,7 @@ def _cmd_train(a) -> int:
                       name=a.name, version=a.model_version)
     check_config(cfg)
     if a.card:
-        cfg.card_extra = _read_json_object(a.card, "--card", "card extract")
+        cfg.card_extra = _read_json_object(a.card, "--card", "a card extract")
     train(a.dataset, a.output, cfg, Reporter.auto(a.progress), resume=a.resume, overwrite=a.overwrite,
           command=reproduce_command(cfg, a.card.name if a.card else None), stop=a.stop)
     return 0
