@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import cv2
 import numpy as np
@@ -269,3 +270,21 @@ def test_real_sources_export(tmp_path):
     assert {m["source"] for m in info.cases.values()} == {"ivd", "spider"}
     lumbar_meta = next(m for m in info.cases.values() if m["source"] == "ivd")
     assert 0 < lumbar_meta["labelled_slices"] < 67  # lateral slices without disc are kept
+
+
+@pytest.mark.parametrize("classes", [["disc"], {"disc": 2}, {"disc": ["2"]}, {"disc": []}, {"disc": [True]}])
+def test_a_source_with_malformed_classes_is_one_sentence(classes, tmp_path):
+    spec = {"name": "s", "kind": "volumes", "images": "*.nii.gz", "labels": "{stem}", "classes": classes}
+    with pytest.raises(IvdsegError, match="list of integer label values"):
+        SourceSpec.from_dict(spec, tmp_path)
+
+
+@pytest.mark.parametrize("pairs, message", [
+    ({"image": "a.nrrd"}, "must be a list"),
+    ([{"image": "a.nrrd", "label": "b.nrrd"}], "needs 'image', 'label' and 'patient'"),
+    ([], "lists no pairs"),
+])
+def test_a_pairs_source_names_what_it_lacks(pairs, message, tmp_path):
+    spec = {"name": "scene", "kind": "pairs", "pairs": pairs, "classes": {"disc": [1]}}
+    with pytest.raises(IvdsegError, match=re.escape(message)):
+        iter_source_cases(SourceSpec.from_dict(spec, tmp_path), ["disc"])

@@ -9,7 +9,7 @@ import nrrd
 import numpy as np
 import pydicom
 import pytest
-from conftest import require_data
+from conftest import require_data, require_slicer_core
 from dicom_builders import _series
 
 keras = pytest.importorskip("keras")
@@ -233,7 +233,7 @@ def test_series_option_picks_one_of_several(tiny_package, tmp_path, capsys):
 
 
 def test_seg_nrrd_output_opens_as_a_slicer_segmentation(tiny_package, tmp_path):
-    slicer = pytest.importorskip("slicer")
+    slicer = require_slicer_core()
     volume = _volume(seed=3)
     write_volume(volume, tmp_path / "in.nii.gz")
     out = tmp_path / "discs.seg.nrrd"

@@ -6,6 +6,7 @@ import re
 
 import numpy as np
 import pytest
+from conftest import require_slicer_core
 
 from ivdseg.errors import IvdsegError
 from ivdseg.io.geometry import Volume
@@ -37,10 +38,7 @@ def _labelmap() -> Volume:
 
 @pytest.fixture
 def slicer_core():
-    slicer = pytest.importorskip("slicer")
-    if not hasattr(slicer, "vtkMRMLSegmentationStorageNode"):
-        pytest.skip("the slicer module here is not slicer-core")
-    return slicer
+    return require_slicer_core()
 
 
 def _read_with_slicer(slicer, path):

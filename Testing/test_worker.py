@@ -286,3 +286,15 @@ def test_stop_file_present_at_start_cancels_segment_with_nothing_written(volume_
     assert json.loads(out.stdout.strip().splitlines()[-1])["event"] == "cancelled"
     assert len(out.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "l.nrrd").exists()
+
+
+def test_slicer_installs_the_same_keras_floor_as_the_package():
+    """What the training panel installs into Slicer's Python must exclude the Keras releases with a safe_mode
+    bypass, exactly as pyproject.toml does."""
+    import tomllib
+
+    from IVDSegmentationLib import dependencies
+
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    keras = [d for d in project["project"]["dependencies"] if d.startswith("keras")]
+    assert keras == [dependencies.TRAINING["keras"]] == ["keras>=3.14.0"]

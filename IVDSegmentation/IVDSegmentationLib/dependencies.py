@@ -28,8 +28,9 @@ INFERENCE = {
     "pydicom": "pydicom>=3.0",
     "scipy": "scipy>=1.11",
 }
-# keras 3.11.0 fixes a safe-mode bypass (CVE-2025-8747): no older Keras may load a model package.
-TRAINING = {"tensorflow": "tensorflow>=2.20", "keras": "keras>=3.11.0", "tf2onnx": "tf2onnx>=1.16",
+# No Keras with a known safe_mode bypass may load a model package: CVE-2025-8747 (fixed in 3.11.0), CVE-2026-1462
+# and GHSA-hqp4-2352-xf5r (fixed in 3.14.0); the same floor as pyproject.toml.
+TRAINING = {"tensorflow": "tensorflow>=2.20", "keras": "keras>=3.14.0", "tf2onnx": "tf2onnx>=1.16",
             "onnx": "onnx>=1.16"}
 PROBE_TIMEOUT_S = 60
 

@@ -93,14 +93,22 @@ class SourceSpec:
             raise IvdsegError(f"A source in the export spec lacks {sorted(missing)}.")
         if kind not in ("slices", "volumes", "pairs"):
             raise IvdsegError(f"Source {d['name']!r}: kind must be 'slices', 'volumes' or 'pairs', not {kind!r}.")
-        pairs = list(d.get("pairs") or [])
+        classes = d["classes"]
+        if not isinstance(classes, dict) or not all(
+                isinstance(values, list) and values and all(isinstance(v, int) and not isinstance(v, bool) for v in values)
+                for values in classes.values()):
+            raise IvdsegError(f"Source {d['name']!r}: 'classes' must map each class name to a list of integer label "
+                              f"values, e.g. {{\"intervertebral disc\": [2]}}.")
+        pairs = d.get("pairs") or []
+        if not isinstance(pairs, list):
+            raise IvdsegError(f"Source {d['name']!r}: 'pairs' must be a list.")
         for n, pair in enumerate(pairs):
             if not isinstance(pair, dict) or not {"image", "label", "patient"} <= set(pair):
                 raise IvdsegError(f"Pair {n} of source {d['name']!r} needs 'image', 'label' and 'patient'.")
         return cls(name=d["name"], kind=kind, images=d.get("images", ""), labels=d.get("labels", ""),
-                   class_map={k: [int(v) for v in vals] for k, vals in d["classes"].items()},
+                   class_map={k: list(vals) for k, vals in classes.items()},
                    patient_pattern=d.get("patient_pattern"),
-                   root=root / expand(d.get("root", ".")), pairs=pairs)
+                   root=root / expand(d.get("root", ".")), pairs=list(pairs))
 
 
 def _stem(path: Path) -> str:
