@@ -335,7 +335,7 @@ class IVDSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.progressBar.setRange(0, int(event["total"]))
             self.ui.progressBar.value = int(event["done"])
             self.ui.progressBar.setFormat(f"{event.get('stage', '')} %v/%m")
-        elif kind in ("message", "error"):
+        elif kind in ("message", "error", "warning"):
             self.ui.statusLabel.text = event.get("text") or event.get("message") or ""
         elif kind == "done":
             self._jobSummary = event

@@ -232,6 +232,22 @@ def test_series_option_picks_one_of_several(tiny_package, tmp_path, capsys):
     assert read_volume(out).array.shape == (5, 4, 6)
 
 
+def test_a_damaged_file_of_another_series_is_a_warning_event_for_the_gui(tiny_package, tmp_path, capsys):
+    import json
+
+    _dicom_case("several_series", tmp_path / "dcm")
+    victim = tmp_path / "dcm" / "b" / "slice2.dcm"
+    victim.write_bytes(victim.read_bytes()[:200])
+    out = tmp_path / "o.nii.gz"
+    code = cli.main([str(a) for a in ["segment", tmp_path / "dcm", "-o", out, "--model", tiny_package, "--series",
+                                      "1.2.3.4", "--progress", "jsonl"]])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    warnings = [e for e in map(json.loads, captured.out.splitlines()) if e["event"] == "warning"]
+    assert len(warnings) == 1 and "slice2.dcm" in warnings[0]["message"]
+    assert read_volume(out).array.shape == (5, 4, 6)
+
+
 def test_seg_nrrd_output_opens_as_a_slicer_segmentation(tiny_package, tmp_path):
     slicer = require_slicer_core()
     volume = _volume(seed=3)

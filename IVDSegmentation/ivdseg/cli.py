@@ -388,7 +388,7 @@ def main(argv=None) -> int:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("always", IvdsegWarning)  # each run reports its own skipped files
-            warnings.showwarning = _one_line_warning(args.command, warnings.showwarning)
+            warnings.showwarning = _one_line_warning(args, warnings.showwarning)
             return COMMANDS[args.command](args)
     except Cancelled as exc:
         print(f"ivdseg {args.command}: {exc}", file=sys.stderr)
@@ -416,10 +416,12 @@ def main(argv=None) -> int:
         raise
 
 
-def _one_line_warning(command, show):
+def _one_line_warning(args, show):
+    """ivdseg's own warnings as one stderr line and, for the GUI, a ``{"event": "warning"}`` line."""
     def showwarning(message, category, filename, lineno, file=None, line=None):
         if issubclass(category, IvdsegWarning):
-            print(f"ivdseg {command}: warning: {message}", file=sys.stderr, flush=True)
+            print(f"ivdseg {args.command}: warning: {message}", file=sys.stderr, flush=True)
+            _emit_event(args, "warning", message=str(message))
         else:  # library warnings keep their usual form
             show(message, category, filename, lineno, file, line)
     return showwarning

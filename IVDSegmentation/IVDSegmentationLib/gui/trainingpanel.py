@@ -405,8 +405,8 @@ class TrainingPanel:
     def _onExportEvent(self, event) -> None:
         if event.get("event") == "progress" and event.get("stage") == "export":
             self.ui.exportProgressBar.value = int(event["done"])
-        elif event.get("event") == "message":
-            self.ui.trainingStatusLabel.text = event.get("text", "")
+        elif event.get("event") in ("message", "warning"):
+            self.ui.trainingStatusLabel.text = event.get("text") or event.get("message") or ""
 
     def _finishExport(self, job) -> None:
         self._mode, self._lastLog = None, job.worker.log
@@ -505,7 +505,7 @@ class TrainingPanel:
             self._updateCurves(self._runner.job)
         elif kind == "progress" and event.get("total"):
             self._showProgress(event)
-        elif kind in ("message", "error"):
+        elif kind in ("message", "error", "warning"):
             self.ui.trainingStatusLabel.text = event.get("text") or event.get("message") or ""
 
     def _showEpoch(self, event) -> None:
