@@ -12,7 +12,8 @@ from conftest import require_data
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
-from ivdseg.io.dicom import index_folder, orientation_name, read_series
+from ivdseg.io.dicom import read_series
+from ivdseg.io.dicom_index import index_folder, orientation_name
 from ivdseg.errors import IvdsegError, IvdsegWarning
 from ivdseg.io.volumes import read_volume
 from ivdseg.io.geometry import sagittal_slices

@@ -10,7 +10,8 @@ import numpy as np
 import pydicom
 import slicer
 
-from ivdseg.io.dicom import index_folder, read_series
+from ivdseg.io.dicom import read_series
+from ivdseg.io.dicom_index import index_folder
 
 
 def loadSeriesByUID(seriesUID: str):

@@ -238,7 +238,7 @@ def _cmd_demo(a) -> int:
 
 
 def _cmd_series(a) -> int:
-    from ivdseg.io.dicom import index_folder
+    from ivdseg.io.dicom_index import index_folder
 
     series = index_folder(a.folder)
     if not series:

@@ -199,7 +199,7 @@ def _iter_volumes(spec: SourceSpec, classes: list[str]) -> Iterator[RawCase]:
     for path in sorted((Path(p) for p in glob.glob(str(spec.root / spec.images))), key=_natural_key):
         patient = _patient_of(path, spec.patient_pattern)
         if patient is None and path.is_dir():
-            from ivdseg.io.dicom import index_folder
+            from ivdseg.io.dicom_index import index_folder
 
             ids = {s.patient_id for s in index_folder(path)}
             patient = sorted(ids)[0] if ids else None
