@@ -386,3 +386,33 @@ def test_icons_are_128_pixel_pngs(icon):
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     width, height = struct.unpack(">II", data[16:24])
     assert (width, height) == (128, 128)
+
+
+# ------------------------------------------------------------------ GUI defects a real Slicer would hit
+def _calls(path: Path) -> set[str]:
+    return {ast.unparse(node.func) for node in ast.walk(_module_tree(path)) if isinstance(node, ast.Call)}
+
+
+def test_self_test_never_skips_and_never_sleeps_on_the_gui_thread():
+    """Reload and Test calls runTest() directly (ScriptedLoadableModule.onReloadAndTest): a skipTest there is a
+    failure popup that stops the remaining tests, and a sleep freezes Slicer while the worker runs."""
+    gui_files = [MODULE_FILE, *sorted((MODULE_DIR / "IVDSegmentationLib").rglob("*.py"))]
+    for path in gui_files:
+        assert not {c for c in _calls(path) if c.endswith("skipTest")}, path.name
+    assert not {c for c in _calls(MODULE_FILE) if c.endswith("sleep")}
+    assert "qt.QEventLoop" in _calls(MODULE_FILE)  # waits by running Slicer's event loop
+
+
+def test_the_dicom_dialog_is_deleted_and_the_terminology_loaded_at_start():
+    assert "dialog.deleteLater" in _calls(MODULE_DIR / "IVDSegmentationLib" / "gui" / "dicomdialog.py")
+    module_class = _class(_module_tree(), "IVDSegmentation")
+    source = ast.unparse(module_class)
+    assert 'slicer.app.connect(\'startupCompleted()\', self.loadTerminology)' in source
+    assert "ensureTerminologyContext" in source
+
+
+def test_no_gui_file_stops_the_worker_with_a_signal():
+    """PythonSlicer forwards no signal: terminate(), send_signal() or kill() of the Popen reach the launcher only."""
+    for path in [MODULE_FILE, *sorted((MODULE_DIR / "IVDSegmentationLib" / "gui").glob("*.py"))]:
+        calls = _calls(path)
+        assert not {c for c in calls if c.endswith((".terminate", ".send_signal", "process.kill"))}, path.name
