@@ -151,6 +151,8 @@ def _zero_direction_nrrd(path):
 MISTAKES = [
     ("val-fraction-0", lambda t, d: _export_argv(t, "--val-fraction", "0"), "--val-fraction"),
     ("val-fraction-1.5", lambda t, d: _export_argv(t, "--val-fraction", "1.5"), "--val-fraction"),
+    ("test-fraction-negative", lambda t, d: _export_argv(t, "--test-fraction", "-0.1"), "--test-fraction"),
+    ("test-fraction-leaves-no-training", lambda t, d: _export_argv(t, "--test-fraction", "0.5"), "--test-fraction"),
     ("kfold-1", lambda t, d: _export_argv(t, "--kfold", "1"), "--kfold"),
     ("kfold-negative", lambda t, d: _export_argv(t, "--kfold", "-2"), "--kfold"),
     ("sizes-not-16", lambda t, d: _export_argv(t, "--sizes", "32,100"), "--sizes"),
@@ -189,6 +191,7 @@ MISTAKES = [
     ("segment-zero-direction-nrrd", lambda t, d: ["segment", _zero_direction_nrrd(t / "v.nrrd"), "-o",
                                                   t / "seg.nii.gz", "--progress", "none"], "v.nrrd has a degenerate"),
     ("evaluate-batch-size-0", lambda t, d: ["evaluate", "ivd-disc-2d", d, "--batch-size", "0"], "--batch-size"),
+    ("evaluate-no-test-patients", lambda t, d: ["evaluate", "ivd-disc-2d", d, "--split", "test"], "--test-fraction"),
 ]
 
 

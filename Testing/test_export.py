@@ -12,6 +12,7 @@ from conftest import exported_bytes, require_data
 from dicom_builders import SAGITTAL_IOP, _series
 
 from ivdseg.data import dataset as ds
+from ivdseg.data.splits import stratified_group_kfold
 from ivdseg.errors import IvdsegError
 from ivdseg.data.export import (ExportOptions, RawCase, SourceSpec, export_dataset, iter_source_cases, map_classes,
                                 pseudonym)
@@ -91,14 +92,14 @@ def test_split_is_patient_level_seeded_and_independent_of_pseudonym_key(tmp_path
 
 def test_stratified_group_kfold_folds_partition_patients():
     strata = {f"p{i}": ("a" if i % 3 else "b") for i in range(20)}
-    folds = ds.stratified_group_kfold(strata, k=4, seed=1)
+    folds = stratified_group_kfold(strata, k=4, seed=1)
     assert sorted(p for f in folds for p in f) == sorted(strata)
     assert [len(f) for f in folds] == [5, 5, 5, 5]
     for f in folds:  # each fold gets its share of the rare stratum (7 b's over 4 folds)
         assert 1 <= sum(strata[p] == "b" for p in f) <= 2
-    assert folds == ds.stratified_group_kfold(strata, k=4, seed=1)
+    assert folds == stratified_group_kfold(strata, k=4, seed=1)
     with pytest.raises(IvdsegError, match="at least 30 patients"):
-        ds.stratified_group_kfold(strata, k=30)
+        stratified_group_kfold(strata, k=30)
 
 
 def test_kfold_written_and_fold_split(tmp_path):

@@ -215,13 +215,15 @@ class TrainingLogic:
         self.workerPython = workerPython or None
 
     def startExport(self, pairs, classMap: dict, outputFolder, sizes=(128, 192, 256), valFraction=0.1, seed=0,
-                    backgroundChannel=True, overwrite=False) -> ExportJob:
+                    backgroundChannel=True, overwrite=False, testFraction=0.15) -> ExportJob:
         """Writes the pairs into a private temporary folder and starts ``ivdseg export`` on them; returns at once.
 
         Args:
             pairs: CasePairs to export.
             classMap: output class name -> segment names that form it.
             outputFolder: the dataset folder to create (replaced only when complete, if ``overwrite``).
+            valFraction, testFraction: shares of the patients in validation (choices) and test (reported only);
+                a scene of one or two patients gets no test patient.
 
         Raises:
             ValueError: no pairs or classes, a bad fraction, a geometry mismatch, a file that could not be written.
@@ -232,11 +234,15 @@ class TrainingLogic:
             raise ValueError("Give at least one segment a class name.")
         if not 0.0 < float(valFraction) < 1.0:
             raise ValueError(f"The validation fraction must lie between 0 and 1, not {valFraction}.")
+        if not 0.0 <= float(testFraction) < 1.0 - float(valFraction):
+            raise ValueError(f"The test fraction {testFraction} with the validation fraction {valFraction} leaves no "
+                             "patient for training; lower one of them.")
         tmpdir = tempfile.mkdtemp(prefix="ivdseg-export-")  # 0700: the volumes are patient data
         try:
             spec = writePairs(pairs, classMap, tmpdir)
             args = ["export", outputFolder, "--spec", spec, "--sizes", ",".join(str(int(s)) for s in sizes),
-                    "--val-fraction", float(valFraction), "--seed", int(seed), "--progress", "jsonl"]
+                    "--val-fraction", float(valFraction), "--test-fraction", float(testFraction), "--seed", int(seed),
+                    "--progress", "jsonl"]
             if not backgroundChannel:
                 args.append("--no-background-channel")
             if overwrite:

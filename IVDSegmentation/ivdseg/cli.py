@@ -59,7 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="NAME=V[,V]", help="output class from source label values (repeatable)")
     e.add_argument("--sizes", type=_sizes, default=(128, 192, 256))
     e.add_argument("--no-background-channel", action="store_true")
-    e.add_argument("--val-fraction", type=float, default=0.1)
+    e.add_argument("--val-fraction", type=float, default=0.1,
+                   help="share of each source's patients in validation (every choice is made on it)")
+    e.add_argument("--test-fraction", type=float, default=0.15,
+                   help="share of each source's patients held out as test (reported, never chosen on); 0: none")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--kfold", type=int, default=0, help="also write k stratified group folds")
     e.add_argument("--drop-unlabelled", action="store_true", help="drop slices without any label")
@@ -99,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("evaluate", help="Dice per class of a model package on a dataset's validation cases")
     v.add_argument("model", help="model package folder or .zip, or a bundled model's name")
     v.add_argument("dataset", type=Path)
-    v.add_argument("--split", choices=["val", "train", "all"], default="val")
+    v.add_argument("--split", choices=["val", "test", "train", "all"], default="val",
+                   help="which patients: val (choices are made on them), test (report once), train, all")
     v.add_argument("--fold", type=int)
     v.add_argument("--batch-size", type=int, default=16)
     v.add_argument("--json", type=Path, help="also write the figures to this JSON file")
@@ -282,6 +286,9 @@ def _export_sources(a):
 def _check_export_args(a):
     if not 0.0 < a.val_fraction < 1.0:
         raise IvdsegError(f"--val-fraction must lie strictly between 0 and 1, got {a.val_fraction}.")
+    if not 0.0 <= a.test_fraction < 1.0 or a.val_fraction + a.test_fraction >= 1.0:
+        raise IvdsegError(f"--test-fraction must lie in [0, 1) and leave patients for training with --val-fraction "
+                          f"{a.val_fraction}, got {a.test_fraction}.")
     if a.kfold < 0 or a.kfold == 1:
         raise IvdsegError(f"--kfold must be 0 (no folds) or at least 2, got {a.kfold}.")
     bad = [s for s in a.sizes if s < 16 or s % 16]
@@ -304,7 +311,7 @@ def _cmd_export(a) -> int:
     key, key_created = (load_or_create_pseudonym_key(a.pseudonym_key_file) if a.pseudonym_key_file
                         else (None, False))
     options = ExportOptions(sizes=a.sizes, background_channel=not a.no_background_channel,
-                            val_fraction=a.val_fraction, seed=a.seed, kfold=a.kfold,
+                            val_fraction=a.val_fraction, test_fraction=a.test_fraction, seed=a.seed, kfold=a.kfold,
                             keep_unlabelled=not a.drop_unlabelled, pseudonym_key=key)
     reporter = Reporter.auto(a.progress)
 
@@ -321,7 +328,8 @@ def _cmd_export(a) -> int:
         raise
     reporter.emit("done", dataset=str(a.output), cases=len(info.cases),
                   patients=len({m["patient"] for m in info.cases.values()}),
-                  train_patients=len(info.splits["train"]), val_patients=len(info.splits["val"]))
+                  train_patients=len(info.splits["train"]), val_patients=len(info.splits["val"]),
+                  test_patients=len(info.splits.get("test", [])))
     return 0
 
 
@@ -357,7 +365,10 @@ def _cmd_evaluate(a) -> int:
         raise IvdsegError(f"The model's classes {[c['name'] for c in card['classes']]} differ from "
                           f"the dataset's {info.classes[1:]}.")
     train_cases, val_cases = info.split_cases(a.fold)
-    cases = {"val": val_cases, "train": train_cases, "all": sorted(info.cases)}[a.split]
+    cases = {"val": val_cases, "test": info.test_cases(), "train": train_cases, "all": sorted(info.cases)}[a.split]
+    if not cases:
+        raise IvdsegError(f"{a.dataset} has no {a.split} patients; re-export it with --test-fraction to hold some out."
+                          if a.split == "test" else f"{a.dataset} has no {a.split} patients.")
     result = evaluate_cases(model, card, info, cases, a.batch_size, a.stop.guard(None))
     rows = [("all", result["overall"])] + list(result["per_source"].items())
     names = info.classes[1:]

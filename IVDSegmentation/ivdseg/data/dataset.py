@@ -24,6 +24,7 @@ import numpy as np
 
 from ivdseg.errors import IvdsegError
 from ivdseg.io.atomic import atomic_folder
+from ivdseg.data.splits import check_splits
 
 FORMAT = "ivdseg-dataset"
 FORMAT_VERSION = 1
@@ -60,6 +61,17 @@ class DatasetInfo:
             train = [p for k, f in enumerate(folds) if k != fold for p in f]
         return self.cases_of(train), self.cases_of(val)
 
+    def test_cases(self) -> list[str]:
+        """Case ids of the test patients (reported, never chosen on); empty for a dataset exported without them."""
+        return self.cases_of(self.splits.get("test", []))
+
+    def patients_by_source(self) -> dict[str, list[str]]:
+        """{source: sorted patient pseudonyms}."""
+        out: dict[str, set] = {}
+        for meta in self.cases.values():
+            out.setdefault(meta["source"], set()).add(meta["patient"])
+        return {source: sorted(patients) for source, patients in sorted(out.items())}
+
 
 # ---------------------------------------------------------------- writing
 def save_npz(path: Path, **arrays) -> None:
@@ -95,82 +107,6 @@ class DatasetWriter:
 
     def __exit__(self, exc_type, exc, tb):
         return self._folder.__exit__(exc_type, exc, tb)
-
-
-# ---------------------------------------------------------------- splits
-def _rng(seed):
-    return np.random.default_rng(seed)
-
-
-def split_patients(patient_strata: dict[str, str], val_fraction=0.1, seed=0,
-                   order: dict[str, str] | None = None) -> tuple[list[str], list[str]]:
-    """Seeded patient-level train/validation split, drawn within each stratum (e.g. each source).
-
-    Each stratum with at least two patients gives at least one to validation, so every source is
-    validated; a stratum with one patient stays in training.
-
-    Args:
-        patient_strata: patient pseudonym -> stratum name.
-        val_fraction: share of each stratum's patients in validation, in (0, 1).
-        seed: seed of the shuffle.
-        order: optional sort key per patient applied before the shuffle (the exporter passes the
-            source's own identifiers, held in memory only, so that one seed gives one split whatever
-            the pseudonym key).
-
-    Returns:
-        (train patients, validation patients), each sorted.
-    """
-    if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"val_fraction must lie in (0, 1), got {val_fraction}")
-    rng = _rng(seed)
-    train, val = [], []
-    for stratum in sorted(set(patient_strata.values())):
-        members = sorted((p for p, s in patient_strata.items() if s == stratum),
-                         key=(lambda p: (order or {}).get(p, p)))
-        rng.shuffle(members)
-        n_val = 0 if len(members) < 2 else max(1, int(round(val_fraction * len(members))))
-        val += members[:n_val]
-        train += members[n_val:]
-    return sorted(train), sorted(val)
-
-
-def stratified_group_kfold(patient_strata: dict[str, str], k=5, seed=0,
-                           order: dict[str, str] | None = None) -> list[list[str]]:
-    """Stratified group k-fold: groups are patients, strata are e.g. "source|classes present".
-
-    Patients of each stratum are shuffled (seeded) and dealt to the fold that currently holds the
-    fewest patients, so every fold gets a near-equal share of every stratum and no patient is in
-    two folds.
-
-    Returns:
-        k sorted lists of patients.
-    """
-    if k < 2:
-        raise ValueError(f"k must be at least 2, got {k}")
-    if len(patient_strata) < k:
-        raise IvdsegError(f"{k}-fold split needs at least {k} patients; the dataset has {len(patient_strata)}.")
-    rng = _rng(seed)
-    folds: list[list[str]] = [[] for _ in range(k)]
-    for stratum in sorted(set(patient_strata.values())):
-        members = sorted((p for p, s in patient_strata.items() if s == stratum),
-                         key=(lambda p: (order or {}).get(p, p)))
-        rng.shuffle(members)
-        for p in members:
-            sizes = [len(f) for f in folds]
-            folds[int(np.argmin(sizes))].append(p)
-    return [sorted(f) for f in folds]
-
-
-def check_splits(splits: dict, path: Path) -> None:
-    """Raises IvdsegError when a patient sits on both sides of the split or in two folds."""
-    both = set(splits.get("train", [])) & set(splits.get("val", []))
-    if both:
-        raise IvdsegError(f"{path} puts {len(both)} patient(s) in both train and val; re-export the dataset.")
-    seen: set[str] = set()
-    for fold in splits.get("folds") or []:
-        if seen & set(fold):
-            raise IvdsegError(f"{path} puts a patient in two folds; re-export the dataset.")
-        seen |= set(fold)
 
 
 # ---------------------------------------------------------------- reading

@@ -21,6 +21,7 @@ import numpy as np
 
 from ivdseg.data import dataset as ds
 from ivdseg.errors import IvdsegError
+from ivdseg.data.splits import split_patients, stratified_group_kfold
 from ivdseg.io.atomic import atomic_write, write_json
 from ivdseg.data.preprocess import one_hot, resize_stack
 from ivdseg.data.sample_data import expand
@@ -300,6 +301,7 @@ class ExportOptions:
     sizes: tuple = ds.DEFAULT_SIZES
     background_channel: bool = True
     val_fraction: float = 0.1
+    test_fraction: float = 0.0  # ivdseg export's default is 0.15; 0: no test part
     seed: int = 0
     kfold: int = 0
     keep_unlabelled: bool = True
@@ -395,15 +397,16 @@ def export_dataset(cases: Iterable[RawCase], classes: list[str], out, options: E
 
 def _write_meta(writer, all_classes, options, meta_cases, sources, voxels, raw_order):
     patient_strata = {m["patient"]: m["source"] for m in meta_cases.values()}
-    train, val = ds.split_patients(patient_strata, options.val_fraction, options.seed, raw_order)
-    splits = {"seed": options.seed, "val_fraction": options.val_fraction, "stratified_by": "source",
-              "train": train, "val": val}
-    if options.kfold:
+    parts = split_patients(patient_strata, options.val_fraction, options.test_fraction, options.seed, raw_order)
+    splits = {"seed": options.seed, "val_fraction": options.val_fraction, "test_fraction": options.test_fraction,
+              "stratified_by": "source", **parts}
+    if options.kfold:  # over the patients outside test: folds choose, test only reports
         classes_of: dict[str, set] = {}
         for m in meta_cases.values():
             classes_of.setdefault(m["patient"], set()).update(m["classes_present"])
-        strata = {p: f"{patient_strata[p]}|{sorted(classes_of[p])}" for p in patient_strata}
-        splits["folds"] = ds.stratified_group_kfold(strata, options.kfold, options.seed, raw_order)
+        strata = {p: f"{patient_strata[p]}|{sorted(classes_of[p])}" for p in patient_strata
+                  if p not in set(parts["test"])}
+        splits["folds"] = stratified_group_kfold(strata, options.kfold, options.seed, raw_order)
     write_json(writer.path("splits.json"), splits)
     write_json(writer.path("dataset.json"), {
         "format": ds.FORMAT, "format_version": ds.FORMAT_VERSION,
