@@ -74,6 +74,27 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a network on a dataset folder; writes RUN/model")
     t.add_argument("dataset", type=Path)
     t.add_argument("-o", "--output", type=Path, required=True, help="run folder")
+    _training_args(t)
+    t.add_argument("--fold", type=int, help="validate on this k-fold fold instead of the train/val split")
+    t.add_argument("--card", type=Path, help="JSON merged into the model card (licence, citations, description)")
+
+    x = sub.add_parser("crossval", help="cross-validation: leave one source out, or k folds of patients")
+    x.add_argument("dataset", type=Path)
+    x.add_argument("-o", "--output", type=Path, required=True, help="cross-validation folder (a run per fold)")
+    x.add_argument("--by", choices=["source", "patient"], default="source",
+                   help="source: train on the other sources, score the one left out (a hospital never seen); "
+                        "patient: stratified group k-fold over the patients outside test")
+    x.add_argument("--folds", type=int, default=5, help="with --by patient: the number of folds")
+    x.add_argument("--val-fraction", type=float, default=0.15,
+                   help="with --by patient: share of the other folds' patients that validates each fold")
+    _training_args(x)
+    _add_evaluate(sub)
+    _add_inference_commands(sub)
+    return p
+
+
+def _training_args(t):
+    """The options of train and crossval: the network, the optimisation and the run folder's handling."""
     t.add_argument("--network", default="unet2d", choices=["unet2d", "deeplabv3plus", "res_se_unet"])
     t.add_argument("--size", type=int, default=256, help="input size: 128, 192, 256 or another size the dataset holds")
     t.add_argument("--activation", default="relu", choices=["relu", "swish", "mish"])
@@ -88,17 +109,17 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--patience", type=int, default=15)
     t.add_argument("--keep-best", type=int, default=3)
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--fold", type=int, help="validate on this k-fold fold instead of the train/val split")
     t.add_argument("--no-augment", action="store_true")
     t.add_argument("--mixed-precision", choices=["auto", "on", "off"], default="auto")
     t.add_argument("--init-from", help="model package whose weights start training (fine-tuning)")
     t.add_argument("--name", default="ivdseg-model")
     t.add_argument("--model-version", default="1.0.0")
-    t.add_argument("--card", type=Path, help="JSON merged into the model card (licence, citations, description)")
     t.add_argument("--resume", action="store_true")
     t.add_argument("--overwrite", action="store_true")
     t.add_argument("--progress", choices=["auto", "jsonl", "text", "none"], default="auto")
 
+
+def _add_evaluate(sub):
     v = sub.add_parser("evaluate", help="Dice per class of a model package on a dataset's validation cases")
     v.add_argument("model", help="model package folder or .zip, or a bundled model's name")
     v.add_argument("dataset", type=Path)
@@ -107,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--fold", type=int)
     v.add_argument("--batch-size", type=int, default=16)
     v.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+
+
+def _add_inference_commands(sub):
     g = sub.add_parser("segment", help="segment the discs of a volume (DICOM folder, NIfTI or NRRD)")
     g.add_argument("input", type=Path, help="DICOM folder, .nii/.nii.gz or .nrrd")
     g.add_argument("-o", "--output", type=Path, required=True,
@@ -123,7 +147,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("series", help="list the DICOM series of a folder")
     r.add_argument("folder", type=Path)
-    return p
 
 
 def _inference_args(g):
@@ -333,17 +356,46 @@ def _cmd_export(a) -> int:
     return 0
 
 
-def _cmd_train(a) -> int:
-    from ivdseg.progress import Reporter
-    from ivdseg.nn.train import TrainConfig, check_config, reproduce_command, train
+def _train_config(a):
+    """The TrainConfig of train's and crossval's options, checked before any work."""
+    from ivdseg.nn.train import TrainConfig, check_config
 
     cfg = TrainConfig(network=a.network, size=a.size, activation=a.activation, depth=a.depth,
                       base_filters=a.base_filters, dropout=a.dropout, loss=a.loss, epochs=a.epochs,
                       batch_size=a.batch_size, learning_rate=a.learning_rate, steps_per_epoch=a.steps_per_epoch,
-                      patience=a.patience, keep_best=a.keep_best, seed=a.seed, fold=a.fold,
+                      patience=a.patience, keep_best=a.keep_best, seed=a.seed, fold=getattr(a, "fold", None),
                       augment=not a.no_augment, mixed_precision=a.mixed_precision, init_from=a.init_from,
                       name=a.name, version=a.model_version)
     check_config(cfg)
+    return cfg
+
+
+def _cmd_crossval(a) -> int:
+    from ivdseg.eval.crossval import crossval
+    from ivdseg.progress import Reporter
+
+    cfg = _train_config(a)
+    if a.folds < 2:
+        raise IvdsegError(f"--folds must be at least 2, got {a.folds}.")
+    if not 0.0 < a.val_fraction < 1.0:
+        raise IvdsegError(f"--val-fraction must lie strictly between 0 and 1, got {a.val_fraction}.")
+    reporter = Reporter.auto(a.progress)
+    table = crossval(a.dataset, a.output, cfg, by=a.by, folds=a.folds, val_fraction=a.val_fraction,
+                     reporter=reporter, stop=a.stop, resume=a.resume, overwrite=a.overwrite)
+    if reporter.mode == "text":
+        reporter.message((a.output / "crossval.md").read_text(encoding="utf-8"))
+    if not table["complete"]:  # stopped: what ran is in the tables, --resume runs the rest
+        from ivdseg.stop import EXIT_CANCELLED
+
+        return EXIT_CANCELLED
+    return 0
+
+
+def _cmd_train(a) -> int:
+    from ivdseg.progress import Reporter
+    from ivdseg.nn.train import reproduce_command, train
+
+    cfg = _train_config(a)
     if a.card:
         cfg.card_extra = _read_json_object(a.card, "--card", "a card extract")
     train(a.dataset, a.output, cfg, Reporter.auto(a.progress), resume=a.resume, overwrite=a.overwrite,
@@ -387,8 +439,8 @@ def _cmd_evaluate(a) -> int:
     return 0
 
 
-COMMANDS = {"export": _cmd_export, "train": _cmd_train, "evaluate": _cmd_evaluate, "segment": _cmd_segment,
-            "demo": _cmd_demo, "series": _cmd_series}
+COMMANDS = {"export": _cmd_export, "train": _cmd_train, "crossval": _cmd_crossval, "evaluate": _cmd_evaluate,
+            "segment": _cmd_segment, "demo": _cmd_demo, "series": _cmd_series}
 
 
 def main(argv=None) -> int:

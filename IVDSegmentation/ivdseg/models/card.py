@@ -18,6 +18,16 @@ def _dice_table(validation: dict, classes: list[str]) -> list[str]:
     return rows
 
 
+def _crossval_table(crossval: dict, classes: list[str]) -> list[str]:
+    rows = ["| held out | patients | " + " | ".join(f"Dice {c}" for c in classes) + " |",
+            "|---|---|" + "---|" * len(classes)]
+    for fold in crossval.get("folds", []):
+        s = fold["held_out"]["overall"]
+        rows.append(f"| {fold['name']} | {s['patients']} | " + " | ".join(_fmt(s["dice"].get(c)) for c in classes)
+                    + " |")
+    return rows
+
+
 def render(card: dict) -> str:
     """Markdown model card: what the model is, how it was trained and validated, and what to cite."""
     classes = [c["name"] for c in card["classes"]]
@@ -31,14 +41,20 @@ def render(card: dict) -> str:
              f"- post-processing: {card.get('postprocessing', {'enabled': False})}", "",
              "## Training", "",
              f"- sources: {t.get('sources', {})}",
-             f"- {t.get('train_patients')} training patients, {t.get('val_patients')} validation patients "
-             "(split by patient, within each source)",
+             f"- {t.get('train_patients')} training patients, {t.get('val_patients')} validation patients, "
+             f"{t.get('test_patients', 0)} test patients (split by patient, within each source)",
              f"- loss {t.get('loss')}, {t.get('optimizer')} lr {t.get('learning_rate')}, batch {t.get('batch_size')}, "
              f"{t.get('epochs_run')} epochs (best {t.get('best_epoch')}), on the {str(t.get('device')).upper()} "
              f"in {t.get('seconds')} s" + (f", initialised from {t['init_from']}" if t.get("init_from") else ""),
              f"- command: `{t.get('command', '')}`", ""]
+    if "test" in card:
+        lines += ["## Test (native resolution; these patients chose nothing)", ""]
+        lines += _dice_table(card["test"], classes) + [""]
+    if "crossval" in card:
+        lines += ["## Leave one source out (a hospital never seen)", ""]
+        lines += _crossval_table(card["crossval"], classes) + [""]
     if "validation" in card:
-        lines += ["## Validation (native resolution, patient-level split)", ""]
+        lines += ["## Validation (native resolution; these patients chose the checkpoint and post-processing)", ""]
         lines += _dice_table(card["validation"], classes) + [""]
     for key, title in (("comparison", "Against the baseline"), ("reproduce", "Reproduce")):
         if key in card:

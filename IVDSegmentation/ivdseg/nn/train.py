@@ -212,17 +212,22 @@ def _make_callbacks(keras, cfg, run_dir, val_x, val_y, num_classes, reporter, st
     ]
 
 
-def _split(info, cfg):
-    """(train cases, validation cases) for ``cfg``, checked before any work."""
+def _split(info, cfg, patients=None):
+    """(train, validation, test case ids) for ``cfg`` or the explicit ``patients``, checked before any work."""
     if cfg.size not in info.sizes:
         raise IvdsegError(f"--size {cfg.size}: {info.root} has no {cfg.size} px copy (it has {info.sizes}); "
                           f"choose one of those or re-export with --sizes including {cfg.size}.")
-    train_cases, val_cases = info.split_cases(cfg.fold)
+    if patients is not None:
+        train_cases, val_cases = info.cases_of(patients["train"]), info.cases_of(patients["val"])
+        test_cases = info.cases_of(patients.get("test", []))
+    else:
+        train_cases, val_cases = info.split_cases(cfg.fold)
+        test_cases = info.test_cases()  # outside every fold: the same test whatever the fold
     if not train_cases:
         raise IvdsegError(f"{info.root / 'splits.json'} leaves no training patient.")
     if not val_cases:
         raise IvdsegError(f"{info.root / 'splits.json'} has no validation patient; export with more patients.")
-    return train_cases, val_cases
+    return train_cases, val_cases, test_cases
 
 
 def _load_split(info, cfg, train_cases, val_cases):
@@ -245,7 +250,7 @@ def _strategy(tf, cfg, reporter):
 
 
 def train(dataset_dir, run_dir, cfg: TrainConfig, reporter: Reporter | None = None, resume=False,
-          overwrite=False, command: str = "", stop: StopRequest | None = None) -> Path:
+          overwrite=False, command: str = "", stop: StopRequest | None = None, patients: dict | None = None) -> Path:
     """Trains ``cfg.network`` on a dataset folder and writes the model package ``run_dir/model``.
 
     Args:
@@ -259,6 +264,12 @@ def train(dataset_dir, run_dir, cfg: TrainConfig, reporter: Reporter | None = No
             machine (the CLI passes placeholders, see ``ivdseg.cli``).
         stop: when it is requested (the GUI's Stop, SIGTERM, Ctrl-C), training leaves its loop at the next batch
             and packages the best model so far; the epoch in progress does not count.
+        patients: instead of splits.json (cross-validation): {"train": [...], "val": [...], "test": [...]}
+            patient pseudonyms, and optionally "split", how the card names it.
+
+    The validation patients make every choice (checkpoint, learning-rate schedule, early stopping,
+    post-processing); the test patients (splits.json's, or ``patients["test"]``) are scored once, by the packaged
+    model, and reported in the card's "test" entry.
 
     Returns:
         Path of the model package.
@@ -273,7 +284,7 @@ def train(dataset_dir, run_dir, cfg: TrainConfig, reporter: Reporter | None = No
     # Everything a user can get wrong is checked before the run folder is touched.
     check_config(cfg)
     info = ds.open_dataset(dataset_dir)
-    train_cases, val_cases = _split(info, cfg)
+    train_cases, val_cases, test_cases = _split(info, cfg, patients)
     run_dir = Path(run_dir)
     ckpt_dir = run_dir / "checkpoints"
     if resume:
@@ -346,16 +357,23 @@ def train(dataset_dir, run_dir, cfg: TrainConfig, reporter: Reporter | None = No
     best = load_keras_model(ckpt_dir / best_name)
     card = _card(cfg, info, train_cases, val_cases, best_epoch, state["epoch"], device,
                  time.perf_counter() - t0, command)
+    card["training"]["test_patients"] = len({info.cases[c]["patient"] for c in test_cases})
     from ivdseg.eval.evaluate import choose_postprocessing, predict_cases, score_predictions
 
+    split = (patients or {}).get("split") or (f"fold {cfg.fold}" if cfg.fold is not None else "splits.json")
     predictions = predict_cases(best, card, info, val_cases, cfg.batch_size, reporter.progress)
     card["postprocessing"] = choose_postprocessing(predictions, info, card)
     card["validation"] = score_predictions(predictions, info, card)
-    card["validation"]["split"] = f"fold {cfg.fold}" if cfg.fold is not None else "splits.json train/val"
+    card["validation"]["split"] = f"{split}: validation patients (they chose the checkpoint and the post-processing)"
+    if test_cases:  # scored once, after every choice is made
+        card["test"] = score_predictions(predict_cases(best, card, info, test_cases, cfg.batch_size,
+                                                       reporter.progress), info, card)
+        card["test"]["split"] = f"{split}: test patients (chose nothing)"
     extra = {"training_log.csv": run_dir / "log.csv"} if (run_dir / "log.csv").exists() else {}
     package = _save_with_onnx(best, card, run_dir / "model", extra, reporter)
     reporter.emit("done", package=str(package), best_epoch=best_epoch, epochs_run=state["epoch"],
-                  val_dice=card["validation"]["overall"]["mean_dice"], stopped=bool(stopped))
+                  val_dice=card["validation"]["overall"]["mean_dice"],
+                  test_dice=card["test"]["overall"]["mean_dice"] if "test" in card else None, stopped=bool(stopped))
     return package
 
 

@@ -1,0 +1,189 @@
+"""Cross-validation by source (leave one source out: the estimate of "a hospital never seen") or by patient
+(stratified group k-fold), each fold a full training whose held-out patients chose nothing.
+
+Leave one source out: for each source S, train on the other sources' training patients, choose (checkpoint,
+schedule, post-processing) on their validation patients, and score every patient of S. By patient: the dataset's
+non-test patients are dealt into K folds within each source; for each fold, validation patients are drawn from the
+other folds and the fold itself is scored. The dataset's test patients are in no fold, neither trained nor scored:
+they stay for the one final report.
+
+Writes ``OUT/<fold>/`` (a run folder with its model package), ``OUT/<fold>/held_out.json`` and the tables
+``OUT/crossval.json`` and ``OUT/crossval.md`` (per fold and per source: Dice per class; mean and spread over
+folds). A killed run resumes with ``resume=True``: finished folds are kept, an unfinished one continues from its
+last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+
+from ivdseg.data import dataset as ds
+from ivdseg.data.splits import split_patients, stratified_group_kfold
+from ivdseg.errors import IvdsegError
+from ivdseg.io.atomic import atomic_write, write_json
+
+BY = ("source", "patient")
+
+
+def plan_folds(info: ds.DatasetInfo, by: str, folds: int = 5, seed: int = 0, val_fraction: float = 0.15) -> list:
+    """The folds of a cross-validation, before any training.
+
+    Returns:
+        ``[{"name", "train": [...], "val": [...], "held_out": [...]}]`` of patient pseudonyms.
+
+    Raises:
+        IvdsegError: fewer than two sources (by source), a source of one patient (it cannot be left out alone),
+            a fold that leaves no training or validation patient, fewer patients than folds (by patient).
+    """
+    if by not in BY:
+        raise IvdsegError(f"--by must be 'source' or 'patient', not {by!r}.")
+    test = set(info.splits.get("test", []))
+    sources = {s: [p for p in patients if p not in test] for s, patients in info.patients_by_source().items()}
+    if by == "source":
+        if len(sources) < 2:
+            raise IvdsegError(f"{info.root} has one source ({', '.join(sources)}); leaving one source out needs at "
+                              "least two. Use --by patient.")
+        lonely = [s for s, patients in sources.items() if len(patients) < 2]
+        if lonely:
+            raise IvdsegError(f"Source {lonely[0]!r} has one patient outside test, so it cannot be left out alone "
+                              "(its figure would rest on one patient); merge it with a related source or use "
+                              "--by patient.")
+        train, val = set(info.splits["train"]), set(info.splits["val"])
+        plan = []
+        for source, patients in sources.items():
+            others = [p for s, members in sources.items() if s != source for p in members]
+            plan.append({"name": f"without-{source}", "held_out_source": source,
+                         "train": sorted(p for p in others if p in train), "val": sorted(p for p in others if p in val),
+                         "held_out": sorted(patients)})
+    else:
+        strata = {p: s for s, patients in sources.items() for p in patients}
+        dealt = stratified_group_kfold(strata, folds, seed)
+        plan = []
+        for k, held_out in enumerate(dealt):
+            rest = {p: s for p, s in strata.items() if p not in set(held_out)}
+            counts = {s: list(rest.values()).count(s) for s in set(rest.values())}
+            # a source with one patient left cannot give one to validation: such sources draw together
+            pooled = {p: s if counts[s] > 1 else "(sources with one patient)" for p, s in rest.items()}
+            parts = split_patients(pooled, val_fraction, 0.0, seed)
+            plan.append({"name": f"fold-{k}", "train": parts["train"], "val": parts["val"], "held_out": held_out})
+    for fold in plan:
+        if not fold["train"] or not fold["val"]:
+            part = "training" if not fold["train"] else "validation"
+            raise IvdsegError(f"Cross-validation fold {fold['name']} has no {part} patient; export with more "
+                              "patients per source or a larger --val-fraction.")
+    return plan
+
+
+def _spread(values) -> dict:
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    if not values:
+        return {"mean": None, "sd": None, "n": 0}
+    return {"mean": round(float(np.mean(values)), 4), "sd": round(float(np.std(values, ddof=1)), 4)
+            if len(values) > 1 else 0.0, "n": len(values)}
+
+
+def summarize(folds: list, classes: list) -> dict:
+    """Mean and spread over folds, overall and per held-out source, of each class's Dice."""
+    per_source: dict[str, dict[str, list]] = {}
+    for fold in folds:
+        for source, scores in fold["held_out"]["per_source"].items():
+            for name in classes:
+                per_source.setdefault(source, {}).setdefault(name, []).append(scores["dice"].get(name))
+    overall = {name: _spread([f["held_out"]["overall"]["dice"].get(name) for f in folds]) for name in classes}
+    return {"overall": overall,
+            "per_source": {s: {name: _spread(v) for name, v in scores.items()} for s, scores in per_source.items()}}
+
+
+def _table(result: dict) -> str:
+    classes = result["classes"]
+    fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
+    lines = [f"# Cross-validation by {result['by']}: {result['dataset_name']}", "",
+             f"Network {result['config']['network']}, {result['config']['size']} px; Dice at native resolution on "
+             "held-out patients that chose nothing.", "",
+             "| fold | held-out source | patients | " + " | ".join(classes) + " |",
+             "|---|---|---|" + "---|" * len(classes)]
+    for fold in result["folds"]:
+        for source, s in fold["held_out"]["per_source"].items():
+            lines.append(f"| {fold['name']} | {source} | {s['patients']} | "
+                         + " | ".join(fmt(s["dice"].get(c)) for c in classes) + " |")
+    lines += ["", "| source | folds | " + " | ".join(f"{c} mean ± sd" for c in classes) + " |",
+              "|---|---|" + "---|" * len(classes)]
+    for source, scores in [*result["summary"]["per_source"].items(), ("all (pooled per fold)",
+                                                                         result["summary"]["overall"])]:
+        n = max(v["n"] for v in scores.values())
+        lines.append(f"| {source} | {n} | " + " | ".join(
+            f"{fmt(v['mean'])} ± {fmt(v['sd'])}" if v["mean"] is not None else "n/a" for v in scores.values()) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def crossval(dataset_dir, out_dir, cfg, by="source", folds=5, val_fraction=0.15, reporter=None, stop=None,
+             resume=False, overwrite=False) -> dict:
+    """Runs every fold of :func:`plan_folds` with :func:`ivdseg.nn.train.train`; returns the result table.
+
+    Args:
+        dataset_dir: a dataset folder of ``ivdseg export``.
+        out_dir: the cross-validation folder (one run folder per fold, the tables).
+        cfg: a TrainConfig used for every fold (each fold's package is named "<name>-<fold>").
+        by: "source" (leave one source out) or "patient" (stratified group k-fold with ``folds`` folds).
+        val_fraction: by patient, the share of the other folds' patients that validates each fold.
+        reporter, stop: as for train.
+        resume: keep finished folds and continue an unfinished one from its last checkpoint.
+        overwrite: start afresh in a folder that holds an earlier cross-validation.
+
+    Raises:
+        IvdsegError: see :func:`plan_folds` and train; an occupied folder without ``resume`` or ``overwrite``.
+    """
+    from ivdseg.nn.train import check_config, train
+    from ivdseg.progress import Reporter
+
+    reporter = reporter or Reporter("jsonl")
+    check_config(cfg)
+    info = ds.open_dataset(dataset_dir)
+    plan = plan_folds(info, by, folds, cfg.seed, val_fraction)
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()) and not (resume or overwrite):
+        raise IvdsegError(f"{out_dir} already holds a cross-validation; pass --resume to continue it or --overwrite "
+                          "to start afresh.")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = []
+    for n, fold in enumerate(plan):
+        run = out_dir / fold["name"]
+        done = run / "held_out.json"
+        if resume and done.is_file():
+            results.append(json.loads(done.read_text(encoding="utf-8")))
+            reporter.message(f"Fold {fold['name']} was finished before; kept.")
+            continue
+        reporter.message(f"Fold {n + 1}/{len(plan)} ({fold['name']}): {len(fold['train'])} training, "
+                         f"{len(fold['val'])} validation, {len(fold['held_out'])} held-out patients.")
+        fold_cfg = replace(cfg, name=f"{cfg.name}-{fold['name']}")
+        in_progress = resume and (run / "checkpoints" / "last.keras").is_file()
+        package = train(dataset_dir, run, fold_cfg, reporter, resume=in_progress, overwrite=not in_progress,
+                        stop=stop, command=f"ivdseg crossval DATASET -o OUT --by {by} (fold {fold['name']})",
+                        patients={"train": fold["train"], "val": fold["val"], "test": fold["held_out"],
+                                  "split": f"cross-validation by {by}, fold {fold['name']}"})
+        if stop is not None and stop.requested:  # stopped inside the fold: resume continues it from its checkpoint
+            reporter.message(f"Stopped in fold {fold['name']}; --resume continues it.")
+            break
+        card = json.loads((package / "model.json").read_text(encoding="utf-8"))
+        result = {"name": fold["name"], "held_out_source": fold.get("held_out_source"),
+                  "patients": {part: len(fold[part]) for part in ("train", "val", "held_out")},
+                  "held_out": card["test"], "validation": card["validation"]["overall"],
+                  "package": str(package.relative_to(out_dir))}
+        write_json(done, result)
+        results.append(result)
+    classes = info.classes[1:]
+    table = {"by": by, "dataset_name": Path(dataset_dir).name, "classes": classes,
+             "config": {k: v for k, v in asdict(cfg).items() if k not in ("card_extra", "init_from")},
+             "folds": results, "summary": summarize(results, classes), "complete": len(results) == len(plan)}
+    write_json(out_dir / "crossval.json", table)
+    markdown = _table(table)
+    atomic_write(out_dir / "crossval.md", lambda temp: Path(temp).write_text(markdown, encoding="utf-8"),
+                 overwrite=True)
+    reporter.emit("done", crossval=str(out_dir / "crossval.json"), folds=len(results), complete=table["complete"],
+                  mean_dice={c: table["summary"]["overall"][c]["mean"] for c in classes})
+    return table

@@ -1,0 +1,116 @@
+"""Cross-validation end to end on a tiny dataset: leave one source out and patient k-fold, the held-out patients
+never trained on, the tables, resuming, and the refusals."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from ivdseg import cli
+from ivdseg.data import dataset as ds
+from ivdseg.data.export import ExportOptions, RawCase, export_dataset
+from ivdseg.data.phantom import synthetic_spine_slices
+from ivdseg.errors import IvdsegError
+from ivdseg.eval.crossval import plan_folds
+
+pytest.importorskip("keras")
+
+TINY = ["--size", "64", "--epochs", "1", "--batch-size", "4", "--depth", "3", "--base-filters", "8",
+        "--no-augment", "--progress", "none"]
+
+
+def _cases(patients_per_source, test_fraction=0.0):
+    for source, n in patients_per_source.items():
+        for k in range(n):
+            image, truth = synthetic_spine_slices(n_slices=3, height=96, width=80, levels=3, seed=7 * k + len(source))
+            yield RawCase(patient=f"{source}-{k}", source=source, image=image, label=truth)
+
+
+def _dataset(path, patients_per_source, test_fraction=0.0):
+    options = ExportOptions(sizes=(64,), val_fraction=0.34, test_fraction=test_fraction)
+    export_dataset(_cases(patients_per_source), ["intervertebral disc"], path, options)
+    return ds.open_dataset(path)
+
+
+@pytest.fixture(scope="module")
+def three_sources(tmp_path_factory):
+    return _dataset(tmp_path_factory.mktemp("cv") / "ds", {"alpha": 3, "beta": 3, "gamma": 3}, test_fraction=0.3)
+
+
+def test_leave_one_source_out_plan(three_sources):
+    plan = plan_folds(three_sources, "source")
+    by_source = three_sources.patients_by_source()
+    test = set(three_sources.splits["test"])
+    assert [fold["held_out_source"] for fold in plan] == ["alpha", "beta", "gamma"]
+    for fold in plan:
+        held = set(fold["held_out"])
+        assert held == set(by_source[fold["held_out_source"]]) - test  # the whole source, but its test patients
+        assert not held & (set(fold["train"]) | set(fold["val"]))
+        assert not test & (set(fold["train"]) | set(fold["val"]) | held)  # test chooses nothing, trains nothing
+        assert {three_sources.cases[c]["source"] for c in three_sources.cases_of(fold["train"])} == \
+            {"alpha", "beta", "gamma"} - {fold["held_out_source"]}
+
+
+def test_patient_kfold_plan_covers_every_non_test_patient_once(three_sources):
+    plan = plan_folds(three_sources, "patient", folds=2, seed=1)
+    held = [p for fold in plan for p in fold["held_out"]]
+    non_test = sorted(set(p for ps in three_sources.patients_by_source().values() for p in ps)
+                      - set(three_sources.splits["test"]))
+    assert sorted(held) == non_test and len(held) == len(set(held))
+    for fold in plan:
+        assert not set(fold["held_out"]) & (set(fold["train"]) | set(fold["val"]))
+    assert plan == plan_folds(three_sources, "patient", folds=2, seed=1)
+
+
+@pytest.mark.parametrize("sources, by, folds, message", [
+    ({"alpha": 4}, "source", 5, "one source"),
+    ({"alpha": 3, "beta": 1}, "source", 5, "cannot be left out alone"),
+    ({"alpha": 2, "beta": 2}, "patient", 5, "at least 5 patients"),
+    ({"alpha": 2}, "patient", 2, "no validation patient"),
+])
+def test_folds_that_cannot_be_made_are_one_sentence(sources, by, folds, message, tmp_path):
+    info = _dataset(tmp_path / "ds", sources)
+    with pytest.raises(IvdsegError, match=message):
+        plan_folds(info, by, folds)
+
+
+def test_crossval_by_source_end_to_end_then_resume(three_sources, tmp_path, capsys):
+    out = tmp_path / "loso"
+    assert cli.main(["crossval", str(three_sources.root), "-o", str(out), "--by", "source", *TINY]) == 0
+    table = json.loads((out / "crossval.json").read_text())
+    assert table["complete"] and [f["name"] for f in table["folds"]] == ["without-alpha", "without-beta",
+                                                                         "without-gamma"]
+    for fold in table["folds"]:
+        assert list(fold["held_out"]["per_source"]) == [fold["held_out_source"]]
+        assert fold["held_out"]["overall"]["patients"] == fold["patients"]["held_out"] == 2
+        card = json.loads((out / fold["package"] / "model.json").read_text())
+        assert card["training"]["train_patients"] + card["training"]["val_patients"] == 4
+        assert card["test"]["overall"]["dice"] == fold["held_out"]["overall"]["dice"]
+        assert "chose nothing" in card["test"]["split"]
+    summary = table["summary"]["per_source"]
+    assert set(summary) == {"alpha", "beta", "gamma"} and summary["alpha"]["intervertebral disc"]["n"] == 1
+    markdown = (out / "crossval.md").read_text()
+    assert markdown.count("| without-") == 3 and "mean ± sd" in markdown
+    # Resume keeps every finished fold: nothing is trained again.
+    stamps = {f: (out / f / "model" / "model.keras").stat().st_mtime_ns for f in ("without-alpha", "without-beta")}
+    (out / "without-gamma" / "held_out.json").unlink()
+    assert cli.main(["crossval", str(three_sources.root), "-o", str(out), "--by", "source", "--resume", *TINY]) == 0
+    assert stamps == {f: (out / f / "model" / "model.keras").stat().st_mtime_ns for f in stamps}
+    assert json.loads((out / "crossval.json").read_text())["complete"]
+    capsys.readouterr()
+    assert cli.main(["crossval", str(three_sources.root), "-o", str(out), *TINY]) == 2
+    assert "already holds a cross-validation" in capsys.readouterr().err
+
+
+def test_crossval_by_patient_end_to_end(three_sources, tmp_path):
+    out = tmp_path / "kfold"
+    assert cli.main(["crossval", str(three_sources.root), "-o", str(out), "--by", "patient", "--folds", "2",
+                     *TINY]) == 0
+    table = json.loads((out / "crossval.json").read_text())
+    held = sum(f["patients"]["held_out"] for f in table["folds"])
+    assert held == 6 and len(table["folds"]) == 2  # 9 patients, 3 of them test: in no fold
+    dice = [f["held_out"]["overall"]["dice"]["intervertebral disc"] for f in table["folds"]]
+    spread = table["summary"]["overall"]["intervertebral disc"]
+    assert spread["mean"] == pytest.approx(np.mean(dice), abs=1e-4) and spread["n"] == 2
