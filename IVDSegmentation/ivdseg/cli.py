@@ -110,6 +110,8 @@ def _training_args(t):
     t.add_argument("--keep-best", type=int, default=3)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--no-augment", action="store_true")
+    t.add_argument("--augmentation", choices=["standard", "scanner"], default="standard",
+                   help="scanner: also bias fields, coarser in-plane resolution, wider gamma/contrast/noise")
     t.add_argument("--mixed-precision", choices=["auto", "on", "off"], default="auto")
     t.add_argument("--init-from", help="model package whose weights start training (fine-tuning)")
     t.add_argument("--name", default="ivdseg-model")
@@ -364,8 +366,8 @@ def _train_config(a):
                       base_filters=a.base_filters, dropout=a.dropout, loss=a.loss, epochs=a.epochs,
                       batch_size=a.batch_size, learning_rate=a.learning_rate, steps_per_epoch=a.steps_per_epoch,
                       patience=a.patience, keep_best=a.keep_best, seed=a.seed, fold=getattr(a, "fold", None),
-                      augment=not a.no_augment, mixed_precision=a.mixed_precision, init_from=a.init_from,
-                      name=a.name, version=a.model_version)
+                      augment=not a.no_augment, augmentation=a.augmentation, mixed_precision=a.mixed_precision,
+                      init_from=a.init_from, name=a.name, version=a.model_version)
     check_config(cfg)
     return cfg
 

@@ -2,7 +2,9 @@
 
 Geometry: small rotation, isotropic and anisotropic scale, shift (never a flip: a flipped sagittal
 slice puts the spine in front of the abdomen, which no scan shows). Intensity: gamma, contrast,
-brightness, blur and noise, because MRI intensities differ from scanner to scanner.
+brightness, blur and noise, because MRI intensities differ from scanner to scanner. The "scanner" preset adds
+what differs most between hospitals: a smooth multiplicative bias field (coil sensitivity) and a lower in-plane
+resolution (a coarser acquisition matrix, area down-sampling then bilinear up-sampling, by a factor drawn per axis).
 Every random draw is a stateless function of (seed, element index), so a run is reproducible.
 """
 
@@ -25,6 +27,16 @@ class AugmentConfig:
     brightness: float = 0.1
     blur_probability: float = 0.2
     noise_std: tuple = (0.0, 0.04)
+    bias_field: float = 0.0  # largest coefficient of the log bias field (a quadratic over the slice); 0: none
+    downsample_probability: float = 0.0
+    downsample: tuple = (1.0, 1.0)  # factor range of the in-plane resolution loss, per axis
+
+
+PRESETS = {
+    "standard": AugmentConfig(),
+    "scanner": AugmentConfig(gamma=(0.5, 2.0), contrast=(0.7, 1.4), blur_probability=0.3, noise_std=(0.0, 0.06),
+                             bias_field=0.35, downsample_probability=0.35, downsample=(1.3, 2.5)),
+}
 
 
 def _affine_matrix(tf, seed, size, cfg: AugmentConfig):
@@ -81,9 +93,33 @@ def augment_pair(image, label, seed, cfg: AugmentConfig = AugmentConfig()):
     image = (image - mean) * contrast + mean + (u[2] * 2 - 1) * cfg.brightness
     blurred = tf.nn.avg_pool2d(image[None], 3, 1, "SAME")[0]
     image = tf.where(u[3] < cfg.blur_probability, blurred, image)
+    if cfg.bias_field > 0:
+        image = image * _bias_field(tf, s[3], size, cfg.bias_field)
+    if cfg.downsample_probability > 0:
+        image = _lower_resolution(tf, image, tf.random.experimental.stateless_split(s[3], 2)[1], size, cfg)
     noise_std = cfg.noise_std[0] + u[4] * (cfg.noise_std[1] - cfg.noise_std[0])
     image = image + noise_std * tf.random.stateless_normal(tf.shape(image), seed=s[2])
     return tf.clip_by_value(image, 0.0, 1.0), label
+
+
+def _bias_field(tf, seed, size, strength):
+    """(S, S, 1) smooth multiplicative field exp(quadratic in x, y), its coefficients uniform in +-strength."""
+    c = (tf.random.stateless_uniform([5], seed=seed) * 2 - 1) * strength
+    axis = tf.linspace(-1.0, 1.0, size)
+    y, x = tf.meshgrid(axis, axis, indexing="ij")
+    log_field = c[0] * x + c[1] * y + c[2] * x * x + c[3] * y * y + c[4] * x * y
+    return tf.exp(log_field)[..., None]
+
+
+def _lower_resolution(tf, image, seed, size, cfg):
+    """With probability ``cfg.downsample_probability``, the slice as a coarser matrix would have acquired it."""
+    u = tf.random.stateless_uniform([3], seed=seed)
+    low, high = cfg.downsample
+    rows = tf.cast(tf.round(size / (low + u[0] * (high - low))), tf.int32)
+    cols = tf.cast(tf.round(size / (low + u[1] * (high - low))), tf.int32)
+    coarse = tf.image.resize(tf.image.resize(image, tf.stack([rows, cols]), method="area"), [size, size],
+                             method="bilinear")
+    return tf.where(u[2] < cfg.downsample_probability, coarse, image)
 
 
 def make_dataset(images: np.ndarray, labels: np.ndarray, num_classes: int, batch_size: int,

@@ -45,6 +45,7 @@ class TrainConfig:
     seed: int = 0
     fold: int | None = None
     augment: bool = True
+    augmentation: str = "standard"  # the preset of ivdseg.nn.augment.PRESETS: "standard" or "scanner"
     mixed_precision: str = "auto"  # auto: on when a GPU is used
     init_from: str | None = None  # a model package whose weights start the training (fine-tuning)
     name: str = "ivdseg-model"
@@ -71,6 +72,10 @@ def check_config(cfg: TrainConfig) -> None:
         raise IvdsegError(f"--dropout must lie in [0, 1), got {cfg.dropout}.")
     if cfg.size < 16 or cfg.size % 16:
         raise IvdsegError(f"--size must be a multiple of 16 (the networks halve it four times), got {cfg.size}.")
+    from ivdseg.nn.augment import PRESETS
+
+    if cfg.augmentation not in PRESETS:
+        raise IvdsegError(f"--augmentation must be one of {', '.join(PRESETS)}, got {cfg.augmentation!r}.")
     if cfg.fold is not None and cfg.fold < 0:
         raise IvdsegError(f"--fold counts from 0, got {cfg.fold}.")
 
@@ -299,7 +304,7 @@ def train(dataset_dir, run_dir, cfg: TrainConfig, reporter: Reporter | None = No
 
     from ivdseg.nn import losses
     from ivdseg.nn import networks
-    from ivdseg.nn.augment import make_dataset
+    from ivdseg.nn.augment import PRESETS, make_dataset
     from ivdseg.models.package import load_keras_model, load_package, resolve_model
 
     keras.utils.set_random_seed(cfg.seed)
@@ -341,7 +346,8 @@ def train(dataset_dir, run_dir, cfg: TrainConfig, reporter: Reporter | None = No
 
     batch = cfg.batch_size * strategy.num_replicas_in_sync
     steps = cfg.steps_per_epoch or max(1, math.ceil(len(tx) / batch))
-    train_data = make_dataset(tx, ty, info.num_classes, batch, augment=cfg.augment, seed=cfg.seed, repeat=True)
+    train_data = make_dataset(tx, ty, info.num_classes, batch, augment=cfg.augment, seed=cfg.seed, repeat=True,
+                              cfg=PRESETS[cfg.augmentation])
     callbacks = _make_callbacks(keras, cfg, run_dir, vx, vy, info.num_classes, reporter, state, steps, stop)
 
     t0 = time.perf_counter()
@@ -412,7 +418,8 @@ def _card(cfg, info, train_cases, val_cases, best_epoch, epochs_run, device, sec
             "sources": meta.get("sources", {}), "train_patients": patients(train_cases),
             "val_patients": patients(val_cases), "loss": cfg.loss, "optimizer": "Adam",
             "learning_rate": cfg.learning_rate, "batch_size": cfg.batch_size, "epochs_run": epochs_run,
-            "best_epoch": best_epoch, "augmentation": cfg.augment, "seed": cfg.seed, "device": device,
+            "best_epoch": best_epoch, "augmentation": cfg.augmentation if cfg.augment else "none",
+            "seed": cfg.seed, "device": device,
             "seconds": round(seconds, 1), "init_from": Path(cfg.init_from).name if cfg.init_from else None,
             "command": command,
         },
