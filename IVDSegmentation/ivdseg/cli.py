@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="NAME=V[,V]", help="output class from source label values (repeatable)")
     e.add_argument("--sizes", type=_sizes, default=(128, 192, 256))
     e.add_argument("--no-background-channel", action="store_true")
+    e.add_argument("--resize", choices=["stretch", "pad"], default="stretch",
+                   help="how slices become the square inputs: stretch them, or pad them to a square first (keeps "
+                        "the aspect ratio); the model card records it and inference repeats it")
     e.add_argument("--val-fraction", type=float, default=0.1,
                    help="share of each source's patients in validation (every choice is made on it)")
     e.add_argument("--test-fraction", type=float, default=0.15,
@@ -337,6 +340,7 @@ def _cmd_export(a) -> int:
                         else (None, False))
     options = ExportOptions(sizes=a.sizes, background_channel=not a.no_background_channel,
                             val_fraction=a.val_fraction, test_fraction=a.test_fraction, seed=a.seed, kfold=a.kfold,
+                            resize=a.resize,
                             keep_unlabelled=not a.drop_unlabelled, pseudonym_key=key)
     reporter = Reporter.auto(a.progress)
 

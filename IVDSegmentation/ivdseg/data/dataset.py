@@ -40,6 +40,7 @@ class DatasetInfo:
     sizes: list[int]
     cases: dict[str, dict]  # case id -> {"patient", "source", "n_slices", "labelled_slices", ...}
     splits: dict = field(default_factory=dict)
+    resize: str = "stretch"  # how the <size>/ copies were made (ivdseg.data.preprocess.RESIZE_MODES)
 
     @property
     def num_classes(self) -> int:
@@ -157,7 +158,7 @@ def open_dataset(root) -> DatasetInfo:
     splits = _read_json(root / "splits.json")
     check_splits(splits, root / "splits.json")
     return DatasetInfo(root=root, classes=list(meta["classes"]), sizes=list(meta["sizes"]),
-                       cases=cases, splits=splits)
+                       cases=cases, splits=splits, resize=meta.get("resize", "stretch"))
 
 
 def load_resized(info: DatasetInfo, case_ids, size: int) -> tuple[np.ndarray, np.ndarray]:

@@ -23,7 +23,7 @@ from ivdseg.data import dataset as ds
 from ivdseg.errors import IvdsegError
 from ivdseg.data.splits import split_patients, stratified_group_kfold
 from ivdseg.io.atomic import atomic_write, write_json
-from ivdseg.data.preprocess import one_hot, resize_stack
+from ivdseg.data.preprocess import RESIZE_MODES, one_hot, resize_stack
 from ivdseg.data.sample_data import expand
 
 ProgressFn = Callable[[int, int, str], None]
@@ -302,6 +302,7 @@ class ExportOptions:
     background_channel: bool = True
     val_fraction: float = 0.1
     test_fraction: float = 0.0  # ivdseg export's default is 0.15; 0: no test part
+    resize: str = "stretch"  # how slices become squares (ivdseg.data.preprocess.RESIZE_MODES)
     seed: int = 0
     kfold: int = 0
     keep_unlabelled: bool = True
@@ -330,6 +331,8 @@ def export_dataset(cases: Iterable[RawCase], classes: list[str], out, options: E
     all_classes = ["background", *classes]
     if len(set(all_classes)) != len(all_classes):
         raise IvdsegError(f"Class names must be unique and not 'background': {classes}.")
+    if options.resize not in RESIZE_MODES:
+        raise IvdsegError(f"The resize mode must be one of {', '.join(RESIZE_MODES)}, not {options.resize!r}.")
     for s in options.sizes:
         if int(s) < 16 or int(s) % 16:
             raise IvdsegError(f"Size {s} is not a multiple of 16; the networks halve it four times.")
@@ -368,9 +371,9 @@ def export_dataset(cases: Iterable[RawCase], classes: list[str], out, options: E
                         pixel_spacing_mm=np.asarray(case.pixel_spacing_mm, np.float64),
                         slice_spacing_mm=np.float64(case.slice_spacing_mm))
             for size in options.sizes:
-                lab_r = resize_stack(label, int(size), is_label=True)
+                lab_r = resize_stack(label, int(size), is_label=True, mode=options.resize)
                 ds.save_npz(writer.path(str(size), f"{case_id}.npz"),
-                            image=resize_stack(image, int(size)), label=lab_r,
+                            image=resize_stack(image, int(size), mode=options.resize), label=lab_r,
                             mask=one_hot(lab_r, len(all_classes), background=options.background_channel))
             counts = np.bincount(label.reshape(-1), minlength=len(all_classes))
             voxels += counts
@@ -410,7 +413,7 @@ def _write_meta(writer, all_classes, options, meta_cases, sources, voxels, raw_o
     write_json(writer.path("splits.json"), splits)
     write_json(writer.path("dataset.json"), {
         "format": ds.FORMAT, "format_version": ds.FORMAT_VERSION,
-        "classes": all_classes, "sizes": [int(s) for s in options.sizes],
+        "classes": all_classes, "sizes": [int(s) for s in options.sizes], "resize": options.resize,
         "background_channel": options.background_channel,
         "slice_plane": "sagittal", "slice_axes": "rows superior->inferior, columns anterior->posterior",
         "voxels_per_class": {c: int(v) for c, v in zip(all_classes, voxels)},

@@ -10,6 +10,22 @@ import cv2
 import numpy as np
 
 DEFAULT_PERCENTILES = (0.5, 99.5)
+# How a slice becomes the network's square input: "stretch" squashes it to the square (the aspect ratio is lost,
+# differently for every acquisition matrix); "pad" pads it to a square first (with its darkest value), so a disc
+# keeps its shape whatever the scanner's field of view.
+RESIZE_MODES = ("stretch", "pad")
+
+
+def pad_widths(shape_hw: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
+    """((top, bottom), (left, right)) padding that centres an (H, W) slice in a square of side max(H, W)."""
+    h, w = shape_hw
+    side = max(h, w)
+    return ((side - h) // 2, side - h - (side - h) // 2), ((side - w) // 2, side - w - (side - w) // 2)
+
+
+def _pad(slice_hw: np.ndarray, value) -> np.ndarray:
+    (top, bottom), (left, right) = pad_widths(slice_hw.shape)
+    return np.pad(slice_hw, ((top, bottom), (left, right)), constant_values=value)
 
 
 def resize_image(image: np.ndarray, size: int) -> np.ndarray:
@@ -25,22 +41,31 @@ def resize_label(label: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(np.asarray(label, np.uint8), (size, size), interpolation=cv2.INTER_NEAREST)
 
 
-def resize_stack(stack: np.ndarray, size: int, is_label=False) -> np.ndarray:
-    """Resizes each slice of (N, H, W) to (N, size, size)."""
+def resize_stack(stack: np.ndarray, size: int, is_label=False, mode: str = "stretch") -> np.ndarray:
+    """Resizes each slice of (N, H, W) to (N, size, size); ``mode`` "pad" pads it to a square first (labels with
+    background, images with the slice's darkest value)."""
+    if mode not in RESIZE_MODES:
+        raise ValueError(f"resize mode must be one of {RESIZE_MODES}, got {mode!r}")
     fn = resize_label if is_label else resize_image
     out_dtype = np.uint8 if is_label else np.float32
     out = np.empty((stack.shape[0], size, size), out_dtype)
     for i, s in enumerate(stack):
+        if mode == "pad":
+            s = _pad(s, 0 if is_label else s.min())
         out[i] = fn(s, size)
     return out
 
 
-def resize_probabilities(prob: np.ndarray, shape_hw: tuple[int, int]) -> np.ndarray:
-    """Resizes class probabilities (S, S, C) back to (H, W, C) bilinearly, channel by channel."""
+def resize_probabilities(prob: np.ndarray, shape_hw: tuple[int, int], mode: str = "stretch") -> np.ndarray:
+    """Resizes class probabilities (S, S, C) back to (H, W, C) bilinearly, channel by channel; with ``mode`` "pad",
+    to the padded square first, whose padding is then cut off."""
     h, w = shape_hw
+    (top, bottom), (left, right) = pad_widths(shape_hw) if mode == "pad" else ((0, 0), (0, 0))
+    full_h, full_w = h + top + bottom, w + left + right
     out = np.empty((h, w, prob.shape[-1]), np.float32)
     for c in range(prob.shape[-1]):
-        out[..., c] = cv2.resize(prob[..., c].astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
+        full = cv2.resize(prob[..., c].astype(np.float32), (full_w, full_h), interpolation=cv2.INTER_LINEAR)
+        out[..., c] = full[top:top + h, left:left + w]
     return out
 
 

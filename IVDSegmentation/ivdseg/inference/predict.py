@@ -15,11 +15,16 @@ from ivdseg.data.preprocess import normalize_slices, resize_probabilities, resiz
 def prepare_slices(stack: np.ndarray, card: dict) -> np.ndarray:
     """(N, H, W) native slices -> (N, S, S, 1) float32 network input, normalised per the card."""
     size = int(card["input_size"])
-    resized = resize_stack(np.asarray(stack, np.float32), size)
+    resized = resize_stack(np.asarray(stack, np.float32), size, mode=resize_mode(card))
     norm = card["normalization"]
     if norm.get("method") != "percentile":
         raise ValueError(f"unknown normalization {norm!r}")
     return normalize_slices(resized, tuple(norm["percentiles"]))[..., None]
+
+
+def resize_mode(card: dict) -> str:
+    """How the card's network saw its slices: "stretch" (cards before the option existed) or "pad"."""
+    return (card.get("preprocessing") or {}).get("resize", "stretch")
 
 
 def keras_predict(model):
@@ -44,15 +49,16 @@ def predict_probabilities(predict, batch_input: np.ndarray, batch_size=16, progr
     return np.concatenate(out)
 
 
-def probabilities_to_labels(prob: np.ndarray, shape_hw) -> np.ndarray:
-    """(N, S, S, C) probabilities -> (N, H, W) uint8 labels at native size (resize, then argmax)."""
+def probabilities_to_labels(prob: np.ndarray, shape_hw, mode: str = "stretch") -> np.ndarray:
+    """(N, S, S, C) probabilities -> (N, H, W) uint8 labels at native size (resize, then argmax); ``mode`` as the
+    card's :func:`resize_mode`."""
     labels = np.empty((len(prob), *shape_hw), np.uint8)
     for i, p in enumerate(prob):
-        labels[i] = np.argmax(resize_probabilities(p, shape_hw), axis=-1)
+        labels[i] = np.argmax(resize_probabilities(p, shape_hw, mode), axis=-1)
     return labels
 
 
 def predict_stack(model, stack: np.ndarray, card: dict, batch_size=16) -> np.ndarray:
     """Labels (N, H, W) uint8 for native slices (N, H, W)."""
     prob = predict_probabilities(keras_predict(model), prepare_slices(stack, card), batch_size)
-    return probabilities_to_labels(prob, stack.shape[1:])
+    return probabilities_to_labels(prob, stack.shape[1:], resize_mode(card))

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ivdseg.errors import IvdsegError
-from ivdseg.inference.predict import predict_probabilities, prepare_slices, probabilities_to_labels
+from ivdseg.inference.predict import predict_probabilities, prepare_slices, probabilities_to_labels, resize_mode
 from ivdseg.inference.postprocess import apply_card
 from ivdseg.io.geometry import Volume, sagittal_slices
 from ivdseg.io.atomic import atomic_write
@@ -69,7 +69,7 @@ def segment_volume(volume: Volume, predict, card: dict, batch_size=16, progress=
     t0 = time.perf_counter()
     stack, mapping = check_sagittal(volume, source)
     probs = predict_probabilities(predict, prepare_slices(stack, card), batch_size, progress)
-    labels = apply_card(probabilities_to_labels(probs, stack.shape[1:]), card)
+    labels = apply_card(probabilities_to_labels(probs, stack.shape[1:], resize_mode(card)), card)
     labelmap = Volume(mapping.to_volume(labels).astype(np.uint8), volume.ijk_to_ras.copy())
     voxel_ml = float(np.prod(volume.spacing_ijk_mm)) / 1000.0
     counts = np.bincount(labelmap.array.reshape(-1), minlength=len(card["classes"]) + 1)

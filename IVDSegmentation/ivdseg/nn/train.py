@@ -413,6 +413,7 @@ def _card(cfg, info, train_cases, val_cases, best_epoch, epochs_run, device, sec
                           "range": [0.0, 1.0]},
         "slice_plane": "sagittal",
         "slice_axes": "rows superior->inferior, columns anterior->posterior",
+        "preprocessing": {"resize": info.resize},  # inference repeats how the training slices were made square
         "classes": class_entries(info.classes),
         "training": {
             "sources": meta.get("sources", {}), "train_patients": patients(train_cases),
