@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The leave-one-source-out experiments of Resources/recipes/EXPERIMENTS.md, from the sample data (../shared/data or
+# IVDSEG_SAMPLE_DATA). Each row: one `ivdseg crossval --by source` (3 trainings: every source left out once);
+# its table is RUNS/<experiment>/crossval.md. Stopped runs continue with the same command (--resume).
+# On 2 CPU cores: about 12 min per experiment at 128 px.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+RUNS=${1:-runs}
+SPEC=Resources/recipes/ivd-disc-2d.export.json
+BASE=(--by source --size 128 --epochs 25 --patience 25 --network unet2d --progress jsonl --resume)
+[ -d "$RUNS/ds_disc_v2" ] || ivdseg export "$RUNS/ds_disc_v2" --spec $SPEC --sizes 128,256 --val-fraction 0.15 \
+    --test-fraction 0.15 --seed 0 --progress none
+[ -d "$RUNS/ds_disc_v2_pad" ] || ivdseg export "$RUNS/ds_disc_v2_pad" --spec $SPEC --sizes 128,256 --val-fraction 0.15 \
+    --test-fraction 0.15 --seed 0 --resize pad --progress none
+ivdseg crossval "$RUNS/ds_disc_v2" -o "$RUNS/cv_baseline128" "${BASE[@]}" --name baseline-unet2d-128
+ivdseg crossval "$RUNS/ds_disc_v2" -o "$RUNS/cv_scanner128" "${BASE[@]}" --augmentation scanner --name scanner-128
+ivdseg crossval "$RUNS/ds_disc_v2_pad" -o "$RUNS/cv_pad128" "${BASE[@]}" --name pad-128
+ivdseg crossval "$RUNS/ds_disc_v2_pad" -o "$RUNS/cv_pad_scanner128" "${BASE[@]}" --augmentation scanner \
+    --name pad-scanner-128
