@@ -364,6 +364,7 @@ def train(dataset_dir, run_dir, cfg: TrainConfig, reporter: Reporter | None = No
     card = _card(cfg, info, train_cases, val_cases, best_epoch, state["epoch"], device,
                  time.perf_counter() - t0, command)
     card["training"]["test_patients"] = len({info.cases[c]["patient"] for c in test_cases})
+    card["architecture"]["parameters"] = int(best.count_params())
     from ivdseg.eval.evaluate import choose_postprocessing, predict_cases, score_predictions
 
     split = (patients or {}).get("split") or (f"fold {cfg.fold}" if cfg.fold is not None else "splits.json")
