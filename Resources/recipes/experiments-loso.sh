@@ -17,3 +17,4 @@ ivdseg crossval "$RUNS/ds_disc_v2" -o "$RUNS/cv_scanner128" "${BASE[@]}" --augme
 ivdseg crossval "$RUNS/ds_disc_v2_pad" -o "$RUNS/cv_pad128" "${BASE[@]}" --name pad-128
 ivdseg crossval "$RUNS/ds_disc_v2_pad" -o "$RUNS/cv_pad_scanner128" "${BASE[@]}" --augmentation scanner \
     --name pad-scanner-128
+ivdseg crossval "$RUNS/ds_disc_v2" -o "$RUNS/cv_wide128" "${BASE[@]}" --base-filters 32 --name wide-128
