@@ -6,7 +6,6 @@ is written to a temporary name and renamed, with a JSON sidecar naming the class
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,8 +117,3 @@ def overlay_png(volume: Volume, labelmap: Volume, classes: list[dict], path) -> 
 def summary_text(result: SegmentResult) -> str:
     vols = ", ".join(f"{name} {ml:.2f} mL" for name, ml in result.volumes_ml.items())
     return f"{result.slices} slices in {result.seconds:.1f} s on the {result.device.upper()}; {vols}."
-
-
-def json_summary(result: SegmentResult) -> str:
-    return json.dumps({"slices": result.slices, "seconds": round(result.seconds, 2), "device": result.device,
-                       "volumes_ml": result.volumes_ml})
