@@ -65,8 +65,12 @@ def _alive(pid: int) -> bool:
 
 @pytest.fixture
 def volume_file(tmp_path):
+    """150 sagittal slices: several seconds of work at one slice a batch, so a job is still running while a test
+    stops it, however busy the machine."""
+    from ivdseg.io.geometry import Volume
+
     image, _ = synthetic_spine_volume()
-    return write_volume(image, tmp_path / "spine.nrrd")
+    return write_volume(Volume(np.concatenate([image.array] * 10), image.ijk_to_ras), tmp_path / "spine.nrrd")
 
 
 def _segment_job(volume_file, out, python=None):
@@ -136,6 +140,26 @@ def test_sigterm_to_the_launcher_does_not_reach_the_worker(launcher, volume_file
     time.sleep(0.3)
     assert _alive(worker)
     job.kill()  # the tree kill reaches it: the group outlives its leader
+    deadline = time.monotonic() + 2
+    while _alive(worker) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not _alive(worker)
+
+
+def test_cancel_ends_a_worker_whose_launcher_died(launcher, volume_file, tmp_path):
+    """The launcher ended by someone else: the real worker runs on as an orphan holding the pipes; Cancel must
+    still end it, within the grace period, not wait for it."""
+    python, child_pid = launcher
+    job = _segment_job(volume_file, tmp_path / "labels.nrrd", python)
+    _until_working(job)
+    worker = child_pid()
+    job.process.terminate()
+    job.process.wait(timeout=5)
+    t0 = time.monotonic()
+    job.cancel()
+    while not job.finished:
+        time.sleep(0.01)
+    assert time.monotonic() - t0 < 1.5
     deadline = time.monotonic() + 2
     while _alive(worker) and time.monotonic() < deadline:
         time.sleep(0.02)

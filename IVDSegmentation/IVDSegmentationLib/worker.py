@@ -192,10 +192,13 @@ class WorkerJob:
         if self._endedAt is None:
             self._endedAt = time.monotonic()
         readersDone = not any(t.is_alive() for t in self._threads)
-        if not readersDone and time.monotonic() - self._endedAt < READER_GRACE_S:
+        now = time.monotonic()
+        cancelDue = self._killAt is not None and now >= self._killAt
+        if not readersDone and not cancelDue and now - self._endedAt < READER_GRACE_S:
             return False
-        if not readersDone:  # a grandchild still holds the pipes: it belongs to this job, end it
+        if not readersDone:  # a grandchild (the real worker behind a dead launcher) holds the pipes: end it
             killProcessTree(self.process)
+            self.killed = True
         shutil.rmtree(self._controlDir, ignore_errors=True)
         return True
 
@@ -242,16 +245,17 @@ class WorkerJob:
     def cancel(self, grace: float = CANCEL_GRACE_S) -> None:
         """Asks the worker to stop and kills its process tree once ``grace`` seconds have passed (checked by
         ``finished``); returns at once."""
-        if self.process.poll() is not None:
-            return
+        if self.process.poll() is not None and not any(t.is_alive() for t in self._threads):
+            return  # over, output read: nothing of the job is left
         self.cancelled = True
         self.requestStop()
         deadline = time.monotonic() + grace
         self._killAt = deadline if self._killAt is None else min(self._killAt, deadline)
 
     def kill(self) -> None:
-        """Kills the worker's process tree now."""
-        if self.process.poll() is not None:
+        """Kills the worker's process tree now, also when the process it started (a launcher) is gone already and
+        the real worker runs on without it."""
+        if self.process.poll() is not None and not any(t.is_alive() for t in self._threads):
             return
         self.killed = True
         killProcessTree(self.process)

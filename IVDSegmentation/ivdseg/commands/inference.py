@@ -1,0 +1,127 @@
+"""The commands that run a model: ``ivdseg segment``, ``demo`` and ``series`` (the argument checks come first)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ivdseg.errors import IvdsegError
+
+
+def check_batch_size(a):
+    if a.batch_size < 1:
+        raise IvdsegError(f"--batch-size must be at least 1, got {a.batch_size}.")
+
+
+def check_folder_of(path: Path, option: str):
+    if not path.parent.is_dir():
+        raise IvdsegError(f"{option} {path}: the folder {path.parent} does not exist; create it first.")
+
+
+def _open_backend(a, reporter):
+    from ivdseg.inference.backends import load_backend
+    from ivdseg.models.package import resolve_model
+
+    backend = load_backend(resolve_model(a.model), a.backend, a.device)
+    reporter.message(f"Model {backend.card['name']} {backend.card['version']} on the {backend.device.upper()} "
+                     f"({backend.name}).")
+    return backend
+
+
+def _check_output(path: Path, overwrite: bool):
+    name = path.name.lower()
+    if not name.endswith((".nii", ".nii.gz", ".nrrd")):
+        raise IvdsegError(f"{path}: the output must end in .nii.gz, .nii, .nrrd or .seg.nrrd.")
+    if not path.parent.is_dir():
+        raise IvdsegError(f"Cannot write {path}: folder {path.parent} does not exist.")
+    if not os.access(path.parent, os.W_OK):
+        raise IvdsegError(f"Cannot write {path}: folder {path.parent} is not writable.")
+    if path.exists() and not overwrite:
+        raise IvdsegError(f"{path} already exists; pass --overwrite to replace it.")
+
+
+def _segment_to_files(a, reporter, volume, source, output, overlay=None, overwrite=False):
+    """Runs the model on ``volume`` and writes ``output`` (labelmap + .json, or .seg.nrrd) and the overlay."""
+    from ivdseg.inference.segment import overlay_png, segment_volume, write_result
+
+    backend = _open_backend(a, reporter)
+    result = segment_volume(volume, backend.predict, backend.card, a.batch_size, a.stop.guard(reporter.progress),
+                            source=source, device=backend.device)
+    a.stop.check()  # a request that came with the last batch: nothing is written
+    if output.name.lower().endswith(".seg.nrrd"):
+        from ivdseg.io.segnrrd import write_seg_nrrd
+
+        write_seg_nrrd(result.labelmap, result.classes, output, overwrite=overwrite,
+                       algorithm_name=f"{backend.card['name']} {backend.card['version']}")
+    else:
+        write_result(result, output, backend.card, overwrite=overwrite)
+    if overlay:
+        overlay_png(volume, result.labelmap, result.classes, overlay)
+    return result
+
+
+def _report_done(reporter, result, **fields):
+    from ivdseg.inference.segment import summary_text
+
+    reporter.emit("done", **fields, slices=result.slices, seconds=round(result.seconds, 2), device=result.device,
+                  volumes_ml=result.volumes_ml)
+    if reporter.mode == "text":
+        reporter.message(summary_text(result))
+
+
+def segment(a) -> int:
+    from ivdseg.progress import Reporter
+    from ivdseg.io.volumes import read_volume
+
+    check_batch_size(a)
+    _check_output(a.output, a.overwrite)
+    if a.overlay:
+        check_folder_of(a.overlay, "--overlay")
+    reporter = Reporter.auto(a.progress)
+    volume = read_volume(a.input, series_uid=a.series)
+    result = _segment_to_files(a, reporter, volume, str(a.input), a.output, a.overlay, a.overwrite)
+    _report_done(reporter, result, output=str(a.output))
+    return 0
+
+
+DEMO_CASE = "ivd_lumbar_t2/nifti/case25"  # a patient of the bundled model's validation split
+
+
+def demo(a) -> int:
+    from ivdseg.eval.metrics import dice_per_class
+    from ivdseg.progress import Reporter
+    from ivdseg.data.sample_data import sample_data_dir
+    from ivdseg.io.volumes import read_volume
+
+    check_batch_size(a)
+    reporter = Reporter.auto(a.progress)
+    root = a.sample_data or sample_data_dir()
+    image_path = root / f"{DEMO_CASE}_T2w.nii.gz"
+    truth_path = root / f"{DEMO_CASE}_ivd_labels.nii.gz"
+    if not image_path.is_file():
+        raise IvdsegError(f"The demo case {image_path} is missing; pass --sample-data or set IVDSEG_SAMPLE_DATA.")
+    a.output_dir.mkdir(parents=True, exist_ok=True)
+    out, png = a.output_dir / "case25_discs.nii.gz", a.output_dir / "case25_overlay.png"
+    volume = read_volume(image_path)
+    result = _segment_to_files(a, reporter, volume, str(image_path), out, png, overwrite=True)
+    disc = next((c["value"] for c in result.classes if c["name"] == "intervertebral disc"), None)
+    if disc is None:
+        raise IvdsegError("The demo scores discs, but this model has no 'intervertebral disc' class.")
+    truth = read_volume(truth_path).array > 0
+    dice = float(dice_per_class(truth, result.labelmap.array == disc, 2)[1])
+    _report_done(reporter, result, output=str(out), overlay=str(png), dice=round(dice, 4))
+    if reporter.mode == "text":
+        reporter.message(f"Wrote {out} and {png}. Disc Dice against the sample's manual labels: {dice:.4f}.")
+    return 0
+
+
+def series(a) -> int:
+    from ivdseg.io.dicom_index import index_folder
+
+    series = index_folder(a.folder)
+    if not series:
+        raise IvdsegError(f"{a.folder} holds no DICOM image series.")
+    print(f"{'SeriesInstanceUID':<66} {'modality':<8} {'slices':>6}  {'orientation':<11} description")
+    for s in series:
+        print(f"{s.series_uid:<66} {s.modality:<8} {s.n_slices:>6}  {s.orientation:<11} {s.description}")
+    return 0

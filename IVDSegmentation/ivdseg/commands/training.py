@@ -1,0 +1,173 @@
+"""The commands that make and judge models: ``ivdseg export``, ``train``, ``crossval`` and ``evaluate``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ivdseg.commands.inference import check_batch_size, check_folder_of
+from ivdseg.errors import IvdsegError
+
+
+def _read_json_object(path: Path, option: str, what: str) -> dict:
+    """The JSON object in ``path``; ``what`` says what it must be, e.g. "an export spec"."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise IvdsegError(f"{option} {path} is not readable JSON ({exc}); it must be {what}.") from None
+    if not isinstance(value, dict):
+        raise IvdsegError(f"{option} {path} holds a JSON {type(value).__name__}, not the JSON object {{...}} "
+                          f"of {what}.")
+    return value
+
+
+def _export_sources(a):
+    """(classes, sources) from --spec or from --images/--labels/--class, checked."""
+    from ivdseg.data.export import SourceSpec
+
+    if not a.spec:
+        if not (a.images and a.labels and a.classes):
+            raise IvdsegError("ivdseg export needs --spec, or --images, --labels and at least one --class.")
+        return [name for name, _ in a.classes], [
+            SourceSpec(name=a.source_name, kind=a.kind, images=a.images, labels=a.labels,
+                       class_map=dict(a.classes), patient_pattern=a.patient_pattern, root=Path.cwd())]
+    spec = _read_json_object(a.spec, "--spec", "an export spec")
+    classes, sources = spec.get("classes"), spec.get("sources")
+    if not (isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes)
+            and isinstance(sources, list) and sources and all(isinstance(s, dict) for s in sources)):
+        raise IvdsegError(f"--spec {a.spec} must list 'classes' (names) and at least one object in 'sources'.")
+    return classes, [SourceSpec.from_dict(s, a.spec.parent) for s in sources]
+
+
+def _check_export_args(a):
+    if not 0.0 < a.val_fraction < 1.0:
+        raise IvdsegError(f"--val-fraction must lie strictly between 0 and 1, got {a.val_fraction}.")
+    if not 0.0 <= a.test_fraction < 1.0 or a.val_fraction + a.test_fraction >= 1.0:
+        raise IvdsegError(f"--test-fraction must lie in [0, 1) and leave patients for training with --val-fraction "
+                          f"{a.val_fraction}, got {a.test_fraction}.")
+    if a.kfold < 0 or a.kfold == 1:
+        raise IvdsegError(f"--kfold must be 0 (no folds) or at least 2, got {a.kfold}.")
+    bad = [s for s in a.sizes if s < 16 or s % 16]
+    if not a.sizes or bad:
+        raise IvdsegError(f"--sizes must be multiples of 16 (the networks halve them four times), got "
+                          f"{','.join(map(str, bad or a.sizes)) or 'none'}.")
+    if a.output.exists() and not a.overwrite:
+        raise IvdsegError(f"{a.output} already exists; choose another name or pass --overwrite.")
+    check_folder_of(a.output, "the dataset")
+    if a.pseudonym_key_file:
+        check_folder_of(a.pseudonym_key_file, "--pseudonym-key-file")
+
+
+def export(a) -> int:
+    from ivdseg.data.export import ExportOptions, export_dataset, iter_source_cases, load_or_create_pseudonym_key
+    from ivdseg.progress import Reporter
+
+    _check_export_args(a)
+    classes, sources = _export_sources(a)
+    key, key_created = (load_or_create_pseudonym_key(a.pseudonym_key_file) if a.pseudonym_key_file
+                        else (None, False))
+    options = ExportOptions(sizes=a.sizes, background_channel=not a.no_background_channel,
+                            val_fraction=a.val_fraction, test_fraction=a.test_fraction, seed=a.seed, kfold=a.kfold,
+                            resize=a.resize,
+                            keep_unlabelled=not a.drop_unlabelled, pseudonym_key=key)
+    reporter = Reporter.auto(a.progress)
+
+    def cases():
+        for s in sources:
+            yield from iter_source_cases(s, classes)
+
+    try:
+        info = export_dataset(cases(), classes, a.output, options, overwrite=a.overwrite,
+                              progress=a.stop.guard(reporter.progress))
+    except BaseException:
+        if key_created:  # a failed export leaves nothing, not even a key that no dataset uses
+            a.pseudonym_key_file.unlink(missing_ok=True)
+        raise
+    reporter.emit("done", dataset=str(a.output), cases=len(info.cases),
+                  patients=len({m["patient"] for m in info.cases.values()}),
+                  train_patients=len(info.splits["train"]), val_patients=len(info.splits["val"]),
+                  test_patients=len(info.splits.get("test", [])))
+    return 0
+
+
+def _train_config(a):
+    """The TrainConfig of train's and crossval's options, checked before any work."""
+    from ivdseg.nn.train import TrainConfig, check_config
+
+    cfg = TrainConfig(network=a.network, size=a.size, activation=a.activation, depth=a.depth,
+                      base_filters=a.base_filters, dropout=a.dropout, loss=a.loss, epochs=a.epochs,
+                      batch_size=a.batch_size, learning_rate=a.learning_rate, steps_per_epoch=a.steps_per_epoch,
+                      patience=a.patience, keep_best=a.keep_best, seed=a.seed, fold=getattr(a, "fold", None),
+                      augment=not a.no_augment, augmentation=a.augmentation, mixed_precision=a.mixed_precision,
+                      init_from=a.init_from, name=a.name, version=a.model_version)
+    check_config(cfg)
+    return cfg
+
+
+def crossval(a) -> int:
+    from ivdseg.eval.crossval import crossval
+    from ivdseg.progress import Reporter
+
+    cfg = _train_config(a)
+    if a.folds < 2:
+        raise IvdsegError(f"--folds must be at least 2, got {a.folds}.")
+    if not 0.0 < a.val_fraction < 1.0:
+        raise IvdsegError(f"--val-fraction must lie strictly between 0 and 1, got {a.val_fraction}.")
+    reporter = Reporter.auto(a.progress)
+    table = crossval(a.dataset, a.output, cfg, by=a.by, folds=a.folds, val_fraction=a.val_fraction,
+                     reporter=reporter, stop=a.stop, resume=a.resume, overwrite=a.overwrite)
+    if reporter.mode == "text":
+        reporter.message((a.output / "crossval.md").read_text(encoding="utf-8"))
+    if not table["complete"]:  # stopped: what ran is in the tables, --resume runs the rest
+        from ivdseg.stop import EXIT_CANCELLED
+
+        return EXIT_CANCELLED
+    return 0
+
+
+def train(a) -> int:
+    from ivdseg.progress import Reporter
+    from ivdseg.nn.train import reproduce_command, train
+
+    cfg = _train_config(a)
+    if a.card:
+        cfg.card_extra = _read_json_object(a.card, "--card", "a card extract")
+    train(a.dataset, a.output, cfg, Reporter.auto(a.progress), resume=a.resume, overwrite=a.overwrite,
+          command=reproduce_command(cfg, a.card.name if a.card else None), stop=a.stop)
+    return 0
+
+
+def evaluate(a) -> int:
+    from ivdseg.data import dataset as ds
+    from ivdseg.eval.evaluate import evaluate_cases
+    from ivdseg.models.package import load_package, resolve_model
+
+    check_batch_size(a)
+    if a.json:
+        check_folder_of(a.json, "--json")
+    info = ds.open_dataset(a.dataset)
+    model, card = load_package(resolve_model(a.model))
+    if [c["name"] for c in card["classes"]] != info.classes[1:]:
+        raise IvdsegError(f"The model's classes {[c['name'] for c in card['classes']]} differ from "
+                          f"the dataset's {info.classes[1:]}.")
+    train_cases, val_cases = info.split_cases(a.fold)
+    cases = {"val": val_cases, "test": info.test_cases(), "train": train_cases, "all": sorted(info.cases)}[a.split]
+    if not cases:
+        raise IvdsegError(f"{a.dataset} has no {a.split} patients; re-export it with --test-fraction to hold some out."
+                          if a.split == "test" else f"{a.dataset} has no {a.split} patients.")
+    result = evaluate_cases(model, card, info, cases, a.batch_size, a.stop.guard(None))
+    rows = [("all", result["overall"])] + list(result["per_source"].items())
+    names = info.classes[1:]
+    widths = [max(len(n), 8) for n in names]
+    print(f"{'source':<24}{'patients':>9}  " + "  ".join(f"{n:>{w}}" for n, w in zip(names, widths)))
+    for source, s in rows:
+        vals = "  ".join(f"{s['dice'][n]:>{w}.4f}" if s["dice"][n] is not None else f"{'n/a':>{w}}"
+                         for n, w in zip(names, widths))
+        print(f"{source:<24}{s['patients']:>9}  {vals}")
+    print(f"Dice per class at native resolution on the {a.split} split"
+          + (f" of fold {a.fold}" if a.fold is not None else "") + ".")
+    if a.json:
+        from ivdseg.io.atomic import write_json
+
+        write_json(a.json, result)
+    return 0
