@@ -81,6 +81,7 @@ class TrainingParameters:
     exportSize192: bool = False
     exportSize256: bool = True
     valFraction: Annotated[float, WithinRange(0.01, 0.9)] = 0.1
+    testFraction: Annotated[float, WithinRange(0.0, 0.5)] = 0.15
     seed: Annotated[int, WithinRange(0, 1000000)] = 0
     backgroundChannel: bool = True
     network: Annotated[str, Choice(["unet2d", "deeplabv3plus", "res_se_unet"])] = "unet2d"

@@ -149,7 +149,8 @@ def test_training_section_is_collapsed_and_bound():
     assert any(p.get("name") == "collapsed" and p.findtext("bool") == "true" for p in section.findall("property"))
     bound = {parameter.removeprefix("training.") for _, parameter in _bound_widgets().values()
              if parameter.startswith("training.")}
-    for parameter in ["datasetFolder", "exportSize128", "exportSize192", "exportSize256", "valFraction", "seed",
+    for parameter in ["datasetFolder", "exportSize128", "exportSize192", "exportSize256", "valFraction",
+                      "testFraction", "seed",
                       "backgroundChannel", "network", "trainSize", "activation", "epochs", "trainBatchSize",
                       "learningRate", "loss", "trainedModelName", "runFolder"]:
         assert parameter in bound, f"no widget of the Training section is bound to {parameter}"

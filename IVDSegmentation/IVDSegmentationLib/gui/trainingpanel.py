@@ -135,7 +135,7 @@ class TrainingPanel:
         busy = self._runner.running
         for widget in (ui.casesTableWidget, ui.classMapTableWidget, ui.refreshCasesButton, ui.datasetFolderPathLineEdit,
                        ui.exportSize128CheckBox, ui.exportSize192CheckBox, ui.exportSize256CheckBox,
-                       ui.valFractionSpinBox, ui.seedSpinBox, ui.backgroundChannelCheckBox, ui.networkComboBox,
+                       ui.valFractionSpinBox, ui.testFractionSpinBox, ui.seedSpinBox, ui.backgroundChannelCheckBox, ui.networkComboBox,
                        ui.trainSizeComboBox, ui.activationComboBox, ui.epochsSpinBox, ui.trainBatchSizeSpinBox,
                        ui.learningRateSpinBox, ui.lossComboBox, ui.trainedModelNameLineEdit, ui.runFolderPathLineEdit):
             widget.enabled = not busy
@@ -170,6 +170,8 @@ class TrainingPanel:
             return _("Choose a dataset folder.")
         if not self._exportSizes():
             return _("Tick at least one size.")
+        if p.training.valFraction + p.training.testFraction >= 1.0:
+            return _("The validation and test fractions leave no patient for training; lower one of them.")
         return ""
 
     def _trainProblem(self) -> str:
@@ -392,7 +394,8 @@ class TrainingPanel:
         folder.parent.mkdir(parents=True, exist_ok=True)  # the default folder's parent may not exist yet
         job = training.TrainingLogic(self._workerPython()).startExport(
             self._checkedPairs(), self.classMap(), folder, sizes=self._exportSizes(), valFraction=pack.valFraction,
-            seed=pack.seed, backgroundChannel=pack.backgroundChannel, overwrite=overwrite)
+            testFraction=pack.testFraction, seed=pack.seed, backgroundChannel=pack.backgroundChannel,
+            overwrite=overwrite)
         self._mode, self._lastLog = "export", ""
         bar = self.ui.exportProgressBar
         bar.setRange(0, len(self._checkedPairs()))
