@@ -114,3 +114,23 @@ def test_crossval_by_patient_end_to_end(three_sources, tmp_path):
     dice = [f["held_out"]["overall"]["dice"]["intervertebral disc"] for f in table["folds"]]
     spread = table["summary"]["overall"]["intervertebral disc"]
     assert spread["mean"] == pytest.approx(np.mean(dice), abs=1e-4) and spread["n"] == 2
+
+
+def test_the_card_of_a_final_training_keeps_the_cross_validation(three_sources, tmp_path, capsys):
+    out = tmp_path / "loso"
+    assert cli.main(["crossval", str(three_sources.root), "-o", str(out), *TINY]) == 0
+    run = tmp_path / "final"
+    assert cli.main(["train", str(three_sources.root), "-o", str(run), "--crossval", str(out / "crossval.json"),
+                     *TINY]) == 0
+    card = json.loads((run / "model" / "model.json").read_text())
+    assert [f["name"] for f in card["crossval"]["folds"]] == ["without-alpha", "without-beta", "without-gamma"]
+    assert str(tmp_path) not in json.dumps(card["crossval"])
+    assert card["test"]["overall"]["patients"] == 3  # the dataset's test patients, scored once
+    markdown = (run / "model" / "MODEL_CARD.md").read_text()
+    assert "Leave one source out" in markdown and "## Test" in markdown
+    (tmp_path / "not-crossval.json").write_text('{"folds": 3}')
+    capsys.readouterr()
+    assert cli.main(["train", str(three_sources.root), "-o", str(tmp_path / "x"), "--crossval",
+                     str(tmp_path / "not-crossval.json"), *TINY]) == 2
+    assert "is not the crossval.json" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

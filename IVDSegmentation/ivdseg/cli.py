@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     _training_args(t)
     t.add_argument("--fold", type=int, help="validate on this k-fold fold instead of the train/val split")
     t.add_argument("--card", type=Path, help="JSON merged into the model card (licence, citations, description)")
+    t.add_argument("--crossval", type=Path,
+                   help="crossval.json of an ivdseg crossval run with these settings: its held-out figures go into "
+                        "the card")
 
     x = sub.add_parser("crossval", help="cross-validation: leave one source out, or k folds of patients")
     x.add_argument("dataset", type=Path)

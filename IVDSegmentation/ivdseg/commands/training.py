@@ -132,9 +132,23 @@ def train(a) -> int:
     cfg = _train_config(a)
     if a.card:
         cfg.card_extra = _read_json_object(a.card, "--card", "a card extract")
+    if a.crossval:
+        table = _read_json_object(a.crossval, "--crossval", "the crossval.json of ivdseg crossval")
+        cfg.card_extra = {**cfg.card_extra, "crossval": crossval_summary(table, a.crossval)}
     train(a.dataset, a.output, cfg, Reporter.auto(a.progress), resume=a.resume, overwrite=a.overwrite,
           command=reproduce_command(cfg, a.card.name if a.card else None), stop=a.stop)
     return 0
+
+
+def crossval_summary(table: dict, path) -> dict:
+    """What a card keeps of a cross-validation run with the same settings: each fold's held-out figures and the
+    summary, no path."""
+    try:
+        folds = [{"name": f["name"], "held_out_source": f.get("held_out_source"), "patients": f["patients"],
+                  "held_out": {"overall": f["held_out"]["overall"]}} for f in table["folds"]]
+        return {"by": table["by"], "complete": bool(table["complete"]), "folds": folds, "summary": table["summary"]}
+    except (KeyError, TypeError):
+        raise IvdsegError(f"--crossval {path} is not the crossval.json of ivdseg crossval.") from None
 
 
 def evaluate(a) -> int:
