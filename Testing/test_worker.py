@@ -89,21 +89,30 @@ def _until_working(job):
         time.sleep(0.02)
 
 
+def _cancel_and_time(job) -> float:
+    """Seconds from cancel() until the job is over."""
+    t0 = time.monotonic()
+    job.cancel()
+    while not job.finished:
+        time.sleep(0.01)
+    return time.monotonic() - t0
+
+
+def _ends_within(pid: int, seconds: float = 2.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return not _alive(pid)
+
+
 def test_cancel_reaches_the_real_worker_through_the_launcher(launcher, volume_file, tmp_path):
     python, child_pid = launcher
     job = _segment_job(volume_file, tmp_path / "labels.nrrd", python)
     _until_working(job)
     worker = child_pid()
     assert _alive(worker)
-    t0 = time.monotonic()
-    job.cancel()
-    while not job.finished:
-        time.sleep(0.01)
-    assert time.monotonic() - t0 < 1.0
-    deadline = time.monotonic() + 2
-    while _alive(worker) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert not _alive(worker), "the real worker outlived the launcher"
+    assert _cancel_and_time(job) < 1.0
+    assert _ends_within(worker), "the real worker outlived the launcher"
     assert not (tmp_path / "labels.nrrd").exists()
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
 
@@ -129,41 +138,32 @@ def test_closing_stdin_alone_stops_the_worker(launcher, volume_file, tmp_path):
     assert not _alive(child_pid())
 
 
-def test_sigterm_to_the_launcher_does_not_reach_the_worker(launcher, volume_file, tmp_path):
-    """The defect the stop file fixes: a signal ends the launcher only, and the worker would run on."""
+def _orphan(launcher, volume_file, tmp_path):
+    """A working job whose launcher got a SIGTERM: (the job, the pid of the real worker, running on)."""
     python, child_pid = launcher
     job = _segment_job(volume_file, tmp_path / "labels.nrrd", python)
     _until_working(job)
     worker = child_pid()
     job.process.terminate()
     job.process.wait(timeout=5)
+    return job, worker
+
+
+def test_sigterm_to_the_launcher_does_not_reach_the_worker(launcher, volume_file, tmp_path):
+    """The defect the stop file fixes: a signal ends the launcher only, and the worker would run on."""
+    job, worker = _orphan(launcher, volume_file, tmp_path)
     time.sleep(0.3)
     assert _alive(worker)
     job.kill()  # the tree kill reaches it: the group outlives its leader
-    deadline = time.monotonic() + 2
-    while _alive(worker) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert not _alive(worker)
+    assert _ends_within(worker)
 
 
 def test_cancel_ends_a_worker_whose_launcher_died(launcher, volume_file, tmp_path):
     """The launcher ended by someone else: the real worker runs on as an orphan holding the pipes; Cancel must
     still end it, within the grace period, not wait for it."""
-    python, child_pid = launcher
-    job = _segment_job(volume_file, tmp_path / "labels.nrrd", python)
-    _until_working(job)
-    worker = child_pid()
-    job.process.terminate()
-    job.process.wait(timeout=5)
-    t0 = time.monotonic()
-    job.cancel()
-    while not job.finished:
-        time.sleep(0.01)
-    assert time.monotonic() - t0 < 1.5
-    deadline = time.monotonic() + 2
-    while _alive(worker) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert not _alive(worker)
+    job, worker = _orphan(launcher, volume_file, tmp_path)
+    assert _cancel_and_time(job) < 1.5
+    assert _ends_within(worker)
 
 
 @pytest.mark.slow
