@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import zipfile
 
@@ -115,3 +116,50 @@ def test_save_refuses_to_clobber(package):
 def test_resolve_unknown_model_name():
     with pytest.raises(IvdsegError, match="No model package at no-such-model"):
         resolve_model("no-such-model")
+
+
+def _keras_file(path, objects):
+    """A .keras archive whose config holds ``objects`` as the layers of a functional model."""
+    config = {"module": "keras.src.models.functional", "class_name": "Functional", "registered_name": "Functional",
+              "config": {"layers": objects}}
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("config.json", json.dumps(config))
+        zf.writestr("metadata.json", "{}")
+    return path
+
+
+@pytest.mark.parametrize("obj, words", [
+    ({"module": "keras.layers", "class_name": "TFSMLayer", "config": {"filepath": "/tmp/x"}}, "keras.layers.TFSMLayer"),
+    ({"module": "keras.layers", "class_name": "Lambda", "config": {}}, "keras.layers.Lambda"),
+    ({"module": "os", "class_name": "system", "config": "id"}, "os.system"),
+    ({"module": "builtins", "class_name": "function", "config": "exec"}, "builtins.function"),
+    ({"module": "keras.layers", "class_name": "Dense", "registered_name": "evil>Dense"}, "keras.layers.Dense"),
+    ({"module": "ivdseg.nn.losses", "class_name": "Anything", "registered_name": "other>Anything"}, "Anything"),
+])
+def test_a_model_naming_code_outside_keras_and_ivdseg_is_refused_unloaded(obj, words, tmp_path):
+    from ivdseg.models.package import check_keras_file, load_keras_model
+
+    path = _keras_file(tmp_path / "m.keras", [{"module": "keras.layers", "class_name": "InputLayer"}, obj])
+    with pytest.raises(IvdsegError, match=re.escape(words)):
+        check_keras_file(path)
+    with pytest.raises(IvdsegError, match="refused without being loaded"):
+        load_keras_model(path)
+
+
+def test_every_network_of_ivdseg_passes_the_check(tmp_path):
+    from ivdseg.models.package import check_keras_file
+
+    check_keras_file(resolve_model() / "model.keras")
+    for network, activation in (("unet2d", "mish"), ("res_se_unet", "swish"), ("deeplabv3plus", "relu")):
+        model = networks.build_model(network, input_size=32 if network != "deeplabv3plus" else 64, num_classes=3,
+                                     activation=activation, depth=2 if network != "deeplabv3plus" else 4,
+                                     base_filters=4)
+        model.save(tmp_path / f"{network}.keras")
+        check_keras_file(tmp_path / f"{network}.keras")
+    with pytest.raises(IvdsegError, match="not a Keras model file"):
+        check_keras_file(_write_bytes(tmp_path / "junk.keras", b"not a zip"))
+
+
+def _write_bytes(path, data):
+    path.write_bytes(data)
+    return path

@@ -88,12 +88,68 @@ def package_folder(package: Path):
         yield extract_package(package, Path(tmp))
 
 
+# Keras classes that load other code or saved graphs: refused whatever Keras's own safe mode does with them
+# (CVE-2026-1462 reached code through TFSMLayer with safe_mode=True).
+REFUSED_KERAS_CLASSES = {"TFSMLayer", "Lambda"}
+MAX_CONFIG_BYTES = 64 * 2**20
+
+
+def _objects(node, where="config"):
+    """Every serialized object (a dict with "class_name") in a Keras config, with where it sits."""
+    if isinstance(node, dict):
+        if "class_name" in node:
+            yield node, where
+        for key, value in node.items():
+            yield from _objects(value, f"{where}.{key}")
+    elif isinstance(node, list):
+        for n, value in enumerate(node):
+            yield from _objects(value, f"{where}[{n}]")
+
+
+def check_keras_file(path) -> None:
+    """Refuses a ``.keras`` file whose config names anything but Keras's own classes and ivdseg's registered ones.
+
+    Read before Keras parses the file, as a second wall behind ``safe_mode``: model packages come from other people,
+    and every safe_mode bypass so far went through a class or module that no ivdseg network uses.
+
+    Raises:
+        IvdsegError: not a Keras archive, a config that is not JSON, or an object outside the allowed set.
+    """
+    path = Path(path)
+    try:
+        with zipfile.ZipFile(path) as zf:
+            info = zf.getinfo("config.json")
+            if info.file_size > MAX_CONFIG_BYTES:
+                raise IvdsegError(f"{path} has a {info.file_size} byte config; refused as no model of ivdseg's.")
+            config = json.loads(zf.read(info).decode("utf-8"))
+    except FileNotFoundError:
+        raise IvdsegError(f"{path} is missing.") from None
+    except (KeyError, zipfile.BadZipFile, UnicodeDecodeError, json.JSONDecodeError, OSError) as exc:
+        raise IvdsegError(f"{path} is damaged or not a Keras model file ({exc}).") from None
+    for obj, where in _objects(config):
+        module, name = obj.get("module"), str(obj.get("class_name"))
+        registered = str(obj.get("registered_name") or "")
+        if module is None and name == "__keras_tensor__":
+            continue
+        if module == "builtins" and name == "function" and str(obj.get("config", "")).startswith("ivdseg>"):
+            continue  # an ivdseg function registered with Keras (e.g. the mish activation)
+        if isinstance(module, str) and module.startswith("ivdseg.") and registered.startswith("ivdseg>"):
+            continue
+        if isinstance(module, str) and (module == "keras" or module.startswith("keras.")) \
+                and name not in REFUSED_KERAS_CLASSES and registered in ("", name):
+            continue
+        raise IvdsegError(f"{path} names {module}.{name} at {where}, which is neither a Keras class nor one of "
+                          "ivdseg's; the model is refused without being loaded.")
+
+
 def load_keras_model(path):
-    """Loads a ``.keras`` file with ``safe_mode=True`` and the ivdseg custom objects registered."""
+    """Loads a ``.keras`` file with ``safe_mode=True`` and the ivdseg custom objects registered, after
+    :func:`check_keras_file`."""
     import keras
 
     from ivdseg.nn import losses, networks  # noqa: F401  (registers ivdseg> objects)
 
+    check_keras_file(path)
     try:
         return keras.saving.load_model(str(path), safe_mode=True, compile=False)
     except FileNotFoundError:

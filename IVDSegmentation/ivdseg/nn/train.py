@@ -305,15 +305,16 @@ def train(dataset_dir, run_dir, cfg: TrainConfig, reporter: Reporter | None = No
     from ivdseg.nn import losses
     from ivdseg.nn import networks
     from ivdseg.nn.augment import PRESETS, make_dataset
-    from ivdseg.models.package import load_keras_model, load_package, resolve_model
+    from ivdseg.models.package import check_keras_file, load_keras_model, load_package, resolve_model
 
     keras.utils.set_random_seed(cfg.seed)
     strategy, device = _strategy(tf, cfg, reporter)
     with strategy.scope():
         if resume:
             try:  # compiled, with the optimizer's state, so that the run goes on where it stopped
+                check_keras_file(ckpt_dir / "last.keras")
                 model = keras.saving.load_model(str(ckpt_dir / "last.keras"), safe_mode=True)
-            except (OSError, ValueError, TypeError, zipfile.BadZipFile) as exc:
+            except (OSError, ValueError, TypeError, zipfile.BadZipFile, IvdsegError) as exc:
                 raise IvdsegError(f"Cannot resume {run_dir}: checkpoints/last.keras does not load "
                                   f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
                                   "start afresh with --overwrite.") from None
