@@ -399,7 +399,7 @@ class IVDSegmentationTest(ScriptedLoadableModuleTest):
 
     The logic scenarios always run. Those that need the inference or training packages run when the packages are
     there, and otherwise say once, plainly, that they did not run (Reload and Test calls runTest directly, where a
-    skipTest would be a failure that stops the remaining tests).
+    skipped test would be a failure that stops the remaining tests).
     """
 
     def setUp(self):

@@ -289,3 +289,15 @@ def test_a_pairs_source_names_what_it_lacks(pairs, message, tmp_path):
     spec = {"name": "scene", "kind": "pairs", "pairs": pairs, "classes": {"disc": [1]}}
     with pytest.raises(IvdsegError, match=re.escape(message)):
         iter_source_cases(SourceSpec.from_dict(spec, tmp_path), ["disc"])
+
+
+def test_the_dataset_folder_is_private_and_its_files_are_not_world_writable(tmp_path):
+    import os
+    import stat
+
+    cases = [RawCase(patient=f"p{n}", source="s", image=np.ones((1, 32, 32), np.float32),
+                     label=np.pad(np.ones((1, 8, 8), np.uint8), ((0, 0), (12, 12), (12, 12)))) for n in range(3)]
+    info = export_dataset(cases, ["disc"], tmp_path / "ds", ExportOptions(sizes=(32,), val_fraction=0.34))
+    assert stat.S_IMODE(os.stat(info.root).st_mode) == 0o700  # derived from patients: the owner's alone
+    for path in (info.root / "dataset.json", info.root / "splits.json"):
+        assert not stat.S_IMODE(os.stat(path).st_mode) & 0o022

@@ -83,8 +83,8 @@ def _spread(values) -> dict:
     values = [v for v in values if v is not None and not math.isnan(v)]
     if not values:
         return {"mean": None, "sd": None, "n": 0}
-    return {"mean": round(float(np.mean(values)), 4), "sd": round(float(np.std(values, ddof=1)), 4)
-            if len(values) > 1 else 0.0, "n": len(values)}
+    sd = round(float(np.std(values, ddof=1)), 4) if len(values) > 1 else None  # one fold has no spread
+    return {"mean": round(float(np.mean(values)), 4), "sd": sd, "n": len(values)}
 
 
 def summarize(folds: list, classes: list) -> dict:
@@ -117,7 +117,8 @@ def _table(result: dict) -> str:
                                                                          result["summary"]["overall"])]:
         n = max(v["n"] for v in scores.values())
         lines.append(f"| {source} | {n} | " + " | ".join(
-            f"{fmt(v['mean'])} ± {fmt(v['sd'])}" if v["mean"] is not None else "n/a" for v in scores.values()) + " |")
+            "n/a" if v["mean"] is None else fmt(v["mean"]) if v["sd"] is None else f"{fmt(v['mean'])} ± {fmt(v['sd'])}"
+            for v in scores.values()) + " |")
     return "\n".join(lines) + "\n"
 
 

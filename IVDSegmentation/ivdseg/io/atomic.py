@@ -30,12 +30,10 @@ def _check_target(path: Path, overwrite: bool, what: str) -> None:
         raise IvdsegError(f"The folder {folder} is not writable; choose another {what}.")
 
 
-def _suffix(path: Path) -> str:
+def file_suffix(path: Path) -> str:
+    """The extension that decides a file's format, lower case: ".nii.gz" for gzipped NIfTI, else the last one."""
     name = path.name.lower()
-    for double in (".nii.gz", ".seg.nrrd"):
-        if name.endswith(double):
-            return "." + double.split(".")[-1] if double == ".seg.nrrd" else double
-    return path.suffix
+    return ".nii.gz" if name.endswith(".nii.gz") else Path(name).suffix
 
 
 def atomic_write(path, write: Callable[[Path], object], overwrite: bool = False, mode: int = 0o666) -> Path:
@@ -48,7 +46,8 @@ def atomic_write(path, write: Callable[[Path], object], overwrite: bool = False,
         path: the target file.
         write: writes the content to the path it is given.
         overwrite: replace an existing file.
-        mode: permissions of the new file before the umask (0o600 for secrets).
+        mode: permissions of the new file: 0o666 less the umask by default; an explicit stricter mode (0o600 for
+            secrets) is set as given, also if ``write`` replaces the file.
 
     Returns:
         The path written.
@@ -61,11 +60,12 @@ def atomic_write(path, write: Callable[[Path], object], overwrite: bool = False,
     if path.is_dir():
         raise IvdsegError(f"{path} is a folder; give a file name.")
     _check_target(path, overwrite, "output path")
-    temp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp{_suffix(path)}"
+    temp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp{file_suffix(path)}"
     try:
         os.close(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode))
         write(temp)
-        os.chmod(temp, mode & ~_umask())
+        if mode != 0o666:
+            os.chmod(temp, mode)
         os.replace(temp, path)
     except OSError as exc:
         raise IvdsegError(f"{path} could not be written ({exc.strerror or exc}); check the free disk space and "
@@ -74,12 +74,6 @@ def atomic_write(path, write: Callable[[Path], object], overwrite: bool = False,
         with contextlib.suppress(OSError):
             temp.unlink()
     return path
-
-
-def _umask() -> int:
-    current = os.umask(0)
-    os.umask(current)
-    return current
 
 
 def write_json(path, obj, overwrite: bool = True, mode: int = 0o666) -> Path:
@@ -95,6 +89,8 @@ def write_json(path, obj, overwrite: bool = True, mode: int = 0o666) -> Path:
 @contextlib.contextmanager
 def atomic_folder(path, overwrite: bool = False) -> Iterator[Path]:
     """Yields an empty staging folder beside ``path``; on success it replaces ``path`` whole.
+
+    The folder is private to its owner (0700, as mkdtemp makes it): datasets and models are derived from patients.
 
     An exception inside the block (or Ctrl-C) removes the staging folder and leaves an existing ``path`` as it
     was. With ``overwrite``, the old folder is moved aside first and removed only once the new one is in place.
@@ -121,7 +117,6 @@ def atomic_folder(path, overwrite: bool = False) -> Iterator[Path]:
         if path.exists():
             old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
             os.replace(path, old)
-        os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it 0700
         os.replace(staging, path)
     except OSError:
         if old is not None and not path.exists():

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ivdseg.errors import IvdsegError
-from ivdseg.io.atomic import atomic_write
+from ivdseg.io.atomic import atomic_write, file_suffix
 from ivdseg.io.dicom import read_series
 from ivdseg.io.geometry import Volume, is_degenerate
 
@@ -27,11 +27,6 @@ _NRRD_SPACE_TO_RAS = {
     "left-posterior-superior": (-1.0, -1.0, 1.0), "lps": (-1.0, -1.0, 1.0),
 }
 _LPS_SIGNS = np.array([-1.0, -1.0, 1.0])
-
-
-def _suffix(path: Path) -> str:
-    name = path.name.lower()
-    return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
 
 
 def _to_3d(data_ijk: np.ndarray, path: Path) -> np.ndarray:
@@ -117,7 +112,7 @@ def read_volume(path, *, series_uid: str | None = None) -> Volume:
     path = Path(path)
     if not path.exists():
         raise IvdsegError(f"{path} does not exist; check the path.")
-    suffix = _suffix(path)
+    suffix = file_suffix(path)
     if path.is_dir() or suffix == ".dcm":
         volume = read_series(path if path.is_dir() else [path], series_uid=series_uid)
     elif suffix in (".nii", ".nii.gz"):
@@ -186,7 +181,7 @@ def write_volume(volume: Volume, path, overwrite: bool = False) -> Path:
             or the write failed (no temporary file is left behind).
     """
     path = Path(path)
-    suffix = _suffix(path)
+    suffix = file_suffix(path)
     savers = {".nii": _save_nifti, ".nii.gz": _save_nifti, ".nrrd": _save_nrrd}
     if suffix not in savers:
         raise IvdsegError(f"{path} has an unknown extension for writing; use .nii, .nii.gz or .nrrd.")
