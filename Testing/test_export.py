@@ -46,7 +46,44 @@ def test_export_layout_shapes_and_values(tmp_path):
     np.testing.assert_array_equal(small["mask"].argmax(-1), small["label"])
     np.testing.assert_array_equal(small["mask"].sum(-1), 1)
     meta = json.loads((tmp_path / "d" / "dataset.json").read_text())
-    assert meta["sources"]["s1"] == {"patients": 10, "series": 10, "slices": 30, "labelled_slices": 30}
+    assert meta["sources"]["s1"] == {"patients": 10, "series": 10, "slices": 30, "labelled_slices": 30,
+                                     "labelled_classes": ["intervertebral disc"]}
+
+
+def test_a_source_that_lacks_a_class_records_it_and_its_slices_mark_it_unknown(tmp_path):
+    def case(patient, source, labelled):
+        raw = _raw(patient, source, seed=len(patient))
+        raw.label[:, 25:30, 5:15] = 2 if "vertebra" in labelled else 0
+        raw.labelled_classes = labelled
+        return raw
+
+    both = ("intervertebral disc", "vertebra")
+    cases = [case(f"a{i}", "full", both) for i in range(3)] + [case(f"b{i}", "discs", both[:1]) for i in range(3)]
+    info = export_dataset(cases, list(both), tmp_path / "d", ExportOptions(sizes=(32,)))
+    meta = json.loads((tmp_path / "d" / "dataset.json").read_text())
+    assert meta["sources"]["full"]["labelled_classes"] == list(both)
+    assert meta["sources"]["discs"]["labelled_classes"] == ["intervertebral disc"]
+    assert info.unlabelled_by_source() == {"discs": ["vertebra"]}
+    order = sorted(info.cases, key=lambda c: info.cases[c]["source"])  # discs first, then full
+    known = info.availability(order)
+    assert known.shape == (18, 3)
+    assert known[:9].tolist() == [[False, True, False]] * 9  # background is unknown where a class is
+    assert known[9:].all()
+    with pytest.raises(IvdsegError, match="'canal' is not among the output classes"):
+        export_dataset([case("c", "x", ("canal",))], list(both), tmp_path / "e", ExportOptions(sizes=(32,)))
+
+
+def test_a_spec_source_labels_the_classes_of_its_class_map(tmp_path):
+    root = tmp_path / "src"
+    (root / "img").mkdir(parents=True)
+    for n in range(2):
+        cv2.imwrite(str(root / "img" / f"s{n}.png"), np.full((16, 16), 100, np.uint8))
+        np.save(root / "img" / f"s{n}.npy", np.eye(16, dtype=np.uint8))
+    spec = SourceSpec.from_dict({"name": "x", "kind": "slices", "root": str(root), "images": "img/*.png",
+                                 "labels": "img/{stem}.npy", "classes": {"vertebra": [1]}}, tmp_path)
+    cases = list(iter_source_cases(spec, ["intervertebral disc", "vertebra"]))
+    assert {c.labelled_classes for c in cases} == {("vertebra",)}
+    assert all(set(np.unique(c.label)) == {0, 2} for c in cases)
 
 
 def test_no_background_channel_option(tmp_path):

@@ -98,3 +98,69 @@ def test_get_loss(losses):
     assert isinstance(losses.get_loss("dice_ce"), losses.DiceCrossEntropyLoss)
     with pytest.raises(ValueError, match="loss must be one of"):
         losses.get_loss("focal")
+
+
+# ---------------------------------------------------------------- partial labels (a source lacks a class)
+def test_known_counts_leave_a_class_out_where_a_slice_does_not_label_it():
+    truth = np.array([[[1, 2]], [[1, 0]]])  # slice 0 labels classes 1 and 2; slice 1 only class 1
+    pred = np.array([[[1, 2]], [[1, 2]]])  # slice 1 predicts class 2 where its source says nothing
+    known = np.array([[True, True, True], [False, True, False]])
+    counts = metrics.known_counts(truth, pred, 3, known)
+    assert counts[1].tolist() == [2, 2, 2]  # class 1 on both slices
+    assert counts[2].tolist() == [1, 1, 1]  # class 2 on slice 0 only: the prediction on slice 1 is no error
+    assert counts[0].tolist() == [0, 0, 0]  # background is unknown on slice 1 and absent on slice 0
+    none = metrics.known_counts(truth, pred, 3, np.array([[True, True, False]] * 2))
+    assert math.isnan(metrics.dice_from_counts(none)[2])  # never labelled: unknown, not 0
+
+
+def test_masked_dice_loss_on_known_values(losses):
+    # Two 1x2 samples, classes background / disc / vertebra. Sample 1's source lacks the vertebra class.
+    prob = np.array([[[[0.2, 0.3, 0.5], [0.1, 0.8, 0.1]]],
+                     [[[0.6, 0.1, 0.3], [0.2, 0.7, 0.1]]]], np.float32)
+    truth = np.array([[[[0, 0, 1], [0, 1, 0]]],
+                      [[[-1, 0, -1], [-1, 1, -1]]]], np.float32)
+    s = 1e-5
+    # disc: known in both samples: inter 0.8 + 0.7, truth 2, predicted 0.3 + 0.8 + 0.1 + 0.7
+    disc = (2 * 1.5 + s) / (2 + 1.9 + s)
+    # vertebra: sample 0 only: inter 0.5, truth 1, predicted 0.5 + 0.1
+    vert = (2 * 0.5 + s) / (1 + 0.6 + s)
+    loss = float(np.mean(losses.SoftDiceLoss()(truth, prob)))
+    assert loss == pytest.approx(1 - (disc + vert) / 2, abs=1e-6)
+    # Had sample 1's vertebra channel been taken as background (0), its 0.3 + 0.1 would count against it.
+    wrong = (2 * 0.5 + s) / (1 + 1.0 + s)
+    assert loss < 1 - (disc + wrong) / 2
+
+
+def test_marginal_crossentropy_on_known_values(losses):
+    prob = np.array([[[[0.2, 0.3, 0.5], [0.1, 0.8, 0.1]]]], np.float32)
+    lacking = np.array([[[[-1, 0, -1], [-1, 1, -1]]]], np.float32)
+    ce = np.asarray(losses.marginal_crossentropy(lacking, prob))
+    # pixel 0 is outside the known disc class: background or vertebra, 0.2 + 0.5; pixel 1 is disc, 0.8
+    assert ce[0, 0].tolist() == pytest.approx([-math.log(0.7), -math.log(0.8)], abs=1e-6)
+    full = np.array([[[[1, 0, 0], [0, 1, 0]]]], np.float32)  # fully labelled: the usual cross-entropy
+    import keras
+    plain = np.asarray(keras.losses.categorical_crossentropy(full, prob))
+    assert np.asarray(losses.marginal_crossentropy(full, prob)) == pytest.approx(plain, abs=1e-6)
+
+
+def test_masked_losses_equal_the_plain_ones_when_every_class_is_labelled(losses):
+    rng = np.random.default_rng(3)
+    truth = onehot(rng.integers(0, 3, (2, 6, 6)), 3)
+    prob = rng.random((2, 6, 6, 3)).astype(np.float32)
+    prob /= prob.sum(-1, keepdims=True)
+    ref = metrics.soft_dice_per_class(truth, prob)
+    import keras
+    ce = float(np.mean(keras.losses.categorical_crossentropy(truth, prob)))
+    total = float(np.mean(losses.DiceCrossEntropyLoss()(truth, prob)))
+    assert total == pytest.approx(1 - ref[1:].mean() + ce, abs=1e-5)
+
+
+def test_keras_dice_metric_ignores_a_class_where_it_is_unknown(losses):
+    truth = np.array([[[[0, 0, 1], [0, 1, 0]]], [[[-1, 0, -1], [-1, 1, -1]]]], np.float32)
+    pred = onehot(np.array([[[2, 1]], [[2, 2]]]), 3)  # sample 1 predicts vertebra where it is unknown
+    m = losses.DiceMetric(2)
+    m.update_state(truth, pred)
+    assert float(m.result()) == pytest.approx(1.0)  # sample 0: perfect; sample 1 does not count
+    d = losses.DiceMetric(1)
+    d.update_state(truth, pred)
+    assert float(d.result()) == pytest.approx(2 * 1 / (2 + 1))  # disc: truth 2 pixels, predicted 1, overlap 1

@@ -13,7 +13,7 @@ import pytest
 keras = pytest.importorskip("keras")
 from ivdseg.nn import networks  # noqa: E402
 from ivdseg.errors import IvdsegError  # noqa: E402
-from ivdseg.models.package import load_package, read_card, resolve_model, save_package  # noqa: E402
+from ivdseg.models.package import load_package, read_card, resolve_model, save_package, update_card  # noqa: E402
 from ivdseg.models.terminology import class_entries  # noqa: E402
 
 CARD = {
@@ -39,6 +39,22 @@ def test_round_trip_folder_and_zip(package, tmp_path):
     loaded_zip, card_zip = load_package(archive)
     assert card_zip == card
     np.testing.assert_allclose(np.asarray(loaded_zip(x)), np.asarray(model(x)), atol=1e-6)
+
+
+def test_a_measured_inference_time_goes_into_the_card_and_its_markdown(package):
+    path, _ = package
+    weights = (path / "model.keras").read_bytes()
+    timing = {"volume": "67 sagittal slices of 221 x 221 (case25_T2w.nii.gz)", "cpu_cores": 2, "cpu": "Some CPU",
+              "repeats": 5, "command": "python Testing/benchmarks/bench_segment.py --model PACKAGE --record",
+              "backends": {"onnx": {"segment_seconds": 1.234, "process_seconds": 3.21, "device": "cpu"}}}
+    card = update_card(path, {"inference_time": timing})
+    assert read_card(path) == card and card["inference_time"] == timing and card["name"] == CARD["name"]
+    markdown = (path / "MODEL_CARD.md").read_text()
+    assert ("- inference time, 67 sagittal slices of 221 x 221 (case25_T2w.nii.gz), 2 CPU cores (Some CPU): onnx "
+            "3.2 s for the whole command (1.23 s once loaded); median of 5") in markdown
+    assert (path / "model.keras").read_bytes() == weights
+    with pytest.raises(IvdsegError, match="not a model package folder"):
+        update_card(path / "missing", {"x": 1})
 
 
 def test_missing_card(package):

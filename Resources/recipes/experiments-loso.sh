@@ -17,4 +17,8 @@ ivdseg crossval "$RUNS/ds_disc_v2" -o "$RUNS/cv_scanner128" "${BASE[@]}" --augme
 ivdseg crossval "$RUNS/ds_disc_v2_pad" -o "$RUNS/cv_pad128" "${BASE[@]}" --name pad-128
 ivdseg crossval "$RUNS/ds_disc_v2_pad" -o "$RUNS/cv_pad_scanner128" "${BASE[@]}" --augmentation scanner \
     --name pad-scanner-128
-ivdseg crossval "$RUNS/ds_disc_v2" -o "$RUNS/cv_wide128" "${BASE[@]}" --base-filters 32 --name wide-128
+[ -d "$RUNS/ds_spine_v2_pad" ] || ivdseg export "$RUNS/ds_spine_v2_pad" --spec Resources/recipes/ivd-spine-2d.export.json \
+    --sizes 128,256 --val-fraction 0.15 --test-fraction 0.15 --seed 0 --resize pad --progress none
+ivdseg crossval "$RUNS/ds_disc_v2_pad" -o "$RUNS/cv_pad_wide128" "${BASE[@]}" --base-filters 32 --name pad-wide-128
+# context classes: vertebra and spinal canal where a source labels them (masked out of the loss where it does not)
+ivdseg crossval "$RUNS/ds_spine_v2_pad" -o "$RUNS/cv_pad_context128" "${BASE[@]}" --name pad-context-128

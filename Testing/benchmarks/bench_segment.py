@@ -4,9 +4,12 @@
     the bare prediction of the same prepared slices: the pipeline should cost at most 1.25x the network.
 (b) batched prediction against one call per slice.
 (c) peak resident memory of a `ivdseg segment` subprocess.
+(d) the whole `ivdseg segment` command (start, imports, model load, segment, write), as a user runs it.
 Medians over repeats; each backend that is installed and that the package carries is measured.
+With --record, (d) and the warm segment time go into the package's card ("inference_time"), as the
+recipes do for the bundled models.
 
-    python Testing/benchmarks/bench_segment.py [--input VOLUME] [--model PACKAGE] [--repeats 5]
+    python Testing/benchmarks/bench_segment.py [--input VOLUME] [--model PACKAGE] [--repeats 5] [--record]
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="auto")
+    p.add_argument("--record", action="store_true", help="write the times into the package's card")
     a = p.parse_args(argv)
 
     from ivdseg.inference.backends import load_backend
@@ -56,6 +60,7 @@ def main(argv=None):
     stack, _ = check_sagittal(volume)
     print(f"input {a.input.name}: {len(stack)} sagittal slices of {stack.shape[1]}x{stack.shape[2]}; "
           f"model {Path(package).name}; batch {a.batch_size}; median of {a.repeats}")
+    timing = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name in backends:
             backend = load_backend(package, name, a.device)
@@ -85,6 +90,7 @@ def main(argv=None):
                   f"one call per slice {t_single:.3f} s")
             print(f"[{name}] ratio whole/bare = {t_whole / t_bare:.2f} (target <= 1.25); "
                   f"ratio per-slice/batched = {t_single / t_bare:.2f}")
+            timing[name] = {"segment_seconds": round(t_whole, 3), "device": backend.device}
         for name in backends:
             # a fresh wrapper process per backend, so each peak is its own
             env = {**os.environ, "PYTHONPATH": str(ROOT / "IVDSegmentation"), "TF_CPP_MIN_LOG_LEVEL": "3"}
@@ -96,6 +102,31 @@ def main(argv=None):
             out = subprocess.run([sys.executable, "-c", probe, *cmd], env=env, check=True, capture_output=True,
                                  text=True).stdout
             print(f"[{name}] peak resident memory of `ivdseg segment`: {int(out.split()[-1]) / 1024:.0f} MiB")
+            t_process = _median_time(lambda: subprocess.run(cmd, env=env, check=True, capture_output=True),
+                                     a.repeats)
+            print(f"[{name}] the whole `ivdseg segment` command: {t_process:.2f} s "
+                  f"(ratio command/segment once loaded = {t_process / timing[name]['segment_seconds']:.2f})")
+            timing[name]["process_seconds"] = round(t_process, 2)
+    if a.record:
+        from ivdseg.models.package import update_card
+
+        entry = {"volume": f"{len(stack)} sagittal slices of {stack.shape[1]} x {stack.shape[2]} ({a.input.name})",
+                 "cpu_cores": os.cpu_count(), "cpu": _cpu_name(), "repeats": a.repeats, "backends": timing,
+                 "command": "python Testing/benchmarks/bench_segment.py --model PACKAGE --record"}
+        update_card(package, {"inference_time": entry})
+        print(f"recorded in {Path(package) / 'model.json'}")
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
 
 
 if __name__ == "__main__":

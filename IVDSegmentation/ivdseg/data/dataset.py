@@ -66,6 +66,31 @@ class DatasetInfo:
         """Case ids of the test patients (reported, never chosen on); empty for a dataset exported without them."""
         return self.cases_of(self.splits.get("test", []))
 
+    def labelled_classes(self, case: str) -> list[int]:
+        """The class values ``case``'s source labels; the others are unknown in it, not background (datasets
+        exported before sources could lack a class label every class)."""
+        return list(self.cases[case].get("labelled_classes", range(1, self.num_classes)))
+
+    def availability(self, case_ids) -> np.ndarray:
+        """(N, C) bool, one row per slice of ``case_ids`` in :func:`load_resized`'s order: True where the slice's
+        source labels the class (column 0, background, is known wherever every class is)."""
+        rows = []
+        for case in case_ids:
+            known = np.zeros(self.num_classes, bool)
+            known[self.labelled_classes(case)] = True
+            known[0] = known[1:].all()
+            rows.append(np.repeat(known[None], int(self.cases[case]["n_slices"]), axis=0))
+        return np.concatenate(rows) if rows else np.zeros((0, self.num_classes), bool)
+
+    def unlabelled_by_source(self) -> dict[str, list[str]]:
+        """{source: names of the classes it does not label}, for the sources that lack any."""
+        out: dict[str, set] = {}
+        for case, meta in self.cases.items():
+            missing = set(range(1, self.num_classes)) - set(self.labelled_classes(case))
+            if missing:
+                out.setdefault(meta["source"], set()).update(missing)
+        return {source: [self.classes[c] for c in sorted(m)] for source, m in sorted(out.items())}
+
     def patients_by_source(self) -> dict[str, list[str]]:
         """{source: sorted patient pseudonyms}."""
         out: dict[str, set] = {}

@@ -43,6 +43,8 @@ class RawCase:
         origin: where it came from, for error messages only (never written).
         order_key: sorts the patients before the seeded shuffle of the split (default: source + patient), so
             that one seed gives one split whatever the pseudonym key; in memory only.
+        labelled_classes: the output class names this series' source labels; None: all of them. A class it
+            does not label is unknown in it, not background (training masks it out of the loss).
     """
 
     patient: str
@@ -53,6 +55,7 @@ class RawCase:
     slice_spacing_mm: float = float("nan")
     origin: str = ""
     order_key: str = ""
+    labelled_classes: tuple[str, ...] | None = None
 
 
 @dataclass
@@ -193,7 +196,7 @@ def _iter_slices(spec: SourceSpec, classes: list[str]) -> Iterator[RawCase]:
             g[1].append(map_classes(label, spec.class_map, classes, str(lab_path)))
         for imgs, labs in groups.values():
             yield RawCase(patient=patient, source=spec.name, image=np.stack(imgs), label=np.stack(labs),
-                          origin=str(paths[0].parent))
+                          origin=str(paths[0].parent), labelled_classes=tuple(spec.class_map))
 
 
 def _iter_volumes(spec: SourceSpec, classes: list[str]) -> Iterator[RawCase]:
@@ -227,7 +230,8 @@ def _volume_case(spec: SourceSpec, classes, image_path: Path, label_path: Path, 
     return RawCase(patient=patient, source=spec.name, image=img_slices,
                    label=map_classes(np.rint(lab_slices).astype(np.int64), spec.class_map, classes, str(label_path)),
                    pixel_spacing_mm=tuple(float(s) for s in mapping.pixel_spacing_mm),
-                   slice_spacing_mm=float(mapping.slice_spacing_mm), origin=str(image_path), order_key=order_key)
+                   slice_spacing_mm=float(mapping.slice_spacing_mm), origin=str(image_path), order_key=order_key,
+                   labelled_classes=tuple(spec.class_map))
 
 
 def check_same_geometry(image, label, label_path, atol_mm=1e-3) -> None:
@@ -356,6 +360,7 @@ def export_dataset(cases: Iterable[RawCase], classes: list[str], out, options: E
                                   "must be matching (N, H, W) stacks.")
             if label.max(initial=0) >= len(all_classes):
                 raise IvdsegError(f"{case.origin}: label value {label.max()} has no class.")
+            labelled_values = _labelled_values(case, all_classes)
             labelled = label.reshape(len(label), -1).any(axis=1)
             if not options.keep_unlabelled:
                 image, label, labelled = image[labelled], label[labelled], labelled[labelled]
@@ -381,8 +386,11 @@ def export_dataset(cases: Iterable[RawCase], classes: list[str], out, options: E
                 "patient": pid, "source": case.source, "n_slices": int(len(label)),
                 "labelled_slices": int(labelled.sum()), "shape_hw": list(label.shape[1:]),
                 "classes_present": [c for c in range(1, len(all_classes)) if counts[c]],
+                "labelled_classes": labelled_values,
             }
-            src = sources.setdefault(case.source, {"patients": set(), "series": 0, "slices": 0, "labelled_slices": 0})
+            src = sources.setdefault(case.source, {"patients": set(), "series": 0, "slices": 0, "labelled_slices": 0,
+                                                   "labelled_classes": set()})
+            src["labelled_classes"].update(labelled_values)
             src["patients"].add(pid)
             src["series"] += 1
             src["slices"] += int(len(label))
@@ -396,6 +404,17 @@ def export_dataset(cases: Iterable[RawCase], classes: list[str], out, options: E
             raise IvdsegError(f"Class {empty[0]!r} has no voxel in any case; check the class mapping.")
         _write_meta(writer, all_classes, options, meta_cases, sources, voxels, raw_order)
     return ds.open_dataset(out)
+
+
+def _labelled_values(case: RawCase, all_classes: list[str]) -> list[int]:
+    """The class values ``case`` labels (all foreground classes unless its source names fewer)."""
+    if case.labelled_classes is None:
+        return list(range(1, len(all_classes)))
+    unknown = [c for c in case.labelled_classes if c not in all_classes[1:]]
+    if unknown:
+        raise IvdsegError(f"{case.origin or case.source}: class {unknown[0]!r} is not among the output classes "
+                          f"{all_classes[1:]}.")
+    return sorted(all_classes.index(c) for c in set(case.labelled_classes))
 
 
 def _write_meta(writer, all_classes, options, meta_cases, sources, voxels, raw_order):
@@ -418,6 +437,8 @@ def _write_meta(writer, all_classes, options, meta_cases, sources, voxels, raw_o
         "slice_plane": "sagittal", "slice_axes": "rows superior->inferior, columns anterior->posterior",
         "voxels_per_class": {c: int(v) for c, v in zip(all_classes, voxels)},
         "sources": {name: {"patients": len(s["patients"]), "series": s["series"], "slices": s["slices"],
-                           "labelled_slices": s["labelled_slices"]} for name, s in sources.items()},
+                           "labelled_slices": s["labelled_slices"],
+                           "labelled_classes": [all_classes[c] for c in sorted(s["labelled_classes"])]}
+                    for name, s in sources.items()},
         "cases": meta_cases,
     })

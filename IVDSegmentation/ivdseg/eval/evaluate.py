@@ -39,13 +39,18 @@ def predict_cases(model, card: dict, info: ds.DatasetInfo, case_ids, batch_size=
 
 
 def score_predictions(predictions, info: ds.DatasetInfo, card: dict | None = None) -> dict:
-    """Dice and IoU of :func:`predict_cases` output, with the card's post-processing when a card is given."""
+    """Dice and IoU of :func:`predict_cases` output, with the card's post-processing when a card is given.
+
+    A class that a case's source does not label is not scored on that case (its Dice there is unknown, not 0):
+    a source that lacks it reports None for it."""
     n = info.num_classes
     per_source: dict[str, dict[str, np.ndarray]] = {}
     for case, truth, pred in predictions:
         if card is not None:
             pred = apply_card(pred, card)
-        counts = confusion_counts(truth, pred, n)
+        known = np.zeros(n, bool)
+        known[[0, *info.labelled_classes(case)]] = True
+        counts = confusion_counts(truth, pred, n) * known[:, None]  # a class its source lacks: not scored there
         meta = info.cases[case]
         patients = per_source.setdefault(meta["source"], {})
         patients[meta["patient"]] = patients.get(meta["patient"], 0) + counts

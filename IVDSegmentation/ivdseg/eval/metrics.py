@@ -37,6 +37,21 @@ def confusion_counts(y_true, y_pred, num_classes: int) -> np.ndarray:
     ).astype(np.int64)
 
 
+def known_counts(y_true, y_pred, num_classes: int, known) -> np.ndarray:
+    """:func:`confusion_counts` of a stack (N, ...) whose slices may lack classes: ``known`` (N, C) bool says
+    which classes each slice's source labels; a class counts (truth and prediction) only on the slices that
+    know it, so it is NaN, not 0, where no slice does."""
+    y_true, y_pred, known = np.asarray(y_true), np.asarray(y_pred), np.asarray(known, bool)
+    _check_pair(y_true, y_pred)
+    if known.shape != (len(y_true), num_classes):
+        raise ValueError(f"known {known.shape} must be (N, C) = {(len(y_true), num_classes)}")
+    total = np.zeros((num_classes, 3), np.int64)
+    for row in np.unique(known, axis=0):
+        sel = (known == row).all(axis=1)
+        total += confusion_counts(y_true[sel], y_pred[sel], num_classes) * row[:, None]
+    return total
+
+
 def dice_from_counts(counts: np.ndarray) -> np.ndarray:
     """Dice per class from :func:`confusion_counts`; NaN where truth and prediction are both empty."""
     inter, n_true, n_pred = counts[:, 0], counts[:, 1], counts[:, 2]

@@ -28,6 +28,15 @@ def _crossval_table(crossval: dict, classes: list[str]) -> list[str]:
     return rows
 
 
+def _inference_lines(timing: dict | None) -> list[str]:
+    if not timing:
+        return []
+    per_backend = ", ".join(f"{name} {t['process_seconds']:.1f} s for the whole command "
+                            f"({t['segment_seconds']:.2f} s once loaded)" for name, t in timing["backends"].items())
+    return [f"- inference time, {timing['volume']}, {timing['cpu_cores']} CPU cores ({timing['cpu']}): "
+            f"{per_backend}; median of {timing['repeats']} (`{timing['command']}`)"]
+
+
 def render(card: dict) -> str:
     """Markdown model card: what the model is, how it was trained and validated, and what to cite."""
     classes = [c["name"] for c in card["classes"]]
@@ -38,7 +47,8 @@ def render(card: dict) -> str:
              f"architecture {card.get('architecture', {})}",
              f"- slicing: {card['slice_plane']} ({card.get('slice_axes', '')}); normalisation {card['normalization']}",
              "- classes: " + ", ".join(f"{c['value']} = {c['name']}" for c in card["classes"]),
-             f"- post-processing: {card.get('postprocessing', {'enabled': False})}", "",
+             f"- post-processing: {card.get('postprocessing', {'enabled': False})}",
+             *_inference_lines(card.get("inference_time")), "",
              "## Training", "",
              f"- sources: {t.get('sources', {})}",
              f"- {t.get('train_patients')} training patients, {t.get('val_patients')} validation patients, "

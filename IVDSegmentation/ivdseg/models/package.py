@@ -218,6 +218,22 @@ def save_package(model, card: dict, folder, overwrite=False, extra_files: dict |
     return folder
 
 
+def update_card(folder, entries: dict) -> dict:
+    """Adds or replaces top-level ``entries`` of a package folder's card (e.g. a measured inference time) and
+    renders MODEL_CARD.md again; each file is replaced atomically, the weights are untouched."""
+    from ivdseg.io.atomic import atomic_write, write_json
+    from ivdseg.models.card import render
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise IvdsegError(f"{folder} is not a model package folder; a card inside a .zip cannot be updated.")
+    card = {**read_card(folder), **entries}
+    write_json(folder / "model.json", card)
+    atomic_write(folder / "MODEL_CARD.md", lambda temp: Path(temp).write_text(render(card), encoding="utf-8"),
+                 overwrite=True)
+    return card
+
+
 def bundled_models_dirs() -> list[Path]:
     """Folders of bundled packages: IVDSEG_MODELS_DIR if set, else Resources/models of the checkout
     and of the installed Slicer module (``<module dir>/Resources/models``)."""

@@ -123,7 +123,8 @@ def _lower_resolution(tf, image, seed, size, cfg):
 
 
 def make_dataset(images: np.ndarray, labels: np.ndarray, num_classes: int, batch_size: int,
-                 augment=True, shuffle=True, seed=0, repeat=False, cfg: AugmentConfig = AugmentConfig()):
+                 augment=True, shuffle=True, seed=0, repeat=False, cfg: AugmentConfig = AugmentConfig(),
+                 available: np.ndarray | None = None):
     """Builds the training or validation ``tf.data.Dataset``.
 
     Args:
@@ -134,6 +135,9 @@ def make_dataset(images: np.ndarray, labels: np.ndarray, num_classes: int, batch
         augment, shuffle: on for training, off for validation.
         seed: seed of shuffle and augmentation.
         repeat: repeat forever (then pass steps_per_epoch to fit).
+        available: (N, C) bool, the classes each slice's source labels (:meth:`DatasetInfo.availability`);
+            the channels of the others become -1, which the losses of :mod:`ivdseg.nn.losses` leave out.
+            None: every class is labelled everywhere.
 
     Returns:
         Dataset of (image (B, S, S, 1) float32, one-hot (B, S, S, num_classes) float32).
@@ -143,7 +147,12 @@ def make_dataset(images: np.ndarray, labels: np.ndarray, num_classes: int, batch
     if images.shape != labels.shape or images.ndim != 3:
         raise ValueError(f"images {images.shape} and labels {labels.shape} must be matching (N, S, S) stacks")
     n = len(images)
-    data = tf.data.Dataset.from_tensor_slices((images[..., None].astype(np.float32), labels.astype(np.uint8)))
+    if available is None:
+        available = np.ones((n, num_classes), bool)
+    if available.shape != (n, num_classes):
+        raise ValueError(f"available {available.shape} must be (N, C) = {(n, num_classes)}")
+    data = tf.data.Dataset.from_tensor_slices((images[..., None].astype(np.float32), labels.astype(np.uint8),
+                                               available.astype(bool)))
     if repeat:
         data = data.repeat()
     if shuffle:
@@ -151,12 +160,13 @@ def make_dataset(images: np.ndarray, labels: np.ndarray, num_classes: int, batch
     if augment:
         seeds = tf.data.Dataset.random(seed=seed).batch(2)
         data = tf.data.Dataset.zip((data, seeds)).map(
-            lambda pair, sd: augment_pair(pair[0], pair[1], sd, cfg), num_parallel_calls=tf.data.AUTOTUNE,
-            deterministic=True,
+            lambda item, sd: (*augment_pair(item[0], item[1], sd, cfg), item[2]),
+            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True,
         )
 
-    def to_onehot(image, label):
-        return image, tf.one_hot(tf.cast(label, tf.int32), num_classes, dtype=tf.float32)
+    def to_onehot(image, label, known):
+        onehot = tf.one_hot(tf.cast(label, tf.int32), num_classes, dtype=tf.float32)
+        return image, tf.where(known[None, None, :], onehot, -tf.ones_like(onehot))
 
     data = data.map(to_onehot, num_parallel_calls=tf.data.AUTOTUNE)
     return data.batch(batch_size, drop_remainder=False).prefetch(tf.data.AUTOTUNE)

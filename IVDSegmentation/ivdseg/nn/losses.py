@@ -1,12 +1,29 @@
 """Keras losses and metrics for one-hot segmentation, shapes (B, H, W, C), channel 0 = background.
 
 Each mirrors a numpy reference in :mod:`ivdseg.metrics` and is tested against it.
+
+Partial labels: a sample whose source does not label some classes carries -1 in those channels of ``y_true``
+(every pixel), and in the background channel too, since its background pixels may be any of them
+(``make_dataset(available=...)`` in :mod:`ivdseg.nn.augment`). The losses then leave those channels out of the
+Dice and score the pixels outside every known class by the summed probability of background and the unknown
+classes (a marginal cross-entropy), so a class a source lacks is never taught as background. With fully labelled
+samples both losses equal the plain ones.
 """
 
 from __future__ import annotations
 
 import keras
 from keras import ops
+
+
+def marginal_crossentropy(y_true, y_pred, epsilon=1e-7):
+    """(B, H, W) cross-entropy of probabilities ``y_pred`` against ``y_true`` that may hold unknown (-1) channels:
+    a pixel outside every known class counts as the union of the unknown ones (background included)."""
+    known = ops.cast(y_true >= 0, y_pred.dtype)
+    truth = ops.maximum(y_true, 0.0)
+    outside = 1.0 - ops.sum(truth, axis=-1, keepdims=True)  # 1 where no known class claims the pixel
+    target = truth + outside * (1.0 - known)
+    return -ops.log(ops.clip(ops.sum(target * y_pred, axis=-1), epsilon, 1.0))
 
 
 @keras.saving.register_keras_serializable(package="ivdseg", name="SoftDiceLoss")
@@ -25,14 +42,18 @@ class SoftDiceLoss(keras.losses.Loss):
 
     def call(self, y_true, y_pred):
         y_true = ops.cast(y_true, y_pred.dtype)
+        known = ops.cast(y_true >= 0, y_pred.dtype)
+        truth = ops.maximum(y_true, 0.0)
         axes = (0, 1, 2)
-        inter = ops.sum(y_true * y_pred, axis=axes)
-        denom = ops.sum(y_true, axis=axes) + ops.sum(y_pred, axis=axes)
+        inter = ops.sum(truth * y_pred * known, axis=axes)
+        denom = ops.sum(truth * known, axis=axes) + ops.sum(y_pred * known, axis=axes)
         dice = (2.0 * inter + self.smooth) / (denom + self.smooth)
+        weight = ops.cast(ops.max(known, axis=axes) > 0, y_pred.dtype)  # classes known in some sample
         if not self.include_background:
-            dice = dice[1:]
+            dice, weight = dice[1:], weight[1:]
+        mean = ops.sum(dice * weight) / ops.maximum(ops.sum(weight), 1.0)
         # A batch-level loss: broadcast it to one value per sample so Keras' reduction keeps it.
-        return ops.ones_like(y_pred[:, 0, 0, 0]) * (1.0 - ops.mean(dice))
+        return ops.ones_like(y_pred[:, 0, 0, 0]) * (1.0 - mean)
 
     def get_config(self):
         return {**super().get_config(), "include_background": self.include_background, "smooth": self.smooth}
@@ -51,8 +72,8 @@ class DiceCrossEntropyLoss(keras.losses.Loss):
 
     def call(self, y_true, y_pred):
         y_true = ops.cast(y_true, y_pred.dtype)
-        ce = keras.losses.categorical_crossentropy(y_true, y_pred)  # (B, H, W)
-        return self._dice.call(y_true, y_pred) + self.ce_weight * ops.mean(ce, axis=(1, 2))
+        return self._dice.call(y_true, y_pred) + self.ce_weight * ops.mean(marginal_crossentropy(y_true, y_pred),
+                                                                           axis=(1, 2))
 
     def get_config(self):
         return {**super().get_config(), "include_background": self.include_background,
@@ -70,8 +91,11 @@ class _OverlapMetric(keras.metrics.Metric):
         self.n_pred = self.add_variable(shape=(), initializer="zeros", dtype="float32", name="n_pred")
 
     def update_state(self, y_true, y_pred, sample_weight=None):
-        t = ops.cast(ops.equal(ops.argmax(y_true, axis=-1), self.class_id), "float32")
-        p = ops.cast(ops.equal(ops.argmax(y_pred, axis=-1), self.class_id), "float32")
+        # Only where the class is known (a sample whose source lacks it marks it -1: neither truth nor error).
+        channel = ops.cast(y_true[..., self.class_id], "float32")
+        t = ops.cast(channel > 0.5, "float32")
+        known = ops.cast(channel >= 0, "float32")
+        p = ops.cast(ops.equal(ops.argmax(y_pred, axis=-1), self.class_id), "float32") * known
         self.inter.assign_add(ops.sum(t * p))
         self.n_true.assign_add(ops.sum(t))
         self.n_pred.assign_add(ops.sum(p))

@@ -13,6 +13,7 @@ import json
 import math
 import shlex
 import time
+import warnings
 import zipfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -20,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ivdseg.data import dataset as ds
-from ivdseg.errors import IvdsegError
+from ivdseg.errors import IvdsegError, IvdsegWarning
 from ivdseg.io.atomic import atomic_write, write_json
 from ivdseg.data.preprocess import DEFAULT_PERCENTILES, normalize_slices
 from ivdseg.progress import Reporter
@@ -157,8 +158,8 @@ def _atomic_save(model, path: Path) -> None:
     atomic_write(path, lambda temp: model.save(temp), overwrite=True)
 
 
-def _make_callbacks(keras, cfg, run_dir, val_x, val_y, num_classes, reporter, state, steps, stop):
-    from ivdseg.eval.metrics import dice_per_class
+def _make_callbacks(keras, cfg, run_dir, val_x, val_y, val_known, num_classes, reporter, state, steps, stop):
+    from ivdseg.eval.metrics import dice_from_counts, known_counts
     from ivdseg.inference.predict import keras_predict, predict_probabilities
 
     ckpt_dir = run_dir / "checkpoints"
@@ -178,7 +179,7 @@ def _make_callbacks(keras, cfg, run_dir, val_x, val_y, num_classes, reporter, st
                 return
             logs = logs if logs is not None else {}
             prob = predict_probabilities(keras_predict(self.model), val_x, cfg.batch_size)
-            dice = dice_per_class(val_y, np.argmax(prob, -1), num_classes)
+            dice = dice_from_counts(known_counts(val_y, np.argmax(prob, -1), num_classes, val_known))
             fg = dice[1:][~np.isnan(dice[1:])]
             val_dice = float(fg.mean()) if len(fg) else 0.0
             logs["val_dice"] = val_dice
@@ -215,6 +216,26 @@ def _make_callbacks(keras, cfg, run_dir, val_x, val_y, num_classes, reporter, st
                                           patience=max(2, cfg.patience // 3), min_lr=1e-5, verbose=0),
         keras.callbacks.EarlyStopping(monitor="val_dice", mode="max", patience=cfg.patience, verbose=0),
     ]
+
+
+def _say_unlabelled(info, train_cases, known, labels) -> None:
+    """Says once which sources lack which classes (masked out of the loss there), and which class no training
+    slice shows at all (the network cannot learn it from this split)."""
+    missing: dict[str, set] = {}
+    for case in train_cases:
+        lacks = set(range(1, info.num_classes)) - set(info.labelled_classes(case))
+        if lacks:
+            missing.setdefault(info.cases[case]["source"], set()).update(lacks)
+    for source, lacks in sorted(missing.items()):
+        names = ", ".join(repr(info.classes[c]) for c in sorted(lacks))
+        warnings.warn(IvdsegWarning(f"Source {source!r} does not label {names}: on its slices those classes are left out of "
+                         "the loss (never taught as background)."))
+    seen = np.zeros(info.num_classes, bool)
+    for c in range(1, info.num_classes):
+        seen[c] = bool(np.any(labels[known[:, c]] == c)) if known[:, c].any() else False
+    for c in np.flatnonzero(~seen[1:]) + 1:
+        warnings.warn(IvdsegWarning(f"No training slice of this split shows {info.classes[c]!r}; the network cannot learn it "
+                         "here, and its Dice will be low or missing."))
 
 
 def _split(info, cfg, patients=None):
@@ -347,9 +368,12 @@ def train(dataset_dir, run_dir, cfg: TrainConfig, reporter: Reporter | None = No
 
     batch = cfg.batch_size * strategy.num_replicas_in_sync
     steps = cfg.steps_per_epoch or max(1, math.ceil(len(tx) / batch))
+    train_known = info.availability(train_cases)
+    _say_unlabelled(info, train_cases, train_known, ty)
     train_data = make_dataset(tx, ty, info.num_classes, batch, augment=cfg.augment, seed=cfg.seed, repeat=True,
-                              cfg=PRESETS[cfg.augmentation])
-    callbacks = _make_callbacks(keras, cfg, run_dir, vx, vy, info.num_classes, reporter, state, steps, stop)
+                              cfg=PRESETS[cfg.augmentation], available=train_known)
+    callbacks = _make_callbacks(keras, cfg, run_dir, vx, vy, info.availability(val_cases), info.num_classes,
+                                reporter, state, steps, stop)
 
     t0 = time.perf_counter()
     model.fit(train_data, epochs=cfg.epochs, initial_epoch=state["epoch"], steps_per_epoch=steps,
