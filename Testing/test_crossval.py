@@ -116,6 +116,37 @@ def test_crossval_by_patient_end_to_end(three_sources, tmp_path):
     assert spread["mean"] == pytest.approx(np.mean(dice), abs=1e-4) and spread["n"] == 2
 
 
+def test_a_second_stage_starts_each_fold_from_its_own_fold_of_the_first(three_sources, tmp_path, capsys,
+                                                                        monkeypatch):
+    from ivdseg.nn import train as train_module
+
+    stage1 = tmp_path / "stage1"
+    assert cli.main(["crossval", str(three_sources.root), "-o", str(stage1), *TINY]) == 0
+    starts = {}
+    real_train = train_module.train
+
+    def recording_train(dataset, run, cfg, *args, **kwargs):
+        starts[run.name] = cfg.init_from
+        return real_train(dataset, run, cfg, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "train", recording_train)
+    stage2 = tmp_path / "stage2"
+    assert cli.main(["crossval", str(three_sources.root), "-o", str(stage2), "--init-from", str(stage1), *TINY]) == 0
+    assert starts == {f: str(stage1 / f / "model") for f in ("without-alpha", "without-beta", "without-gamma")}
+    table = json.loads((stage2 / "crossval.json").read_text())
+    assert table["complete"] and table["init_from_crossval"] == "stage1"
+    capsys.readouterr()
+    # One package for every fold could have seen the held-out patients; folds that differ cannot be matched.
+    assert cli.main(["crossval", str(three_sources.root), "-o", str(tmp_path / "x"), "--init-from",
+                     str(stage1 / "without-alpha" / "model"), *TINY]) == 2
+    assert "a single model package may have been trained on the patients a fold holds out" in capsys.readouterr().err
+    assert cli.main(["crossval", str(three_sources.root), "-o", str(tmp_path / "y"), "--by", "patient", "--folds", "2",
+                     "--init-from", str(stage1), *TINY]) == 2
+    err = capsys.readouterr().err
+    assert f"--init-from {stage1} has no fold 'fold-" in err and "with the same --by, --folds and --seed" in err
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
 def test_the_card_of_a_final_training_keeps_the_cross_validation(three_sources, tmp_path, capsys):
     out = tmp_path / "loso"
     assert cli.main(["crossval", str(three_sources.root), "-o", str(out), *TINY]) == 0

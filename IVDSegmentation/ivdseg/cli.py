@@ -119,7 +119,9 @@ def _training_args(t):
     t.add_argument("--augmentation", choices=["standard", "scanner"], default="standard",
                    help="scanner: also bias fields, coarser in-plane resolution, wider gamma/contrast/noise")
     t.add_argument("--mixed-precision", choices=["auto", "on", "off"], default="auto")
-    t.add_argument("--init-from", help="model package whose weights start training (fine-tuning)")
+    t.add_argument("--init-from", help="model package whose weights start training (fine-tuning); for crossval, the "
+                                       "folder of an earlier crossval with the same folds: each fold starts from "
+                                       "its own fold's model (a two-stage recipe, cross-validated as a whole)")
     t.add_argument("--name", default="ivdseg-model")
     t.add_argument("--model-version", default="1.0.0")
     t.add_argument("--resume", action="store_true")

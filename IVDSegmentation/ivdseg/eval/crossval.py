@@ -122,6 +122,34 @@ def _table(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _fold_starts(init_from, plan) -> dict[str, str]:
+    """{fold name: package} of an earlier cross-validation folder whose folds are those of ``plan``."""
+    earlier = Path(init_from)
+    table_path = earlier / "crossval.json"
+    if not table_path.is_file():
+        raise IvdsegError(f"--init-from {init_from}: cross-validation starts each fold from the same fold of an "
+                          "earlier ivdseg crossval folder; a single model package may have been trained on the "
+                          "patients a fold holds out.")
+    try:
+        table = json.loads(table_path.read_text(encoding="utf-8"))
+        folds = {f["name"]: f for f in table["folds"]}
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+        raise IvdsegError(f"{table_path} is not the crossval.json of ivdseg crossval.") from None
+    starts = {}
+    for fold in plan:
+        old = folds.get(fold["name"])
+        counts = {part: len(fold[part]) for part in ("train", "val", "held_out")}
+        if old is None or old.get("patients") != counts:
+            raise IvdsegError(f"--init-from {init_from} has no fold {fold['name']!r} with these patients "
+                              f"({counts['train']} training, {counts['val']} validation, {counts['held_out']} held "
+                              "out); run it on the same dataset with the same --by, --folds and --seed.")
+        package = earlier / old["package"]
+        if not (package / "model.json").is_file():
+            raise IvdsegError(f"--init-from {init_from}: the package of fold {fold['name']!r} is missing.")
+        starts[fold["name"]] = str(package)
+    return starts
+
+
 def crossval(dataset_dir, out_dir, cfg, by="source", folds=5, val_fraction=0.15, reporter=None, stop=None,
              resume=False, overwrite=False) -> dict:
     """Runs every fold of :func:`plan_folds` with :func:`ivdseg.nn.train.train`; returns the result table.
@@ -136,6 +164,10 @@ def crossval(dataset_dir, out_dir, cfg, by="source", folds=5, val_fraction=0.15,
         resume: keep finished folds and continue an unfinished one from its last checkpoint.
         overwrite: start afresh in a folder that holds an earlier cross-validation.
 
+    ``cfg.init_from``, when set, must be the folder of an earlier cross-validation of the same folds: each fold
+    then starts from that fold's package (stage 2 of a two-stage recipe). A single package is refused: it may have
+    been trained on the patients a fold holds out.
+
     Raises:
         IvdsegError: see :func:`plan_folds` and train; an occupied folder without ``resume`` or ``overwrite``.
     """
@@ -146,6 +178,7 @@ def crossval(dataset_dir, out_dir, cfg, by="source", folds=5, val_fraction=0.15,
     check_config(cfg)
     info = ds.open_dataset(dataset_dir)
     plan = plan_folds(info, by, folds, cfg.seed, val_fraction)
+    starts = _fold_starts(cfg.init_from, plan) if cfg.init_from else {}
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not (resume or overwrite):
         raise IvdsegError(f"{out_dir} already holds a cross-validation; pass --resume to continue it or --overwrite "
@@ -161,7 +194,7 @@ def crossval(dataset_dir, out_dir, cfg, by="source", folds=5, val_fraction=0.15,
             continue
         reporter.message(f"Fold {n + 1}/{len(plan)} ({fold['name']}): {len(fold['train'])} training, "
                          f"{len(fold['val'])} validation, {len(fold['held_out'])} held-out patients.")
-        fold_cfg = replace(cfg, name=f"{cfg.name}-{fold['name']}")
+        fold_cfg = replace(cfg, name=f"{cfg.name}-{fold['name']}", init_from=starts.get(fold["name"]))
         in_progress = resume and (run / "checkpoints" / "last.keras").is_file()
         package = train(dataset_dir, run, fold_cfg, reporter, resume=in_progress, overwrite=not in_progress,
                         stop=stop, command=f"ivdseg crossval DATASET -o OUT --by {by} (fold {fold['name']})",
@@ -180,6 +213,7 @@ def crossval(dataset_dir, out_dir, cfg, by="source", folds=5, val_fraction=0.15,
     classes = info.classes[1:]
     table = {"by": by, "dataset_name": Path(dataset_dir).name, "classes": classes,
              "config": {k: v for k, v in asdict(cfg).items() if k not in ("card_extra", "init_from")},
+             **({"init_from_crossval": Path(cfg.init_from).name} if cfg.init_from else {}),
              "folds": results, "summary": summarize(results, classes), "complete": len(results) == len(plan)}
     write_json(out_dir / "crossval.json", table)
     markdown = _table(table)
