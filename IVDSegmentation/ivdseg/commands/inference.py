@@ -84,7 +84,7 @@ def segment(a) -> int:
     return 0
 
 
-DEMO_CASE = "ivd_lumbar_t2/nifti/case25"  # a patient of the bundled model's validation split
+DEMO_CASE = "ivd_lumbar_t2/nifti/case25"  # a test patient of the bundled model: it chose nothing
 
 
 def demo(a) -> int:
