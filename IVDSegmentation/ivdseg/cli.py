@@ -148,6 +148,11 @@ def _add_inference_commands(sub):
     _inference_args(g)
     g.add_argument("--series", help="SeriesInstanceUID when the folder holds several series")
     g.add_argument("--overlay", type=Path, help="also write a mid-sagittal PNG with the outlines")
+    g.add_argument("--levels", action="store_true",
+                   help="one label per disc, from superior to inferior, named by level when the model marks an anchor")
+    g.add_argument("--points", type=Path, help="also write the disc centres as a Slicer point list (.mrk.json); "
+                                               "implies --levels")
+    g.add_argument("--table", type=Path, help="also write one row of measurements per disc (.csv); implies --levels")
     g.add_argument("--overwrite", action="store_true")
 
     d = sub.add_parser("demo", help="segment a real sample case with the bundled model and print its Dice")

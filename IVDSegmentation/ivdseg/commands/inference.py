@@ -40,24 +40,69 @@ def _check_output(path: Path, overwrite: bool):
         raise IvdsegError(f"{path} already exists; pass --overwrite to replace it.")
 
 
+def _wants_levels(a) -> bool:
+    return bool(getattr(a, "levels", False) or getattr(a, "points", None) or getattr(a, "table", None))
+
+
 def _segment_to_files(a, reporter, volume, source, output, overlay=None, overwrite=False):
-    """Runs the model on ``volume`` and writes ``output`` (labelmap + .json, or .seg.nrrd) and the overlay."""
+    """Runs the model on ``volume`` and writes ``output`` (labelmap + .json, or .seg.nrrd) and the overlay; with
+    levels, one label per disc, and the points and the table when asked for."""
     from ivdseg.inference.segment import overlay_png, segment_volume, write_result
 
     backend = _open_backend(a, reporter)
+    levels = _wants_levels(a)
+    if levels:
+        from ivdseg.inference.levels import level_support
+
+        if level_support(backend.card) is None:
+            raise IvdsegError(f"The model {backend.card['name']} {backend.card['version']} does not name disc "
+                              "levels (its card has no spine-levels class); run without --levels, --points and "
+                              "--table, or choose a model that has one.")
     result = segment_volume(volume, backend.predict, backend.card, a.batch_size, a.stop.guard(reporter.progress),
-                            source=source, device=backend.device)
+                            source=source, device=backend.device, uncertainty=bool(getattr(a, "table", None)))
     a.stop.check()  # a request that came with the last batch: nothing is written
+    labelmap, classes, extra = result.labelmap, result.classes, {}
+    if levels:
+        labelmap, classes, extra = _levels(a, volume, result, backend.card, overwrite)
     if output.name.lower().endswith(".seg.nrrd"):
         from ivdseg.io.segnrrd import write_seg_nrrd
 
-        write_seg_nrrd(result.labelmap, result.classes, output, overwrite=overwrite,
+        write_seg_nrrd(labelmap, classes, output, overwrite=overwrite,
                        algorithm_name=f"{backend.card['name']} {backend.card['version']}")
     else:
-        write_result(result, output, backend.card, overwrite=overwrite)
+        write_result(result, output, backend.card, overwrite=overwrite, labelmap=labelmap, classes=classes,
+                     extra=extra)
     if overlay:
-        overlay_png(volume, result.labelmap, result.classes, overlay)
+        overlay_png(volume, labelmap, classes, overlay)
     return result
+
+
+def _levels(a, volume, result, card, overwrite):
+    """Disc instances and levels: (labelmap, classes, sidecar entries); writes --points and --table."""
+    import warnings
+
+    from ivdseg.errors import IvdsegWarning
+    from ivdseg.inference.levels import disc_levels
+
+    levels, labelmap, classes = disc_levels(result.labelmap, card)
+    if levels.note:
+        warnings.warn(IvdsegWarning(levels.note))
+    if a.points:
+        from ivdseg.io.markups import Point, write_points
+
+        write_points(a.points, [Point(d.level or f"disc {d.value}", d.centre_ras, f"{d.name} centre") for d in levels.discs],
+                     name="Disc centres", overwrite=overwrite)
+    if a.table:
+        from ivdseg.inference.measure import measure_discs, write_table
+
+        from ivdseg.inference.levels import level_support
+
+        rows = measure_discs(volume, levels, result.labelmap, card["classes"], result.entropy,
+                             level_support(card)[1].get("review_threshold"))
+        write_table(a.table, rows, overwrite=overwrite)
+    summary = {"anchor": levels.anchor, "uncertain": levels.uncertain, "missing": levels.missing,
+               "note": levels.note, "discs": len(levels.discs)}
+    return labelmap, classes, {"levels": summary}
 
 
 def _report_done(reporter, result, **fields):
@@ -77,6 +122,13 @@ def segment(a) -> int:
     _check_output(a.output, a.overwrite)
     if a.overlay:
         check_folder_of(a.overlay, "--overlay")
+    for option, path, ending in (("--points", a.points, ".mrk.json"), ("--table", a.table, ".csv")):
+        if path is not None:
+            if not path.name.lower().endswith(ending):
+                raise IvdsegError(f"{option} {path}: the file must end in {ending}.")
+            check_folder_of(path, option)
+            if path.exists() and not a.overwrite:
+                raise IvdsegError(f"{path} already exists; pass --overwrite to replace it.")
     reporter = Reporter.auto(a.progress)
     volume = read_volume(a.input, series_uid=a.series)
     result = _segment_to_files(a, reporter, volume, str(a.input), a.output, a.overlay, a.overwrite)

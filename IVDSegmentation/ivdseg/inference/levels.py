@@ -260,3 +260,68 @@ def name_levels(labels: np.ndarray, volume: Volume, anchor_value: int | None = N
                   voxels=int(voxels[old]), volume_ml=round(voxels[old] * voxel_ml, 3))
              for k, old in enumerate(order)]
     return LevelResult(labels=relabelled, discs=discs, anchor=anchor, missing=missing, note=note)
+
+
+# Distinct colours for neighbouring discs (r, g, b in 0..1), cycled from the top.
+DISC_COLORS = [(0.27, 0.80, 0.64), (0.95, 0.62, 0.20), (0.40, 0.52, 0.90), (0.90, 0.35, 0.55), (0.60, 0.80, 0.25),
+               (0.70, 0.45, 0.85), (0.20, 0.70, 0.85), (0.95, 0.85, 0.30)]
+
+
+def level_support(card: dict) -> tuple[str, dict] | None:
+    """(class name, rule) of the card's class whose instances are named by spine level, or None."""
+    for name, rule in (card.get("instances") or {}).items():
+        if rule.get("rule") == "spine levels":
+            return name, rule
+    return None
+
+
+def disc_levels(labelmap: Volume, card: dict) -> tuple[LevelResult, Volume, list[dict]]:
+    """The disc instances of a model's labelmap, named by level, as a new labelmap and its classes.
+
+    The card's ``instances`` entry says which class holds the discs and, as ``anchor_class``, which class (if any)
+    marks the anchor disc (the L5-S1 disc above the sacrum); without one the discs are numbered. In the new
+    labelmap the discs are 1..n from superior to inferior and the model's other classes follow from n + 1.
+
+    Raises:
+        ValueError: the card names no class with spine levels.
+    """
+    support = level_support(card)
+    if support is None:
+        raise ValueError(f"the model {card.get('name')} does not name disc levels")
+    disc_name, rule = support
+    value_of = {c["name"]: c["value"] for c in card["classes"]}
+    anchor_class = rule.get("anchor_class")
+    anchor_mask = labelmap.array == value_of[anchor_class] if anchor_class in value_of else None
+    mask = labelmap.array == value_of[disc_name]
+    if anchor_mask is not None:
+        mask |= anchor_mask
+    labels, n = split_instances(mask, labelmap)
+    anchor_value = None
+    if anchor_mask is not None and anchor_mask.any() and n:
+        counts = np.bincount(labels[anchor_mask], minlength=n + 1)[1:]
+        sizes = np.bincount(labels.reshape(-1), minlength=n + 1)[1:]
+        best = int(np.argmax(counts))
+        if counts[best] >= 0.3 * sizes[best]:
+            anchor_value = best + 1
+    result = name_levels(labels, labelmap, anchor_value, rule.get("anchor_level", "L5-S1"),
+                         rule.get("anchor_reason", f"the disc the model marks as {anchor_class}"))
+    if not anchor_class:
+        result.note = (f"The model {card.get('name')} marks no anchor of the spine (such as the L5-S1 disc above "
+                       "the sacrum), so the discs are numbered from superior to inferior, not named by level.")
+    elif anchor_value is None and not result.note:
+        result.note = f"The model marks no {anchor_class} in this volume; the discs are numbered, not named."
+    disc_entry = next(c for c in card["classes"] if c["name"] == disc_name)
+    classes, out = [], result.labels.astype(np.uint16)
+    for d in result.discs:
+        entry = {"value": d.value, "name": d.name, "level": d.level, "color": list(DISC_COLORS[(d.value - 1) % 8])}
+        if disc_entry.get("terminology"):
+            entry["terminology"] = disc_entry["terminology"]
+        classes.append(entry)
+    others = [c for c in card["classes"] if c["name"] not in (disc_name, anchor_class)]
+    for k, c in enumerate(others):
+        new = len(result.discs) + 1 + k
+        out[(labelmap.array == c["value"]) & (out == 0)] = new
+        classes.append({**c, "value": new})
+    if out.max(initial=0) > 255:
+        raise ValueError("more than 255 labels")
+    return result, Volume(out.astype(np.uint8), labelmap.ijk_to_ras.copy()), classes

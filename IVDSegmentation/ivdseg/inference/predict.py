@@ -49,13 +49,20 @@ def predict_probabilities(predict, batch_input: np.ndarray, batch_size=16, progr
     return np.concatenate(out)
 
 
-def probabilities_to_labels(prob: np.ndarray, shape_hw, mode: str = "stretch") -> np.ndarray:
+def probabilities_to_labels(prob: np.ndarray, shape_hw, mode: str = "stretch", entropy=False):
     """(N, S, S, C) probabilities -> (N, H, W) uint8 labels at native size (resize, then argmax); ``mode`` as the
-    card's :func:`resize_mode`."""
+    card's :func:`resize_mode`. With ``entropy``, also (N, H, W) float16 predictive entropy per pixel, normalised
+    to [0, 1] by log(C) (0: certain, 1: every class equally likely)."""
     labels = np.empty((len(prob), *shape_hw), np.uint8)
+    uncertainty = np.empty((len(prob), *shape_hw), np.float16) if entropy else None
+    scale = 1.0 / np.log(prob.shape[-1]) if prob.shape[-1] > 1 else 0.0
     for i, p in enumerate(prob):
-        labels[i] = np.argmax(resize_probabilities(p, shape_hw, mode), axis=-1)
-    return labels
+        native = resize_probabilities(p, shape_hw, mode)
+        labels[i] = np.argmax(native, axis=-1)
+        if entropy:
+            q = np.clip(native, 1e-7, 1.0)
+            uncertainty[i] = np.clip(-(q * np.log(q)).sum(-1) * scale, 0.0, 1.0)
+    return (labels, uncertainty) if entropy else labels
 
 
 def predict_stack(model, stack: np.ndarray, card: dict, batch_size=16) -> np.ndarray:

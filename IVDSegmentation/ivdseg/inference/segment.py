@@ -31,6 +31,7 @@ class SegmentResult:
     seconds: float
     device: str
     volumes_ml: dict = field(default_factory=dict)
+    entropy: Volume | None = None  # normalised predictive entropy per voxel, when asked for
 
 
 def check_sagittal(volume: Volume, source="the volume"):
@@ -52,7 +53,7 @@ def check_sagittal(volume: Volume, source="the volume"):
 
 
 def segment_volume(volume: Volume, predict, card: dict, batch_size=16, progress=None, source="the volume",
-                   device="cpu") -> SegmentResult:
+                   device="cpu", uncertainty=False) -> SegmentResult:
     """Segments a volume slice by slice.
 
     Args:
@@ -61,6 +62,7 @@ def segment_volume(volume: Volume, predict, card: dict, batch_size=16, progress=
         card: the model card (input size, normalisation, classes).
         batch_size: slices per prediction call.
         progress: called as progress(done_slices, total_slices, "infer").
+        uncertainty: also return the per-voxel predictive entropy (``SegmentResult.entropy``).
 
     Returns:
         SegmentResult with a uint8 labelmap of exactly the input's geometry.
@@ -68,23 +70,39 @@ def segment_volume(volume: Volume, predict, card: dict, batch_size=16, progress=
     t0 = time.perf_counter()
     stack, mapping = check_sagittal(volume, source)
     probs = predict_probabilities(predict, prepare_slices(stack, card), batch_size, progress)
-    labels = apply_card(probabilities_to_labels(probs, stack.shape[1:], resize_mode(card)), card)
+    labels = probabilities_to_labels(probs, stack.shape[1:], resize_mode(card), entropy=uncertainty)
+    entropy = None
+    if uncertainty:
+        labels, per_pixel = labels
+        entropy = Volume(mapping.to_volume(per_pixel), volume.ijk_to_ras.copy())
+    labels = apply_card(labels, card)
     labelmap = Volume(mapping.to_volume(labels).astype(np.uint8), volume.ijk_to_ras.copy())
     voxel_ml = float(np.prod(volume.spacing_ijk_mm)) / 1000.0
     counts = np.bincount(labelmap.array.reshape(-1), minlength=len(card["classes"]) + 1)
     volumes = {c["name"]: round(float(counts[c["value"]]) * voxel_ml, 3) for c in card["classes"]}
-    return SegmentResult(labelmap, card["classes"], len(stack), time.perf_counter() - t0, device, volumes)
+    return SegmentResult(labelmap, card["classes"], len(stack), time.perf_counter() - t0, device, volumes, entropy)
 
 
-def write_result(result: SegmentResult, output, card: dict, overwrite=False) -> Path:
-    """Writes the labelmap (.nii/.nii.gz/.nrrd) and a ``<output>.json`` sidecar naming the classes."""
+def write_result(result: SegmentResult, output, card: dict, overwrite=False, labelmap: Volume | None = None,
+                 classes: list[dict] | None = None, extra: dict | None = None) -> Path:
+    """Writes the labelmap (.nii/.nii.gz/.nrrd) and a ``<output>.json`` sidecar naming the classes.
+
+    ``labelmap`` and ``classes`` replace the result's (e.g. one label per disc), ``extra`` adds sidecar entries."""
     output = Path(output)
-    path = write_volume(result.labelmap, output, overwrite=overwrite)
+    labelmap = labelmap if labelmap is not None else result.labelmap
+    classes = classes if classes is not None else result.classes
+    path = write_volume(labelmap, output, overwrite=overwrite)
     sidecar = output.with_name(output.name + ".json")
     from ivdseg.io.atomic import write_json
 
-    write_json(sidecar, {"model": card["name"], "model_version": card["version"], "labels": result.classes,
-                         "volumes_ml": result.volumes_ml})
+    if classes is result.classes:
+        volumes = result.volumes_ml
+    else:
+        voxel_ml = float(np.prod(labelmap.spacing_ijk_mm)) / 1000.0
+        counts = np.bincount(labelmap.array.reshape(-1), minlength=max(c["value"] for c in classes) + 1)
+        volumes = {c["name"]: round(float(counts[c["value"]]) * voxel_ml, 3) for c in classes}
+    write_json(sidecar, {"model": card["name"], "model_version": card["version"], "labels": classes,
+                         "volumes_ml": volumes, **(extra or {})})
     return path
 
 

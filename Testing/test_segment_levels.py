@@ -1,0 +1,98 @@
+"""`ivdseg segment --levels / --points / --table` with the bundled model on a real lumbar volume: one label per
+disc, the disc centres as a Slicer point list, the measurement table, and the refusals."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from conftest import require_data
+
+from ivdseg import cli
+from ivdseg.io.markups import read_points
+from ivdseg.io.volumes import read_volume
+
+pytest.importorskip("onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def case25(tmp_path_factory):
+    image = require_data("ivd_lumbar_t2/nifti/case25_T2w.nii.gz")
+    out = tmp_path_factory.mktemp("levels")
+    code = cli.main([str(a) for a in ["segment", image, "-o", out / "discs.nii.gz", "--points", out / "discs.mrk.json",
+                                      "--table", out / "discs.csv", "--backend", "onnx", "--progress", "none"]])
+    assert code == 0
+    return image, out
+
+
+def test_each_disc_is_its_own_label_and_the_sidecar_says_why_levels_are_uncertain(case25):
+    image, out = case25
+    labels = read_volume(out / "discs.nii.gz")
+    truth = read_volume(require_data("ivd_lumbar_t2/nifti/case25_ivd_labels.nii.gz"))
+    sidecar = json.loads((out / "discs.nii.gz.json").read_text())
+    n = sidecar["levels"]["discs"]
+    assert set(np.unique(labels.array)) == set(range(n + 1))
+    assert [c["name"] for c in sidecar["labels"]] == [f"intervertebral disc {k}" for k in range(1, n + 1)]
+    assert all(c["terminology"]["type"][1] == "360499006" for c in sidecar["labels"])
+    assert sidecar["levels"]["uncertain"] and "numbered from superior to inferior" in sidecar["levels"]["note"]
+    # The five labelled discs (truth 5 = L1-L2 ... 1 = L5-S1) are five instances, in order from the top.
+    found = []
+    for v in range(1, n + 1):
+        hits = np.bincount(truth.array[labels.array == v].astype(int), minlength=6)[1:]
+        if hits.sum() > 0.5 * (labels.array == v).sum():
+            found.append(int(np.argmax(hits)) + 1)
+    assert found == [5, 4, 3, 2, 1]
+
+
+def test_the_points_and_the_table_have_one_entry_per_disc(case25):
+    _, out = case25
+    sidecar = json.loads((out / "discs.nii.gz.json").read_text())
+    points = read_points(out / "discs.mrk.json")
+    assert [p.label for p in points] == [f"disc {k}" for k in range(1, sidecar["levels"]["discs"] + 1)]
+    heights = [p.ras[2] for p in points]
+    assert heights == sorted(heights, reverse=True)
+    with open(out / "discs.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == len(points)
+    lumbar = [r for r in rows if float(r["volume_ml"]) > 2]
+    assert len(lumbar) >= 5
+    for r in lumbar:  # adult lumbar discs: a few mL, 25-50 mm deep, a few mm to 15 mm high
+        assert 25 < float(r["ap_depth_mm"]) < 55 and 3 < float(r["middle_height_mm"]) < 16
+        assert 0 <= float(r["uncertainty"]) <= 1 and r["review"] == ""
+
+
+def test_levels_need_a_model_that_names_them_and_outputs_need_their_endings(tmp_path, capsys):
+    image = require_data("ivd_lumbar_t2/nifti/case25_T2w.nii.gz")
+    assert cli.main([str(a) for a in ["segment", image, "-o", tmp_path / "x.nii.gz", "--points", tmp_path / "p.json",
+                                      "--progress", "none"]]) == 2
+    assert "--points" in capsys.readouterr().err and not (tmp_path / "x.nii.gz").exists()
+    import shutil
+
+    from ivdseg.models.package import resolve_model, update_card
+
+    shutil.copytree(resolve_model(), tmp_path / "no-levels")
+    card = json.loads((tmp_path / "no-levels" / "model.json").read_text())
+    card.pop("instances")
+    (tmp_path / "no-levels" / "model.json").write_text(json.dumps(card))
+    update_card(tmp_path / "no-levels", {})
+    assert cli.main([str(a) for a in ["segment", image, "-o", tmp_path / "x.nii.gz", "--levels", "--model",
+                                      tmp_path / "no-levels", "--progress", "none"]]) == 2
+    err = capsys.readouterr().err
+    assert "does not name disc levels" in err and err.count("\n") == 1
+    assert not (tmp_path / "x.nii.gz").exists()
+
+
+def test_a_seg_nrrd_has_one_segment_per_disc(tmp_path):
+    import slicerio
+
+    image = require_data("ivd_lumbar_t2/nifti/case25_T2w.nii.gz")
+    assert cli.main([str(a) for a in ["segment", image, "-o", tmp_path / "discs.seg.nrrd", "--levels",
+                                      "--backend", "onnx", "--progress", "none"]]) == 0
+    segmentation = slicerio.read_segmentation(str(tmp_path / "discs.seg.nrrd"))
+    names = [s["name"] for s in segmentation["segments"]]
+    assert len(names) >= 5 and names == [f"intervertebral disc {k}" for k in range(1, len(names) + 1)]
+    assert all(s["terminology"]["type"] == ["SCT", "360499006", "Intervertebral disc"]
+               for s in segmentation["segments"])
+    assert all(s["tags"]["DICOM.SegmentAlgorithmType"] == "AUTOMATIC" for s in segmentation["segments"])
