@@ -17,7 +17,8 @@ import vtk
 from IVDSegmentationLib.gui.dicomdialog import chooseDicomSeries
 from IVDSegmentationLib.gui.jobrunner import JobRunner
 from IVDSegmentationLib.gui.trainingpanel import TrainingPanel
-from IVDSegmentationLib.logic import SegmentationLogic, cardSummary, findModel, modelKey
+from IVDSegmentationLib.gui.views import showDiscTable
+from IVDSegmentationLib.logic import SegmentationLogic, cardSummary, findModel, modelKey, supportsLevels
 from IVDSegmentationLib.terminology import ensureTerminologyContext
 from slicer import vtkMRMLPlotChartNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.i18n import tr as _
@@ -104,6 +105,7 @@ class IVDSegmentationParameterNode:
     modelName - "<name> <version>" of the chosen model package (see modelKey); a bare name also matches.
     device - "auto", "gpu" or "cpu".
     batchSize - slices per network call.
+    labelLevels - one segment per disc named by level, with points and a table (models that name disc levels).
     workerPython - the Python that runs the worker; empty: Slicer's own.
     outputSegmentation - the last result made by the panel.
     training - the Training section (TrainingParameters).
@@ -113,6 +115,7 @@ class IVDSegmentationParameterNode:
     modelName: str = ""
     device: Annotated[str, Choice(["auto", "gpu", "cpu"])] = "auto"
     batchSize: Annotated[int, WithinRange(1, 256)] = 16
+    labelLevels: bool = True
     workerPython: str = ""
     outputSegmentation: vtkMRMLSegmentationNode
     training: TrainingParameters
@@ -225,6 +228,7 @@ class IVDSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                        self.ui.installModelButton, self.ui.deviceComboBox, self.ui.batchSizeSpinBox,
                        self.ui.workerPythonPathLineEdit):
             widget.enabled = not running
+        self.ui.labelLevelsCheckBox.enabled = not running and bool(model and supportsLevels(model.path))
         ready = bool(p.inputVolume and model)
         self.ui.applyButton.text = _("Cancel") if running else _("Apply")
         self.ui.applyButton.enabled = not self._cancelRequested if running else ready
@@ -320,8 +324,9 @@ class IVDSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if not self._ensureInferencePackages():
                 return
             model = findModel(self._models, p.modelName)
+            levels = bool(model and p.labelLevels and supportsLevels(model.path))
             job = self.logic.startSegmentation(p.inputVolume, model.path if model else "", device=p.device,
-                                               batchSize=p.batchSize)
+                                               batchSize=p.batchSize, levels=levels)
             self._jobVolume, self._jobStartTime, self._jobSummary = p.inputVolume, time.time(), {}
             self._cancelRequested = False
             self.ui.progressBar.setRange(0, 0)  # busy indicator until the first progress event
@@ -366,6 +371,7 @@ class IVDSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode.outputSegmentation = segmentationNode
         segmentationNode.CreateDefaultDisplayNodes()
         slicer.util.setSliceViewerLayers(background=volumeNode, fit=True)
+        showDiscTable(volumeNode, segmentationNode)
         seconds = float(self._jobSummary.get("seconds", time.time() - self._jobStartTime))
         device = self._jobSummary.get("device", self._parameterNode.device)
         self.ui.statusLabel.text = _("Done in {seconds:.1f} s on {device}: {name}.").format(

@@ -67,6 +67,10 @@ def test_bundled_model_segments_the_synthetic_spine(scenarios, case, bundled, mr
     assert shNode.GetItemByDataNode(node)
 
 
+def test_disc_levels_give_segments_points_and_a_table_replaced_on_rerun(scenarios, case, bundled, mrml):
+    scenarios.scenarioDiscLevels(case, bundled)
+
+
 def test_cancel_within_a_second_leaves_scene_unchanged(scenarios, case, bundled):
     scenarios.scenarioCancelLeavesSceneUnchanged(case, bundled)
 

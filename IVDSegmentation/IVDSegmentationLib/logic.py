@@ -6,6 +6,7 @@ never shows a dialog.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -49,11 +50,12 @@ class ModelInfo:
 class SegmentationJob:
     """A running segmentation: the worker plus what finishSegmentation needs to build the result."""
 
-    def __init__(self, worker: WorkerJob, tmpdir: str, volumeNode, modelPath: str):
+    def __init__(self, worker: WorkerJob, tmpdir: str, volumeNode, modelPath: str, levels=False):
         self.worker = worker
         self.tmpdir = tmpdir
         self.volumeNode = volumeNode
         self.modelPath = modelPath
+        self.levels = levels
 
     def poll(self):
         return self.worker.poll()
@@ -148,8 +150,11 @@ class SegmentationLogic:
 
     # ------------------------------------------------------------ segmentation
     def startSegmentation(self, volumeNode, modelPath: str, device="auto", batchSize=16,
-                          backend="auto") -> SegmentationJob:
+                          backend="auto", levels=False) -> SegmentationJob:
         """Writes the volume to a temporary file and starts the worker; returns at once.
+
+        With ``levels`` (for a model whose card names disc levels: :func:`supportsLevels`), each disc becomes its
+        own segment named by level, with the disc centres and the measurement table beside it.
 
         Raises:
             ValueError: no volume, a colour volume, or no model.
@@ -167,8 +172,10 @@ class SegmentationLogic:
             raise
         args = ["segment", Path(tmpdir) / "input.nrrd", "-o", Path(tmpdir) / "labels.nrrd", "--model", modelPath,
                 "--device", device, "--batch-size", int(batchSize), "--backend", backend, "--progress", "jsonl"]
+        if levels:
+            args += ["--levels", "--points", Path(tmpdir) / "discs.mrk.json", "--table", Path(tmpdir) / "discs.csv"]
         worker = WorkerJob(args, python=self.workerPython)
-        return SegmentationJob(worker, tmpdir, volumeNode, modelPath)
+        return SegmentationJob(worker, tmpdir, volumeNode, modelPath, levels)
 
     def finishSegmentation(self, job: SegmentationJob):
         """Turns a finished job into a segmentation node; always removes the job's temporary files.
@@ -185,15 +192,24 @@ class SegmentationLogic:
                 raise RuntimeError(job.worker.errorMessage())
             labels = nodes.readLabelArray(Path(job.tmpdir) / "labels.nrrd", job.volumeNode)
             card = read_card(job.modelPath)
-            return nodes.segmentationFromLabelmap(labels, job.volumeNode, card)
+            if job.levels:  # one class per disc, as the worker's sidecar names them
+                sidecar = json.loads((Path(job.tmpdir) / "labels.nrrd.json").read_text(encoding="utf-8"))
+                card = {**card, "classes": sidecar["labels"]}
+            node = nodes.segmentationFromLabelmap(labels, job.volumeNode, card)
+            if job.levels:
+                nodes.discPointsFromFile(Path(job.tmpdir) / "discs.mrk.json", job.volumeNode, card["name"])
+                nodes.discTableFromFile(Path(job.tmpdir) / "discs.csv", job.volumeNode, card["name"])
+            else:
+                nodes.removeResultNodes(job.volumeNode, card["name"])
+            return node
         finally:
             job.cleanup()
 
     def segment(self, volumeNode, modelPath: str, device="auto", batchSize=16, progressCallback=None,
-                backend="auto", timeout=None, idle=None):
+                backend="auto", timeout=None, idle=None, levels=False):
         """Blocking segmentation (for scripts and tests); progressCallback receives each event dict, ``idle`` is
         called between polls (e.g. to process GUI events; default: a short sleep)."""
-        job = self.startSegmentation(volumeNode, modelPath, device, batchSize, backend)
+        job = self.startSegmentation(volumeNode, modelPath, device, batchSize, backend, levels)
         try:
             job.worker.wait(timeout=timeout, onEvent=progressCallback, idle=idle)
         except BaseException:
@@ -217,6 +233,16 @@ class SegmentationLogic:
         from . import dicomdb
 
         return dicomdb.loadSeriesFromFolder(folder, seriesUID)
+
+
+def supportsLevels(modelPath: str) -> bool:
+    """Whether a model's card names disc levels (``ivdseg segment --levels``)."""
+    from ivdseg.inference.levels import level_support
+
+    try:
+        return level_support(read_card(modelPath)) is not None
+    except IvdsegError:
+        return False
 
 
 def cardSummary(info: ModelInfo) -> str:

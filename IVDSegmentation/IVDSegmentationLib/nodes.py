@@ -11,6 +11,7 @@ from ivdseg.models.terminology import segment_descriptions
 
 MODEL_ATTRIBUTE = "IVDSegmentation.Model"
 INPUT_ATTRIBUTE = "IVDSegmentation.InputVolumeID"
+KIND_ATTRIBUTE = "IVDSegmentation.Result"  # "disc centres" or "disc measurements" beside the segmentation
 
 
 def ijkToRasArray(volumeNode) -> np.ndarray:
@@ -89,12 +90,102 @@ def volumeFromNodeChecks(volumeNode) -> None:
                          "a greyscale MRI is needed.")
 
 
-def findResultNode(scene, volumeNode, modelName):
-    """The segmentation node an earlier run of ``modelName`` made for ``volumeNode``, or None."""
-    for node in scene.GetNodesByClass("vtkMRMLSegmentationNode"):
-        if node.GetAttribute(MODEL_ATTRIBUTE) == modelName and node.GetAttribute(INPUT_ATTRIBUTE) == volumeNode.GetID():
+def findResultNode(scene, volumeNode, modelName, className="vtkMRMLSegmentationNode", kind=None):
+    """The node of ``className`` an earlier run of ``modelName`` made for ``volumeNode`` (of that ``kind``), or
+    None."""
+    for node in scene.GetNodesByClass(className):
+        if (node.GetAttribute(MODEL_ATTRIBUTE) == modelName and node.GetAttribute(INPUT_ATTRIBUTE) == volumeNode.GetID()
+                and node.GetAttribute(KIND_ATTRIBUTE) == kind):
             return node
     return None
+
+
+def _resultNode(scene, volumeNode, modelName, className, kind, name):
+    """The model's earlier node of this kind for the volume, emptied for reuse, or a new one; (node, is new)."""
+    existing = findResultNode(scene, volumeNode, modelName, className, kind)
+    if existing is not None:
+        return existing, False
+    node = scene.AddNewNodeByClass(className)
+    node.SetName(scene.GenerateUniqueName(f"{volumeNode.GetName()} {name} ({modelName})"))
+    node.SetAttribute(MODEL_ATTRIBUTE, modelName)
+    node.SetAttribute(INPUT_ATTRIBUTE, volumeNode.GetID())
+    node.SetAttribute(KIND_ATTRIBUTE, kind)
+    return node, True
+
+
+def discPointsFromFile(path, volumeNode, modelName, scene=None):
+    """The disc centres of ``segment --points`` as a point list beside the segmentation (replacing the model's
+    earlier one for this volume): one control point per disc, labelled by level, movable by the user."""
+    from ivdseg.io.markups import read_points
+
+    scene = scene or slicer.mrmlScene
+    points = read_points(path)
+    node, new = _resultNode(scene, volumeNode, modelName, "vtkMRMLMarkupsFiducialNode", "disc centres", "disc centres")
+    try:
+        if new:
+            node.CreateDefaultDisplayNodes()
+        wasModifying = node.StartModify()
+        try:
+            node.RemoveAllControlPoints()
+            for n, p in enumerate(points):
+                node.AddControlPoint(vtk.vtkVector3d(*p.ras), p.label)
+                node.SetNthControlPointDescription(n, p.description)
+                node.SetNthControlPointLocked(n, p.locked)
+        finally:
+            node.EndModify(wasModifying)
+        placeUnderStudy(scene, node, volumeNode)
+    except Exception:
+        if new:
+            scene.RemoveNode(node)
+        raise
+    return node
+
+
+def discTableFromFile(path, volumeNode, modelName, scene=None):
+    """The measurements of ``segment --table`` as a table node (replacing the model's earlier one for this volume);
+    numeric columns are numbers (empty cells: NaN), the others text."""
+    import csv
+    import math
+
+    scene = scene or slicer.mrmlScene
+    with open(path, newline="", encoding="utf-8") as fh:
+        rows = list(csv.reader(fh))
+    header, body = rows[0], rows[1:]
+    node, new = _resultNode(scene, volumeNode, modelName, "vtkMRMLTableNode", "disc measurements",
+                            "disc measurements")
+    try:
+        table = vtk.vtkTable()
+        for c, name in enumerate(header):
+            cells = [r[c] for r in body]
+            try:
+                values = [float(x) if x != "" else math.nan for x in cells]
+                column = vtk.vtkDoubleArray()
+                for v in values:
+                    column.InsertNextValue(v)
+            except ValueError:
+                column = vtk.vtkStringArray()
+                for x in cells:
+                    column.InsertNextValue(x)
+            column.SetName(name)
+            table.AddColumn(column)
+        node.SetAndObserveTable(table)
+        node.SetUseColumnTitleAsColumnHeader(True)
+        placeUnderStudy(scene, node, volumeNode)
+    except Exception:
+        if new:
+            scene.RemoveNode(node)
+        raise
+    return node
+
+
+def removeResultNodes(volumeNode, modelName, scene=None):
+    """Removes the model's points and table for this volume (a run without levels leaves none that describe an
+    older result)."""
+    scene = scene or slicer.mrmlScene
+    for className, kind in (("vtkMRMLMarkupsFiducialNode", "disc centres"), ("vtkMRMLTableNode", "disc measurements")):
+        node = findResultNode(scene, volumeNode, modelName, className, kind)
+        if node is not None:
+            scene.RemoveNode(node)
 
 
 def segmentationFromLabelmap(labels: np.ndarray, volumeNode, card: dict, scene=None):
@@ -137,8 +228,7 @@ def segmentationFromLabelmap(labels: np.ndarray, volumeNode, card: dict, scene=N
                 segment = segmentation.GetSegment(segmentId)
                 for key, value in description["tags"].items():
                     segment.SetTag(key, value)  # TerminologyEntry included: the tag SetTerminology writes
-                mask = (labels == description["label_value"]).astype(np.uint8)
-                slicer.util.updateSegmentBinaryLabelmapFromArray(mask, node, segmentId, volumeNode)
+                _setSegmentMask(node, segmentId, labels == description["label_value"], volumeNode)
         finally:
             node.EndModify(wasModifying)
         node.SetAttribute(MODEL_ATTRIBUTE, modelName)
@@ -149,6 +239,26 @@ def segmentationFromLabelmap(labels: np.ndarray, volumeNode, card: dict, scene=N
             scene.RemoveNode(node)
         raise
     return node
+
+
+def _setSegmentMask(segmentationNode, segmentId, mask: np.ndarray, volumeNode) -> None:
+    """Sets a segment's binary labelmap from a (K, J, I) mask on the volume's grid, through an oriented image (no
+    temporary volume node, whose display node would stay in the scene after each segment)."""
+    from vtk.util import numpy_support
+
+    image = slicer.vtkOrientedImageData()
+    k, j, i = mask.shape
+    image.SetDimensions(i, j, k)
+    image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
+    scalars = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())
+    scalars[:] = mask.astype(np.uint8).reshape(-1)
+    matrix = vtk.vtkMatrix4x4()
+    volumeNode.GetIJKToRASMatrix(matrix)
+    image.SetImageToWorldMatrix(matrix)
+    mode = slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE
+    if not slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(image, segmentationNode, segmentId,
+                                                                               mode):
+        raise RuntimeError(f"Segment {segmentId} could not be set.")
 
 
 def placeUnderStudy(scene, node, volumeNode):

@@ -257,6 +257,48 @@ def scenarioSegmentSyntheticVolume(testCase, modelPath=None, minDice=0.5, idle=N
     return segNode
 
 
+def scenarioDiscLevels(testCase, modelPath=None, idle=None):
+    """With levels: one segment per disc (named, superior first), the disc centres as a point list and the
+    measurements as a table beside it; a second run replaces all three, a run without levels removes the points
+    and the table that no longer describe the result."""
+    from .nodes import KIND_ATTRIBUTE, findResultNode
+
+    modelPath = str(modelPath or resolve_model())
+    card = read_card(modelPath)
+    volumeNode, truth = addPhantomVolume("Levels test")
+    logic = SegmentationLogic()
+    segNode = logic.segment(volumeNode, modelPath, device="cpu", batchSize=8, timeout=600, idle=idle, levels=True)
+    segmentation = segNode.GetSegmentation()
+    n = segmentation.GetNumberOfSegments()
+    testCase.assertGreaterEqual(n, 3)
+    names = [segmentation.GetNthSegment(k).GetName() for k in range(n)]
+    testCase.assertTrue(all("intervertebral disc" in name for name in names))
+    points = findResultNode(slicer.mrmlScene, volumeNode, card["name"], "vtkMRMLMarkupsFiducialNode", "disc centres")
+    table = findResultNode(slicer.mrmlScene, volumeNode, card["name"], "vtkMRMLTableNode", "disc measurements")
+    testCase.assertIsNotNone(points)
+    testCase.assertIsNotNone(table)
+    testCase.assertEqual(points.GetNumberOfControlPoints(), n)
+    testCase.assertEqual(table.GetNumberOfRows(), n)
+    heights = []
+    for k in range(n):
+        pos = [0.0, 0.0, 0.0]
+        points.GetNthControlPointPosition(k, pos)
+        heights.append(pos[2])
+    testCase.assertEqual(heights, sorted(heights, reverse=True))  # superior first
+    depth = table.GetTable().GetColumnByName("ap_depth_mm")
+    testCase.assertTrue(all(depth.GetValue(k) > 0 for k in range(n)))
+    before = slicer.mrmlScene.GetNumberOfNodes()
+    again = logic.segment(volumeNode, modelPath, device="cpu", batchSize=8, timeout=600, idle=idle, levels=True)
+    testCase.assertIs(again, segNode)
+    testCase.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), before)  # replaced, not added
+    logic.segment(volumeNode, modelPath, device="cpu", batchSize=8, timeout=600, idle=idle)
+    testCase.assertEqual(segNode.GetSegmentation().GetNumberOfSegments(), len(card["classes"]))
+    remaining = [node for node in slicer.util.getNodesByClass("vtkMRMLMarkupsFiducialNode")
+                 + slicer.util.getNodesByClass("vtkMRMLTableNode") if node.GetAttribute(KIND_ATTRIBUTE)]
+    testCase.assertEqual(remaining, [])
+    return segNode
+
+
 def scenarioCancelLeavesSceneUnchanged(testCase, modelPath=None, idle=None):
     """Cancel ends the worker within a second and the scene is as it was before Apply."""
     idle = idle or _sleep
@@ -296,6 +338,7 @@ def missingForInference() -> list:
 
 def runInferenceScenarios(testCase, modelPath=None, idle=None):
     scenarioSegmentSyntheticVolume(testCase, modelPath, idle=idle)
+    scenarioDiscLevels(testCase, modelPath, idle=idle)
     scenarioCancelLeavesSceneUnchanged(testCase, modelPath, idle=idle)
 
 

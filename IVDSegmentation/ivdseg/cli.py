@@ -139,6 +139,17 @@ def _add_evaluate(sub):
     v.add_argument("--batch-size", type=int, default=16)
     v.add_argument("--json", type=Path, help="also write the figures to this JSON file")
 
+    lv = sub.add_parser("evaluate-levels", help="level accuracy and disc-centre error of segment --levels on a "
+                                                "dataset whose labels say the levels")
+    lv.add_argument("dataset", type=Path, help="a dataset with the classes 'intervertebral disc' and "
+                                               "'lumbosacral disc' (Resources/recipes/ivd-lumbosacral-2d.sh)")
+    lv.add_argument("--model", help="the disc model (default: the bundled one); its card names the anchor model")
+    lv.add_argument("--split", choices=["val", "test", "all"], default="test")
+    lv.add_argument("--backend", choices=["auto", "onnx", "tensorflow"], default="auto")
+    lv.add_argument("--device", choices=["auto", "gpu", "cpu"], default="auto")
+    lv.add_argument("--batch-size", type=int, default=16)
+    lv.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+
 
 def _add_inference_commands(sub):
     g = sub.add_parser("segment", help="segment the discs of a volume (DICOM folder, NIfTI or NRRD)")
@@ -173,7 +184,7 @@ def _inference_args(g):
 
 
 COMMANDS = {"export": training.export, "train": training.train, "crossval": training.crossval,
-            "evaluate": training.evaluate, "segment": inference.segment, "demo": inference.demo,
+            "evaluate": training.evaluate, "evaluate-levels": training.evaluate_levels, "segment": inference.segment, "demo": inference.demo,
             "series": inference.series}
 
 

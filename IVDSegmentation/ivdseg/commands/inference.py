@@ -77,6 +77,30 @@ def _segment_to_files(a, reporter, volume, source, output, overlay=None, overwri
     return result
 
 
+def _anchor_mask(a, volume, card):
+    """(lumbosacral-disc mask, model name) from the anchor model the card names, or (None, "") without one."""
+    from ivdseg.inference.backends import load_backend
+    from ivdseg.inference.levels import level_support
+    from ivdseg.inference.segment import segment_volume
+    from ivdseg.models.package import resolve_model
+
+    rule = level_support(card)[1]
+    if not rule.get("anchor_model"):
+        return None, ""
+    try:
+        package = resolve_model(rule["anchor_model"])
+    except IvdsegError:
+        raise IvdsegError(f"The model {card['name']} names its levels from the anchor model "
+                          f"{rule['anchor_model']!r}, which is not installed; reinstall the bundled models.") from None
+    backend = load_backend(package, a.backend, a.device)
+    value = next((c["value"] for c in backend.card["classes"] if c["name"] == "lumbosacral disc"), None)
+    if value is None:
+        raise IvdsegError(f"The anchor model {rule['anchor_model']!r} has no 'lumbosacral disc' class.")
+    anchor = segment_volume(volume, backend.predict, backend.card, a.batch_size, device=backend.device)
+    a.stop.check()
+    return anchor.labelmap.array == value, f"{backend.card['name']} {backend.card['version']}"
+
+
 def _levels(a, volume, result, card, overwrite):
     """Disc instances and levels: (labelmap, classes, sidecar entries); writes --points and --table."""
     import warnings
@@ -84,7 +108,8 @@ def _levels(a, volume, result, card, overwrite):
     from ivdseg.errors import IvdsegWarning
     from ivdseg.inference.levels import disc_levels
 
-    levels, labelmap, classes = disc_levels(result.labelmap, card)
+    anchor_mask, anchor_name = _anchor_mask(a, volume, card)
+    levels, labelmap, classes = disc_levels(result.labelmap, card, anchor_mask, anchor_name)
     if levels.note:
         warnings.warn(IvdsegWarning(levels.note))
     if a.points:

@@ -185,3 +185,42 @@ def evaluate(a) -> int:
 
         write_json(a.json, result)
     return 0
+
+
+def evaluate_levels(a) -> int:
+    from ivdseg.data import dataset as ds
+    from ivdseg.eval.levels import evaluate_levels
+    from ivdseg.inference.backends import load_backend
+    from ivdseg.inference.levels import level_support
+    from ivdseg.models.package import resolve_model
+
+    check_batch_size(a)
+    if a.json:
+        check_folder_of(a.json, "--json")
+    info = ds.open_dataset(a.dataset)
+    disc = load_backend(resolve_model(a.model), a.backend, a.device)
+    support = level_support(disc.card)
+    if support is None or not support[1].get("anchor_model"):
+        raise IvdsegError(f"The model {disc.card['name']} {disc.card['version']} names no anchor model for its "
+                          "levels; there is nothing to evaluate.")
+    anchor = load_backend(resolve_model(support[1]["anchor_model"]), a.backend, a.device)
+    train_cases, val_cases = info.split_cases()
+    cases = {"val": val_cases, "test": info.test_cases(), "all": sorted(info.cases)}[a.split]
+    if not cases:
+        raise IvdsegError(f"{a.dataset} has no {a.split} patients.")
+    result = evaluate_levels(disc, anchor, info, cases, a.batch_size, a.stop.guard(None))
+    print(f"{'source':<24}{'cases':>6}{'discs':>7}{'levels right':>14}{'all right':>11}{'anchor':>8}"
+          f"{'centre error median / mean':>29}")
+    for source, s in [("all", result["overall"]), *result["per_source"].items()]:
+        acc = "n/a" if s["level_accuracy"] is None else f"{100 * s['level_accuracy']:.1f} %"
+        err = ("n/a" if s["centre_error_median"] is None
+               else f"{s['centre_error_median']:.2f} / {s['centre_error_mean']:.2f} {s['unit']}")
+        print(f"{source:<24}{s['cases']:>6}{s['discs']:>7}{acc:>14}{s['cases_all_right']:>11}{s['anchor_found']:>8}"
+              f"{err:>29}")
+    print(f"Levels of {disc.card['name']} {disc.card['version']} with the anchor of {anchor.card['name']} "
+          f"{anchor.card['version']} on the {a.split} split.")
+    if a.json:
+        from ivdseg.io.atomic import write_json
+
+        write_json(a.json, result)
+    return 0

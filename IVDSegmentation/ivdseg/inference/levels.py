@@ -275,11 +275,14 @@ def level_support(card: dict) -> tuple[str, dict] | None:
     return None
 
 
-def disc_levels(labelmap: Volume, card: dict) -> tuple[LevelResult, Volume, list[dict]]:
+def disc_levels(labelmap: Volume, card: dict, anchor_mask: np.ndarray | None = None,
+                anchor_name: str = "") -> tuple[LevelResult, Volume, list[dict]]:
     """The disc instances of a model's labelmap, named by level, as a new labelmap and its classes.
 
-    The card's ``instances`` entry says which class holds the discs and, as ``anchor_class``, which class (if any)
-    marks the anchor disc (the L5-S1 disc above the sacrum); without one the discs are numbered. In the new
+    The card's ``instances`` entry says which class holds the discs and where the anchor disc (the L5-S1 disc above
+    the sacrum) comes from: a class of the same model (``anchor_class``), or another model (``anchor_model``), whose
+    lumbosacral-disc mask the caller passes as ``anchor_mask`` (named ``anchor_name``). The disc instance that this
+    mask covers for at least 30 % of its voxels is the anchor; without one the discs are numbered. In the new
     labelmap the discs are 1..n from superior to inferior and the model's other classes follow from n + 1.
 
     Raises:
@@ -291,10 +294,11 @@ def disc_levels(labelmap: Volume, card: dict) -> tuple[LevelResult, Volume, list
     disc_name, rule = support
     value_of = {c["name"]: c["value"] for c in card["classes"]}
     anchor_class = rule.get("anchor_class")
-    anchor_mask = labelmap.array == value_of[anchor_class] if anchor_class in value_of else None
     mask = labelmap.array == value_of[disc_name]
-    if anchor_mask is not None:
+    if anchor_mask is None and anchor_class in value_of:
+        anchor_mask = labelmap.array == value_of[anchor_class]
         mask |= anchor_mask
+        anchor_name = anchor_class
     labels, n = split_instances(mask, labelmap)
     anchor_value = None
     if anchor_mask is not None and anchor_mask.any() and n:
@@ -304,12 +308,13 @@ def disc_levels(labelmap: Volume, card: dict) -> tuple[LevelResult, Volume, list
         if counts[best] >= 0.3 * sizes[best]:
             anchor_value = best + 1
     result = name_levels(labels, labelmap, anchor_value, rule.get("anchor_level", "L5-S1"),
-                         rule.get("anchor_reason", f"the disc the model marks as {anchor_class}"))
-    if not anchor_class:
+                         f"the disc {anchor_name} marks as the lumbosacral disc" if anchor_name else "")
+    if anchor_mask is None:
         result.note = (f"The model {card.get('name')} marks no anchor of the spine (such as the L5-S1 disc above "
                        "the sacrum), so the discs are numbered from superior to inferior, not named by level.")
-    elif anchor_value is None and not result.note:
-        result.note = f"The model marks no {anchor_class} in this volume; the discs are numbered, not named."
+    elif anchor_value is None:
+        result.note = (f"{anchor_name or 'The model'} finds no lumbosacral disc (L5-S1, above the sacrum) among "
+                       "the discs in view, so they are numbered from superior to inferior, not named by level.")
     disc_entry = next(c for c in card["classes"] if c["name"] == disc_name)
     classes, out = [], result.labels.astype(np.uint16)
     for d in result.discs:

@@ -157,3 +157,13 @@ def sagittal_slices(volume: Volume) -> tuple[np.ndarray, SliceMapping]:
     """
     mapping = sagittal_mapping(volume)
     return mapping.to_stack(volume.array), mapping
+
+
+def stack_volume(stack: np.ndarray, pixel_spacing_mm=(1.0, 1.0), slice_spacing_mm=1.0) -> Volume:
+    """A Volume whose :func:`sagittal_slices` are ``stack`` (N, H, W) itself (slices right -> left, rows
+    superior -> inferior, columns anterior -> posterior), with the given spacing (NaN, as for PNG slices, reads 1)."""
+    row, col = (float(s) if np.isfinite(s) else 1.0 for s in pixel_spacing_mm)
+    between = float(slice_spacing_mm) if np.isfinite(slice_spacing_mm) else 1.0
+    ijk_to_ras = np.array([[0.0, 0.0, -between, 0.0], [-col, 0.0, 0.0, 0.0], [0.0, -row, 0.0, 0.0],
+                           [0.0, 0.0, 0.0, 1.0]])
+    return Volume(np.asarray(stack), ijk_to_ras)
