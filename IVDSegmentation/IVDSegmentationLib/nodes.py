@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import slicer
 import vtk
@@ -100,17 +102,23 @@ def findResultNode(scene, volumeNode, modelName, className="vtkMRMLSegmentationN
     return None
 
 
-def _resultNode(scene, volumeNode, modelName, className, kind, name):
-    """The model's earlier node of this kind for the volume, emptied for reuse, or a new one; (node, is new)."""
+@contextlib.contextmanager
+def _resultNode(scene, volumeNode, modelName, className, kind):
+    """Yields the model's earlier node of this kind for the volume (to be refilled) or a new one, and puts it beside
+    the volume; if filling it fails, a new node is removed again."""
     existing = findResultNode(scene, volumeNode, modelName, className, kind)
-    if existing is not None:
-        return existing, False
-    node = scene.AddNewNodeByClass(className)
-    node.SetName(scene.GenerateUniqueName(f"{volumeNode.GetName()} {name} ({modelName})"))
-    node.SetAttribute(MODEL_ATTRIBUTE, modelName)
-    node.SetAttribute(INPUT_ATTRIBUTE, volumeNode.GetID())
-    node.SetAttribute(KIND_ATTRIBUTE, kind)
-    return node, True
+    node = existing or scene.AddNewNodeByClass(className)
+    if existing is None:
+        node.SetName(scene.GenerateUniqueName(f"{volumeNode.GetName()} {kind} ({modelName})"))
+        for key, value in ((MODEL_ATTRIBUTE, modelName), (INPUT_ATTRIBUTE, volumeNode.GetID()), (KIND_ATTRIBUTE, kind)):
+            node.SetAttribute(key, value)
+    try:
+        yield node
+        placeUnderStudy(scene, node, volumeNode)
+    except Exception:
+        if existing is None:
+            scene.RemoveNode(node)
+        raise
 
 
 def discPointsFromFile(path, volumeNode, modelName, scene=None):
@@ -120,9 +128,8 @@ def discPointsFromFile(path, volumeNode, modelName, scene=None):
 
     scene = scene or slicer.mrmlScene
     points = read_points(path)
-    node, new = _resultNode(scene, volumeNode, modelName, "vtkMRMLMarkupsFiducialNode", "disc centres", "disc centres")
-    try:
-        if new:
+    with _resultNode(scene, volumeNode, modelName, "vtkMRMLMarkupsFiducialNode", "disc centres") as node:
+        if node.GetDisplayNode() is None:
             node.CreateDefaultDisplayNodes()
         wasModifying = node.StartModify()
         try:
@@ -133,48 +140,36 @@ def discPointsFromFile(path, volumeNode, modelName, scene=None):
                 node.SetNthControlPointLocked(n, p.locked)
         finally:
             node.EndModify(wasModifying)
-        placeUnderStudy(scene, node, volumeNode)
-    except Exception:
-        if new:
-            scene.RemoveNode(node)
-        raise
     return node
 
 
+def _column(name: str, cells: list[str]):
+    """A vtk column: numbers (empty cells NaN) when every cell reads as one, else text."""
+    try:
+        values = [float(x) if x != "" else float("nan") for x in cells]
+        column = vtk.vtkDoubleArray()
+    except ValueError:
+        values, column = cells, vtk.vtkStringArray()
+    for v in values:
+        column.InsertNextValue(v)
+    column.SetName(name)
+    return column
+
+
 def discTableFromFile(path, volumeNode, modelName, scene=None):
-    """The measurements of ``segment --table`` as a table node (replacing the model's earlier one for this volume);
-    numeric columns are numbers (empty cells: NaN), the others text."""
+    """The measurements of ``segment --table`` as a table node (replacing the model's earlier one for this volume)."""
     import csv
-    import math
 
     scene = scene or slicer.mrmlScene
     with open(path, newline="", encoding="utf-8") as fh:
         rows = list(csv.reader(fh))
     header, body = rows[0], rows[1:]
-    node, new = _resultNode(scene, volumeNode, modelName, "vtkMRMLTableNode", "disc measurements",
-                            "disc measurements")
-    try:
+    with _resultNode(scene, volumeNode, modelName, "vtkMRMLTableNode", "disc measurements") as node:
         table = vtk.vtkTable()
         for c, name in enumerate(header):
-            cells = [r[c] for r in body]
-            try:
-                values = [float(x) if x != "" else math.nan for x in cells]
-                column = vtk.vtkDoubleArray()
-                for v in values:
-                    column.InsertNextValue(v)
-            except ValueError:
-                column = vtk.vtkStringArray()
-                for x in cells:
-                    column.InsertNextValue(x)
-            column.SetName(name)
-            table.AddColumn(column)
+            table.AddColumn(_column(name, [r[c] for r in body]))
         node.SetAndObserveTable(table)
         node.SetUseColumnTitleAsColumnHeader(True)
-        placeUnderStudy(scene, node, volumeNode)
-    except Exception:
-        if new:
-            scene.RemoveNode(node)
-        raise
     return node
 
 
