@@ -80,7 +80,7 @@ def test_levels_need_a_model_that_names_them_and_outputs_need_their_endings(tmp_
     assert cli.main([str(a) for a in ["segment", image, "-o", tmp_path / "x.nii.gz", "--levels", "--model",
                                       tmp_path / "no-levels", "--progress", "none"]]) == 2
     err = capsys.readouterr().err
-    assert "does not name disc levels" in err and err.count("\n") == 1
+    assert "names no instances" in err and err.count("\n") == 1
     assert not (tmp_path / "x.nii.gz").exists()
 
 

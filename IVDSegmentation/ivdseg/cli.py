@@ -159,8 +159,9 @@ def _add_inference_commands(sub):
     _inference_args(g)
     g.add_argument("--series", help="SeriesInstanceUID when the folder holds several series")
     g.add_argument("--overlay", type=Path, help="also write a mid-sagittal PNG with the outlines")
-    g.add_argument("--levels", action="store_true",
-                   help="one label per disc, from superior to inferior, named by level when the model marks an anchor")
+    g.add_argument("--levels", "--instances", action="store_true",
+                   help="the instances the model's card names: one label per disc, from superior to inferior, named "
+                        "by level when the anchor is found; right and left of a paired organ")
     g.add_argument("--points", type=Path, help="also write the disc centres as a Slicer point list (.mrk.json); "
                                                "implies --levels")
     g.add_argument("--table", type=Path, help="also write one row of measurements per disc (.csv); implies --levels")

@@ -52,12 +52,16 @@ def _segment_to_files(a, reporter, volume, source, output, overlay=None, overwri
     backend = _open_backend(a, reporter)
     levels = _wants_levels(a)
     if levels:
+        from ivdseg.inference.instances import instance_rules
         from ivdseg.inference.levels import level_support
 
-        if level_support(backend.card) is None:
-            raise IvdsegError(f"The model {backend.card['name']} {backend.card['version']} does not name disc "
-                              "levels (its card has no spine-levels class); run without --levels, --points and "
+        if not instance_rules(backend.card):
+            raise IvdsegError(f"The model {backend.card['name']} {backend.card['version']} names no instances (its "
+                              "card has no spine-levels or left / right class); run without --levels, --points and "
                               "--table, or choose a model that has one.")
+        if (a.points or a.table) and level_support(backend.card) is None:
+            raise IvdsegError(f"--points and --table need disc levels, which the model {backend.card['name']} "
+                              f"{backend.card['version']} does not name.")
     result = segment_volume(volume, backend.predict, backend.card, a.batch_size, a.stop.guard(reporter.progress),
                             source=source, device=backend.device, uncertainty=bool(getattr(a, "table", None)))
     a.stop.check()  # a request that came with the last batch: nothing is written
@@ -84,7 +88,8 @@ def _anchor_mask(a, volume, card):
     from ivdseg.inference.segment import segment_volume
     from ivdseg.models.package import resolve_model
 
-    rule = level_support(card)[1]
+    support = level_support(card)
+    rule = support[1] if support else {}
     if not rule.get("anchor_model"):
         return None, ""
     try:
@@ -106,12 +111,14 @@ def _levels(a, volume, result, card, overwrite):
     import warnings
 
     from ivdseg.errors import IvdsegWarning
-    from ivdseg.inference.levels import disc_levels
+    from ivdseg.inference.instances import named_instances
 
     anchor_mask, anchor_name = _anchor_mask(a, volume, card)
-    levels, labelmap, classes = disc_levels(result.labelmap, card, anchor_mask, anchor_name)
-    if levels.note:
-        warnings.warn(IvdsegWarning(levels.note))
+    levels, labelmap, classes, notes = named_instances(result.labelmap, card, anchor_mask, anchor_name)
+    for note in notes:
+        warnings.warn(IvdsegWarning(note))
+    if levels is None:
+        return labelmap, classes, {}
     if a.points:
         from ivdseg.io.markups import Point, write_points
 
