@@ -27,6 +27,7 @@ INFERENCE = {
     "nibabel": "nibabel>=5.2",
     "pydicom": "pydicom>=3.0",
     "scipy": "scipy>=1.11",
+    "highdicom": "highdicom>=0.22",
 }
 # No Keras with a known safe_mode bypass may load a model package: CVE-2025-8747 (fixed in 3.11.0), CVE-2026-1462
 # and GHSA-hqp4-2352-xf5r (fixed in 3.14.0); the same floor as pyproject.toml.

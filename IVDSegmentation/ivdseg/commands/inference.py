@@ -28,10 +28,13 @@ def _open_backend(a, reporter):
     return backend
 
 
-def _check_output(path: Path, overwrite: bool):
+def _check_output(path: Path, overwrite: bool, source: Path | None = None):
     name = path.name.lower()
-    if not name.endswith((".nii", ".nii.gz", ".nrrd")):
-        raise IvdsegError(f"{path}: the output must end in .nii.gz, .nii, .nrrd or .seg.nrrd.")
+    if not name.endswith((".nii", ".nii.gz", ".nrrd", ".dcm")):
+        raise IvdsegError(f"{path}: the output must end in .nii.gz, .nii, .nrrd, .seg.nrrd or .dcm (DICOM SEG).")
+    if name.endswith(".dcm") and source is not None and not _is_dicom_input(source):
+        raise IvdsegError(f"{path}: a DICOM SEG references its source series, but {source} is not DICOM; write a "
+                          ".seg.nrrd or a labelmap instead.")
     if not path.parent.is_dir():
         raise IvdsegError(f"Cannot write {path}: folder {path.parent} does not exist.")
     if not os.access(path.parent, os.W_OK):
@@ -42,6 +45,11 @@ def _check_output(path: Path, overwrite: bool):
 
 def _wants_levels(a) -> bool:
     return bool(getattr(a, "levels", False) or getattr(a, "points", None) or getattr(a, "table", None))
+
+
+def _is_dicom_input(path: Path) -> bool:
+    """A DICOM folder or file (what read_volume reads as a DICOM series)."""
+    return path.is_dir() or path.suffix.lower() in (".dcm", "") and not path.name.lower().endswith((".nii", ".nrrd"))
 
 
 def _segment_to_files(a, reporter, volume, source, output, overlay=None, overwrite=False):
@@ -68,7 +76,12 @@ def _segment_to_files(a, reporter, volume, source, output, overlay=None, overwri
     labelmap, classes, extra = result.labelmap, result.classes, {}
     if levels:
         labelmap, classes, extra = _levels(a, volume, result, backend.card, overwrite)
-    if output.name.lower().endswith(".seg.nrrd"):
+    if output.name.lower().endswith(".dcm"):
+        from ivdseg.io.dicomseg import write_dicom_seg
+
+        write_dicom_seg(labelmap, classes, Path(source), output, backend.card["name"], backend.card["version"],
+                        series_uid=getattr(a, "series", None), overwrite=overwrite)
+    elif output.name.lower().endswith(".seg.nrrd"):
         from ivdseg.io.segnrrd import write_seg_nrrd
 
         write_seg_nrrd(labelmap, classes, output, overwrite=overwrite,
@@ -151,7 +164,7 @@ def segment(a) -> int:
     from ivdseg.io.volumes import read_volume
 
     check_batch_size(a)
-    _check_output(a.output, a.overwrite)
+    _check_output(a.output, a.overwrite, a.input)
     if a.overlay:
         check_folder_of(a.overlay, "--overlay")
     for option, path, ending in (("--points", a.points, ".mrk.json"), ("--table", a.table, ".csv")):
