@@ -148,3 +148,16 @@ def test_real_lumbar_discs_are_split_and_named_as_their_labels_say(case):
     for disc in result.discs:
         value = int(np.bincount(truth.array[result.labels == disc.value].astype(int)).argmax())
         assert disc.level == levels[value]
+
+
+def test_the_review_threshold_separates_poorly_segmented_discs():
+    from ivdseg.eval.levels import choose_review_threshold
+
+    discs = [{"uncertainty": u, "dice": d} for u, d in
+             [(0.05, 0.92), (0.08, 0.90), (0.10, 0.88), (0.12, 0.86), (0.30, 0.70), (0.35, 0.60), (0.11, 0.75)]]
+    chosen = choose_review_threshold(discs)
+    # Above 0.10: all three poor discs and one good one (sensitivity 1, specificity 3/4, J = 0.75); above 0.12 only
+    # the two worst (sensitivity 2/3, specificity 1, J = 0.67): the first cut is chosen.
+    assert chosen["threshold"] == pytest.approx(0.10) and chosen["poor"] == 3 and chosen["discs"] == 7
+    assert chosen["sensitivity"] == 1.0 and chosen["specificity"] == 0.75
+    assert choose_review_threshold(discs[:4])["threshold"] is None  # no poor disc: nothing to separate

@@ -148,6 +148,9 @@ def _add_evaluate(sub):
     lv.add_argument("--backend", choices=["auto", "onnx", "tensorflow"], default="auto")
     lv.add_argument("--device", choices=["auto", "gpu", "cpu"], default="auto")
     lv.add_argument("--batch-size", type=int, default=16)
+    lv.add_argument("--choose-review-threshold", action="store_true",
+                    help="with --split val: choose the uncertainty above which a disc is flagged for review and "
+                         "write it into the disc model's card")
     lv.add_argument("--json", type=Path, help="also write the figures to this JSON file")
 
 

@@ -189,7 +189,7 @@ def evaluate(a) -> int:
 
 def evaluate_levels(a) -> int:
     from ivdseg.data import dataset as ds
-    from ivdseg.eval.levels import evaluate_levels
+    from ivdseg.eval.levels import choose_review_threshold, evaluate_levels
     from ivdseg.inference.backends import load_backend
     from ivdseg.inference.levels import level_support
     from ivdseg.models.package import resolve_model
@@ -219,6 +219,32 @@ def evaluate_levels(a) -> int:
               f"{err:>29}")
     print(f"Levels of {disc.card['name']} {disc.card['version']} with the anchor of {anchor.card['name']} "
           f"{anchor.card['version']} on the {a.split} split.")
+    per_disc = [d for row in result["cases"] for d in row["per_disc"]]
+    threshold = support[1].get("review_threshold")
+    if a.choose_review_threshold:
+        if a.split != "val":
+            raise IvdsegError("--choose-review-threshold chooses on the validation patients; pass --split val.")
+        chosen = choose_review_threshold(per_disc)
+        result["review"] = chosen
+        if chosen["threshold"] is None:
+            print(f"No review threshold: none of the {chosen['discs']} validation discs (or all of them) has a Dice "
+                  f"below {chosen['poor_dice']}.")
+        else:
+            from ivdseg.models.package import update_card
+
+            rule = {**support[1], "review_threshold": chosen["threshold"],
+                    "review_chosen_on": f"{chosen['discs']} validation discs, {chosen['poor']} with Dice below "
+                                        f"{chosen['poor_dice']} (sensitivity {chosen['sensitivity']}, "
+                                        f"specificity {chosen['specificity']})"}
+            update_card(resolve_model(a.model), {"instances": {**disc.card["instances"], support[0]: rule}})
+            print(f"Review threshold {chosen['threshold']} (uncertainty) written into the card: {rule['review_chosen_on']}.")
+    elif threshold is not None and per_disc:
+        flagged = [d for d in per_disc if d["uncertainty"] > threshold]
+        poor = [d for d in per_disc if d["dice"] < 0.8]
+        result["review"] = {"threshold": threshold, "discs": len(per_disc), "flagged": len(flagged),
+                            "poor": len(poor), "poor_flagged": sum(d["dice"] < 0.8 for d in flagged)}
+        print(f"Review flag (uncertainty above {threshold}): {len(flagged)} of {len(per_disc)} discs flagged; "
+              f"{result['review']['poor_flagged']} of the {len(poor)} with Dice below 0.8 among them.")
     if a.json:
         from ivdseg.io.atomic import write_json
 

@@ -20,7 +20,7 @@ TRUTH_CLASSES = ("intervertebral disc", "lumbosacral disc")
 
 
 def _truth(label, volume, info):
-    """(level, centre) of each truth disc of one case."""
+    """(level, centre, mask) of each truth disc of one case."""
     disc, lumbosacral = (info.classes.index(c) for c in TRUTH_CLASSES)
     mask = (label == disc) | (label == lumbosacral)
     instances, n = split_instances(mask, volume)
@@ -28,7 +28,7 @@ def _truth(label, volume, info):
     if n and (label == lumbosacral).any():
         anchor = int(np.argmax(np.bincount(instances[label == lumbosacral], minlength=n + 1)[1:])) + 1
     result = name_levels(instances, volume, anchor)
-    return [(d.level, np.array(d.centre_ras)) for d in result.discs]
+    return [(d.level, np.array(d.centre_ras), result.labels == d.value) for d in result.discs]
 
 
 def evaluate_levels(disc_backend, anchor_backend, info: ds.DatasetInfo, case_ids, batch_size=16, progress=None):
@@ -54,16 +54,18 @@ def evaluate_levels(disc_backend, anchor_backend, info: ds.DatasetInfo, case_ids
         volume = stack_volume(data["image"], tuple(spacing), float(data["slice_spacing_mm"]))
         truth = _truth(data["label"], stack_volume(data["label"], tuple(spacing), float(data["slice_spacing_mm"])),
                        info)
-        disc = segment_volume(volume, disc_backend.predict, disc_backend.card, batch_size, device=disc_backend.device)
+        disc = segment_volume(volume, disc_backend.predict, disc_backend.card, batch_size, device=disc_backend.device,
+                              uncertainty=True)
         anchor = segment_volume(volume, anchor_backend.predict, anchor_backend.card, batch_size,
                                 device=anchor_backend.device)
         predicted, _, _ = disc_levels(disc.labelmap, disc_backend.card, anchor.labelmap.array == value,
                                       anchor_backend.card["name"])
         centres = np.array([d.centre_ras for d in predicted.discs]).reshape(-1, 3)
-        steps = np.linalg.norm(np.diff([c for _, c in truth], axis=0), axis=1) if len(truth) > 1 else [np.inf]
+        steps = np.linalg.norm(np.diff([c for _, c, _ in truth], axis=0), axis=1) if len(truth) > 1 else [np.inf]
         reach = 0.5 * float(np.median(steps))
-        right, errors = 0, []
-        for level, centre in truth:
+        entropy = disc.entropy.array.astype(np.float32)
+        right, errors, per_disc = 0, [], []
+        for level, centre, truth_mask in truth:
             if not len(centres):
                 continue
             dist = np.linalg.norm(centres - centre, axis=1)
@@ -71,8 +73,13 @@ def evaluate_levels(disc_backend, anchor_backend, info: ds.DatasetInfo, case_ids
             if dist[j] < reach:
                 errors.append(float(dist[j]))
                 right += int(predicted.discs[j].level == level and level is not None)
+                mask = predicted.labels == predicted.discs[j].value
+                dice = 2.0 * (mask & truth_mask).sum() / max(mask.sum() + truth_mask.sum(), 1)
+                per_disc.append({"level": level, "dice": round(float(dice), 4),
+                                 "uncertainty": round(float(entropy[mask].mean()), 4)})
         rows.append({"case": case, "source": info.cases[case]["source"], "discs": len(truth), "right": right,
-                     "found": len(errors), "errors": errors, "unit": unit, "anchor": predicted.anchor is not None})
+                     "found": len(errors), "errors": errors, "unit": unit, "anchor": predicted.anchor is not None,
+                     "per_disc": per_disc})
         if progress:
             progress(k + 1, len(case_ids), "evaluate")
     out = {"per_source": {}, "cases": [{k: v for k, v in r.items() if k != "errors"} for r in rows]}
@@ -94,3 +101,28 @@ def _summary(rows) -> dict:
             "centre_error_median": round(float(np.median(errors)), 2) if errors else None,
             "centre_error_mean": round(float(np.mean(errors)), 2) if errors else None,
             "unit": units[0] if len(units) == 1 else "mixed (mm and px)"}
+
+
+def choose_review_threshold(per_disc: list[dict], poor_dice=0.8) -> dict:
+    """The uncertainty above which a disc is flagged "review", chosen to separate discs segmented poorly (Dice
+    below ``poor_dice``) from the others: the cut that maximises sensitivity + specificity - 1 (Youden's J).
+
+    Returns:
+        {"threshold", "poor_dice", "discs", "poor", "sensitivity", "specificity"}; threshold None when every disc
+        is on one side (nothing to separate).
+    """
+    u = np.array([d["uncertainty"] for d in per_disc], float)
+    poor = np.array([d["dice"] < poor_dice for d in per_disc], bool)
+    out = {"threshold": None, "poor_dice": poor_dice, "discs": int(len(u)), "poor": int(poor.sum()),
+           "sensitivity": None, "specificity": None}
+    if not poor.any() or poor.all():
+        return out
+    best = (-1.0, None)
+    for t in np.unique(u):
+        flagged = u > t
+        sens = (flagged & poor).sum() / poor.sum()
+        spec = (~flagged & ~poor).sum() / (~poor).sum()
+        if sens + spec - 1 > best[0]:
+            best = (sens + spec - 1, (float(t), float(sens), float(spec)))
+    t, sens, spec = best[1]
+    return {**out, "threshold": round(t, 4), "sensitivity": round(sens, 3), "specificity": round(spec, 3)}
