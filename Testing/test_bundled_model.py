@@ -98,3 +98,17 @@ def test_synthetic_spine_is_found():
     result = segment_volume(image, *_backend(load_backend, "onnx"))
     p, t = result.labelmap.array > 0, truth.array > 0
     assert 2 * (p & t).sum() / (p.sum() + t.sum()) > 0.5
+
+
+def test_the_lumbosacral_locator_is_bundled_and_named_by_the_disc_model():
+    """The disc model names its levels from the bundled locator; the locator's card reports its test patients."""
+    from ivdseg.inference.levels import level_support
+
+    _, rule = level_support(read_card(resolve_model()))
+    assert rule["anchor_model"] == "ivd-lumbosacral-2d" and 0 < rule["review_threshold"] < 1
+    assert "validation discs" in rule["review_chosen_on"]
+    locator = resolve_model(rule["anchor_model"])
+    card = read_card(locator)
+    assert [c["name"] for c in card["classes"]] == ["intervertebral disc", "lumbosacral disc"]
+    assert set(card["test"]["per_source"]) == {"spider", "ivd_lumbar_t2"} and "chose nothing" in card["test"]["split"]
+    assert (locator / "model.onnx").is_file() and sum(f.stat().st_size for f in locator.iterdir()) < 20e6

@@ -27,30 +27,33 @@ def case25(tmp_path_factory):
     return image, out
 
 
-def test_each_disc_is_its_own_label_and_the_sidecar_says_why_levels_are_uncertain(case25):
+TRUTH_LEVELS = {5: "L1-L2", 4: "L2-L3", 3: "L3-L4", 2: "L4-L5", 1: "L5-S1"}  # ivd_lumbar_t2's label values
+
+
+def test_each_disc_is_its_own_label_named_by_its_level(case25):
+    """case25 is a test patient of both bundled models (it chose nothing): every disc it labels gets its level."""
     image, out = case25
     labels = read_volume(out / "discs.nii.gz")
     truth = read_volume(require_data("ivd_lumbar_t2/nifti/case25_ivd_labels.nii.gz"))
     sidecar = json.loads((out / "discs.nii.gz.json").read_text())
     n = sidecar["levels"]["discs"]
     assert set(np.unique(labels.array)) == set(range(n + 1))
-    assert [c["name"] for c in sidecar["labels"]] == [f"intervertebral disc {k}" for k in range(1, n + 1)]
+    assert not sidecar["levels"]["uncertain"] and "ivd-lumbosacral-2d" in sidecar["levels"]["anchor"]
     assert all(c["terminology"]["type"][1] == "360499006" for c in sidecar["labels"])
-    assert sidecar["levels"]["uncertain"] and "numbered from superior to inferior" in sidecar["levels"]["note"]
-    # The five labelled discs (truth 5 = L1-L2 ... 1 = L5-S1) are five instances, in order from the top.
-    found = []
-    for v in range(1, n + 1):
-        hits = np.bincount(truth.array[labels.array == v].astype(int), minlength=6)[1:]
-        if hits.sum() > 0.5 * (labels.array == v).sum():
-            found.append(int(np.argmax(hits)) + 1)
-    assert found == [5, 4, 3, 2, 1]
+    named = {}
+    for c in sidecar["labels"]:
+        hits = np.bincount(truth.array[labels.array == c["value"]].astype(int), minlength=6)[1:]
+        if hits.sum() > 0.5 * (labels.array == c["value"]).sum():
+            named[TRUTH_LEVELS[int(np.argmax(hits)) + 1]] = (c["level"], c["name"])
+    assert named == {level: (level, f"{level} intervertebral disc") for level in TRUTH_LEVELS.values()}
 
 
 def test_the_points_and_the_table_have_one_entry_per_disc(case25):
     _, out = case25
     sidecar = json.loads((out / "discs.nii.gz.json").read_text())
     points = read_points(out / "discs.mrk.json")
-    assert [p.label for p in points] == [f"disc {k}" for k in range(1, sidecar["levels"]["discs"] + 1)]
+    assert [p.label for p in points] == [c["level"] for c in sidecar["labels"]][:len(points)]
+    assert [p.label for p in points][-5:] == ["L1-L2", "L2-L3", "L3-L4", "L4-L5", "L5-S1"]
     heights = [p.ras[2] for p in points]
     assert heights == sorted(heights, reverse=True)
     with open(out / "discs.csv", newline="") as fh:
@@ -60,7 +63,7 @@ def test_the_points_and_the_table_have_one_entry_per_disc(case25):
     assert len(lumbar) >= 5
     for r in lumbar:  # adult lumbar discs: a few mL, 25-50 mm deep, a few mm to 15 mm high
         assert 25 < float(r["ap_depth_mm"]) < 55 and 3 < float(r["middle_height_mm"]) < 16
-        assert 0 <= float(r["uncertainty"]) <= 1 and r["review"] == ""
+        assert 0 <= float(r["uncertainty"]) <= 1 and r["review"] in ("True", "False")
 
 
 def test_levels_need_a_model_that_names_them_and_outputs_need_their_endings(tmp_path, capsys):
@@ -92,7 +95,8 @@ def test_a_seg_nrrd_has_one_segment_per_disc(tmp_path):
                                       "--backend", "onnx", "--progress", "none"]]) == 0
     segmentation = slicerio.read_segmentation(str(tmp_path / "discs.seg.nrrd"))
     names = [s["name"] for s in segmentation["segments"]]
-    assert len(names) >= 5 and names == [f"intervertebral disc {k}" for k in range(1, len(names) + 1)]
+    assert len(names) >= 5 and names[-5:] == [f"{level} intervertebral disc" for level in
+                                              ("L1-L2", "L2-L3", "L3-L4", "L4-L5", "L5-S1")]
     assert all(s["terminology"]["type"] == ["SCT", "360499006", "Intervertebral disc"]
                for s in segmentation["segments"])
     assert all(s["tags"]["DICOM.SegmentAlgorithmType"] == "AUTOMATIC" for s in segmentation["segments"])

@@ -17,3 +17,10 @@ python Resources/recipes/derive_lumbosacral_labels.py "$RUNS/lumbosacral_data"
 ivdseg train "$RUNS/ds_lumbosacral" -o "$RUNS/lumbosacral128" --size 128 --epochs 25 --patience 25 --base-filters 8 \
     --network unet2d --name ivd-lumbosacral-2d --model-version 1.0.0 \
     --card Resources/recipes/ivd-lumbosacral-2d.card.json --overwrite
+# With the locator in place (Resources/models/ivd-lumbosacral-2d, named by the disc model's card):
+# the review threshold is chosen on the validation patients and written into the disc model's card,
+# then levels, centre error and the review flag are reported once on the test patients.
+ivdseg evaluate-levels "$RUNS/ds_lumbosacral" --split val --choose-review-threshold --model Resources/models/ivd-disc-2d
+ivdseg evaluate-levels "$RUNS/ds_lumbosacral" --split test --model Resources/models/ivd-disc-2d \
+    --json "$RUNS/levels_test.json"
+python Testing/benchmarks/bench_segment.py --model "$RUNS/lumbosacral128/model" --record

@@ -209,14 +209,14 @@ def evaluate_levels(a) -> int:
     if not cases:
         raise IvdsegError(f"{a.dataset} has no {a.split} patients.")
     result = evaluate_levels(disc, anchor, info, cases, a.batch_size, a.stop.guard(None))
-    print(f"{'source':<24}{'cases':>6}{'discs':>7}{'levels right':>14}{'all right':>11}{'anchor':>8}"
-          f"{'centre error median / mean':>29}")
+    print(f"{'source':<24}{'cases':>6}{'discs':>7}{'levels right':>14}{'cases all right':>17}{'anchor found':>14}"
+          f"  centre error median / mean")
     for source, s in [("all", result["overall"]), *result["per_source"].items()]:
         acc = "n/a" if s["level_accuracy"] is None else f"{100 * s['level_accuracy']:.1f} %"
-        err = ("n/a" if s["centre_error_median"] is None
+        err = ("n/a" if s["centre_error_median"] is None else "n/a (mm and px mixed)" if s["unit"] not in ("mm", "px")
                else f"{s['centre_error_median']:.2f} / {s['centre_error_mean']:.2f} {s['unit']}")
-        print(f"{source:<24}{s['cases']:>6}{s['discs']:>7}{acc:>14}{s['cases_all_right']:>11}{s['anchor_found']:>8}"
-              f"{err:>29}")
+        print(f"{source:<24}{s['cases']:>6}{s['discs']:>7}{acc:>14}{s['cases_all_right']:>17}{s['anchor_found']:>14}"
+              f"  {err}")
     print(f"Levels of {disc.card['name']} {disc.card['version']} with the anchor of {anchor.card['name']} "
           f"{anchor.card['version']} on the {a.split} split.")
     per_disc = [d for row in result["cases"] for d in row["per_disc"]]
