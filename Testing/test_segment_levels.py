@@ -100,3 +100,36 @@ def test_a_seg_nrrd_has_one_segment_per_disc(tmp_path):
     assert all(s["terminology"]["type"] == ["SCT", "360499006", "Intervertebral disc"]
                for s in segmentation["segments"])
     assert all(s["tags"]["DICOM.SegmentAlgorithmType"] == "AUTOMATIC" for s in segmentation["segments"])
+
+
+def test_a_volume_without_discs_says_so_and_writes_every_output(tmp_path, capsys):
+    from ivdseg.io.geometry import Volume
+    from ivdseg.io.volumes import write_volume
+
+    image = read_volume(require_data("ivd_lumbar_t2/nifti/case25_T2w.nii.gz"))
+    empty = write_volume(Volume(np.zeros_like(image.array), image.ijk_to_ras), tmp_path / "empty.nii.gz")
+    for output in ("x.nii.gz", "x.seg.nrrd"):
+        assert cli.main([str(a) for a in ["segment", empty, "-o", tmp_path / output, "--points", tmp_path / "p.mrk.json",
+                                          "--table", tmp_path / "t.csv", "--backend", "onnx", "--overwrite",
+                                          "--progress", "none"]]) == 0
+        err = capsys.readouterr().err
+        assert err.count("No disc was found in this volume") == 1
+    sidecar = json.loads((tmp_path / "x.nii.gz.json").read_text())
+    assert sidecar["levels"]["discs"] == 0 and [c["name"] for c in sidecar["labels"]] == ["intervertebral disc"]
+    assert read_points(tmp_path / "p.mrk.json") == []
+    assert (tmp_path / "t.csv").read_text().count("\n") == 1  # the header only
+
+
+def test_a_single_sagittal_slice_gets_its_levels(tmp_path):
+    from ivdseg.io.geometry import Volume, sagittal_mapping
+    from ivdseg.io.volumes import write_volume
+
+    image = read_volume(require_data("ivd_lumbar_t2/nifti/case25_T2w.nii.gz"))
+    axis = sagittal_mapping(image).axes[0]
+    middle = [slice(None)] * 3
+    middle[axis] = slice(image.array.shape[axis] // 2, image.array.shape[axis] // 2 + 1)
+    one = write_volume(Volume(image.array[tuple(middle)], image.ijk_to_ras), tmp_path / "one.nii.gz")
+    assert cli.main([str(a) for a in ["segment", one, "-o", tmp_path / "one-discs.nii.gz", "--levels",
+                                      "--backend", "onnx", "--progress", "none"]]) == 0
+    sidecar = json.loads((tmp_path / "one-discs.nii.gz.json").read_text())
+    assert [c["level"] for c in sidecar["labels"]][-5:] == ["L1-L2", "L2-L3", "L3-L4", "L4-L5", "L5-S1"]

@@ -73,9 +73,9 @@ def _segment_to_files(a, reporter, volume, source, output, overlay=None, overwri
     result = segment_volume(volume, backend.predict, backend.card, a.batch_size, a.stop.guard(reporter.progress),
                             source=source, device=backend.device, uncertainty=bool(getattr(a, "table", None)))
     a.stop.check()  # a request that came with the last batch: nothing is written
-    labelmap, classes, extra = result.labelmap, result.classes, {}
+    labelmap, classes, extra, later = result.labelmap, result.classes, {}, []
     if levels:
-        labelmap, classes, extra = _levels(a, volume, result, backend.card, overwrite)
+        labelmap, classes, extra, later = _levels(a, volume, result, backend.card, overwrite)
     if output.name.lower().endswith(".dcm"):
         from ivdseg.io.dicomseg import write_dicom_seg
 
@@ -89,6 +89,8 @@ def _segment_to_files(a, reporter, volume, source, output, overlay=None, overwri
     else:
         write_result(result, output, backend.card, overwrite=overwrite, labelmap=labelmap, classes=classes,
                      extra=extra)
+    for write in later:  # the points and the table, once the main output stands
+        write()
     if overlay:
         overlay_png(volume, labelmap, classes, overlay)
     return result
@@ -120,7 +122,8 @@ def _anchor_mask(a, volume, card):
 
 
 def _levels(a, volume, result, card, overwrite):
-    """Disc instances and levels: (labelmap, classes, sidecar entries); writes --points and --table."""
+    """Disc instances and levels: (labelmap, classes, sidecar entries, the writers of --points and --table, to run
+    once the main output is written)."""
     import warnings
 
     from ivdseg.errors import IvdsegWarning
@@ -131,23 +134,23 @@ def _levels(a, volume, result, card, overwrite):
     for note in notes:
         warnings.warn(IvdsegWarning(note))
     if levels is None:
-        return labelmap, classes, {}
+        return labelmap, classes, {}, []
+    later = []
     if a.points:
         from ivdseg.io.markups import Point, write_points
 
-        write_points(a.points, [Point(d.level or f"disc {d.value}", d.centre_ras, f"{d.name} centre") for d in levels.discs],
-                     name="Disc centres", overwrite=overwrite)
+        points = [Point(d.level or f"disc {d.value}", d.centre_ras, f"{d.name} centre") for d in levels.discs]
+        later.append(lambda: write_points(a.points, points, name="Disc centres", overwrite=overwrite))
     if a.table:
-        from ivdseg.inference.measure import measure_discs, write_table
-
         from ivdseg.inference.levels import level_support
+        from ivdseg.inference.measure import measure_discs, write_table
 
         rows = measure_discs(volume, levels, result.labelmap, card["classes"], result.entropy,
                              level_support(card)[1].get("review_threshold"))
-        write_table(a.table, rows, overwrite=overwrite)
+        later.append(lambda: write_table(a.table, rows, overwrite=overwrite))
     summary = {"anchor": levels.anchor, "uncertain": levels.uncertain, "missing": levels.missing,
                "note": levels.note, "discs": len(levels.discs)}
-    return labelmap, classes, {"levels": summary}
+    return labelmap, classes, {"levels": summary}, later
 
 
 def _report_done(reporter, result, **fields):

@@ -309,7 +309,9 @@ def disc_levels(labelmap: Volume, card: dict, anchor_mask: np.ndarray | None = N
             anchor_value = best + 1
     result = name_levels(labels, labelmap, anchor_value, rule.get("anchor_level", "L5-S1"),
                          f"the disc {anchor_name} marks as the lumbosacral disc" if anchor_name else "")
-    if anchor_mask is None:
+    if not result.discs:
+        result.note = "No disc was found in this volume, so there are no levels to name."
+    elif anchor_mask is None:
         result.note = (f"The model {card.get('name')} marks no anchor of the spine (such as the L5-S1 disc above "
                        "the sacrum), so the discs are numbered from superior to inferior, not named by level.")
     elif anchor_value is None:
@@ -322,9 +324,11 @@ def disc_levels(labelmap: Volume, card: dict, anchor_mask: np.ndarray | None = N
         if disc_entry.get("terminology"):
             entry["terminology"] = disc_entry["terminology"]
         classes.append(entry)
+    if not classes:  # no disc: the disc class stays, empty, so that a segmentation still shows what was sought
+        classes.append({**disc_entry, "value": 1})
     others = [c for c in card["classes"] if c["name"] not in (disc_name, anchor_class)]
     for k, c in enumerate(others):
-        new = len(result.discs) + 1 + k
+        new = len(classes) + 1 + k
         out[(labelmap.array == c["value"]) & (out == 0)] = new
         classes.append({**c, "value": new})
     if out.max(initial=0) > 255:

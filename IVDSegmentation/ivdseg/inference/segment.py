@@ -99,7 +99,7 @@ def write_result(result: SegmentResult, output, card: dict, overwrite=False, lab
         volumes = result.volumes_ml
     else:
         voxel_ml = float(np.prod(labelmap.spacing_ijk_mm)) / 1000.0
-        counts = np.bincount(labelmap.array.reshape(-1), minlength=max(c["value"] for c in classes) + 1)
+        counts = np.bincount(labelmap.array.reshape(-1), minlength=max([c["value"] for c in classes], default=0) + 1)
         volumes = {c["name"]: round(float(counts[c["value"]]) * voxel_ml, 3) for c in classes}
     write_json(sidecar, {"model": card["name"], "model_version": card["version"], "labels": classes,
                          "volumes_ml": volumes, **(extra or {})})
