@@ -22,3 +22,12 @@ ivdseg crossval "$RUNS/ds_disc_v2_pad" -o "$RUNS/cv_pad_scanner128" "${BASE[@]}"
 ivdseg crossval "$RUNS/ds_disc_v2_pad" -o "$RUNS/cv_pad_wide128" "${BASE[@]}" --base-filters 32 --name pad-wide-128
 # context classes: vertebra and spinal canal where a source labels them (masked out of the loss where it does not)
 ivdseg crossval "$RUNS/ds_spine_v2_pad" -o "$RUNS/cv_pad_context128" "${BASE[@]}" --name pad-context-128
+# other networks of the registry, same settings (aspect kept, 128 px; the last --network given is the one used)
+ivdseg crossval "$RUNS/ds_disc_v2_pad" -o "$RUNS/cv_pad_deeplab128" "${BASE[@]}" --network deeplabv3plus \
+    --name pad-deeplab-128
+ivdseg crossval "$RUNS/ds_disc_v2_pad" -o "$RUNS/cv_pad_resse128" "${BASE[@]}" --network res_se_unet --name pad-resse-128
+# the two-stage recipe (128 -> 256 px) of the bundled model, for both input modes
+S2=(--by source --size 256 --epochs 12 --patience 6 --learning-rate 3e-4 --network unet2d --progress jsonl --resume)
+ivdseg crossval "$RUNS/ds_disc_v2_pad" -o "$RUNS/cv_pad256" "${S2[@]}" --init-from "$RUNS/cv_pad128" --name pad-256
+ivdseg crossval "$RUNS/ds_disc_v2" -o "$RUNS/cv_baseline256" "${S2[@]}" --init-from "$RUNS/cv_baseline128" \
+    --name baseline-256
