@@ -99,7 +99,8 @@ class SegmentationLogic:
         return folder
 
     def listModels(self) -> list:
-        """Bundled and user-installed model packages (packages whose card cannot be read are left out)."""
+        """Bundled and user-installed segmentation models (packages whose card cannot be read are left out, and so
+        are helpers such as the levels anchor, which another model's card names and runs)."""
         found = []
         for folder, builtin in [*((d, True) for d in bundled_models_dirs()), (Path(self.userModelsDir()), False)]:
             if not folder.is_dir():
@@ -107,6 +108,8 @@ class SegmentationLogic:
             for package in sorted(folder.iterdir()):
                 if not package.name.startswith(".") and (package / "model.json").is_file():  # not a staging folder
                     try:
+                        if read_card(package).get("role") == "levels anchor":
+                            continue
                         found.append(ModelInfo.fromPackage(package, builtin))
                     except IvdsegError:
                         continue
