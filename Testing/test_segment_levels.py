@@ -133,3 +133,14 @@ def test_a_single_sagittal_slice_gets_its_levels(tmp_path):
                                       "--backend", "onnx", "--progress", "none"]]) == 0
     sidecar = json.loads((tmp_path / "one-discs.nii.gz.json").read_text())
     assert [c["level"] for c in sidecar["labels"]][-5:] == ["L1-L2", "L2-L3", "L3-L4", "L4-L5", "L5-S1"]
+
+
+def test_a_cervical_scan_has_no_lumbosacral_anchor_so_its_discs_are_numbered(tmp_path, capsys):
+    """sct_cervical_t2 shows C1 to T1: the anchor (L5-S1 above the sacrum) is out of view, so no level is guessed."""
+    image = require_data("sct_cervical_t2/t2/t2.nii.gz")
+    assert cli.main([str(a) for a in ["segment", image, "-o", tmp_path / "c.nii.gz", "--levels", "--backend", "onnx",
+                                      "--progress", "none"]]) == 0
+    assert capsys.readouterr().err.count("finds no lumbosacral disc") == 1
+    sidecar = json.loads((tmp_path / "c.nii.gz.json").read_text())
+    assert sidecar["levels"]["uncertain"] and sidecar["levels"]["anchor"] is None
+    assert all(c["level"] is None and c["name"].startswith("intervertebral disc ") for c in sidecar["labels"])
