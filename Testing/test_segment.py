@@ -295,3 +295,23 @@ def test_inference_runs_without_tensorflow(tiny_package, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "(onnx)" in proc.stdout
     assert read_volume(tmp_path / "out.nii.gz").array.shape == (12, 20, 16)
+
+
+def test_test_time_augmentation_averages_scaled_passes_and_is_off_unless_the_card_says():
+    from ivdseg.inference.predict import with_tta
+
+    calls = []
+
+    def pointwise(batch):  # a "network" whose answer at a pixel depends on that pixel only
+        calls.append(len(batch))
+        x = batch[..., 0]
+        return np.stack([1 - x, x], axis=-1)
+
+    y, x = np.mgrid[0:64, 0:64]
+    batch = np.exp(-((x - 32.0) ** 2 + (y - 30.0) ** 2) / 200.0)[None, ..., None].astype(np.float32)
+    assert with_tta(pointwise, {}) is pointwise and with_tta(pointwise, {"tta": {"enabled": False}}) is pointwise
+    augmented = with_tta(pointwise, {"tta": {"enabled": True, "scales": [0.9, 1.0, 1.1]}})(batch)
+    assert len(calls) == 3 and augmented.shape == (1, 64, 64, 2)
+    np.testing.assert_allclose(augmented.sum(-1), 1.0, atol=1e-5)  # still probabilities
+    # zooming a smooth image and back changes a pointwise answer only by interpolation
+    assert np.abs(augmented[0, 8:56, 8:56, 1] - batch[0, 8:56, 8:56, 0]).max() < 0.02

@@ -138,6 +138,9 @@ def _add_evaluate(sub):
     v.add_argument("--fold", type=int)
     v.add_argument("--batch-size", type=int, default=16)
     v.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    v.add_argument("--choose-tta", action="store_true",
+                   help="with --split val: compare test-time augmentation (in-plane scales) with none and write the "
+                        "choice into the model's card (enabled only if it raises validation Dice)")
 
     lv = sub.add_parser("evaluate-levels", help="level accuracy and disc-centre error of segment --levels on a "
                                                 "dataset whose labels say the levels")

@@ -169,6 +169,18 @@ def evaluate(a) -> int:
     if not cases:
         raise IvdsegError(f"{a.dataset} has no {a.split} patients; re-export it with --test-fraction to hold some out."
                           if a.split == "test" else f"{a.dataset} has no {a.split} patients.")
+    if a.choose_tta:
+        if a.split != "val":
+            raise IvdsegError("--choose-tta chooses on the validation patients; pass --split val.")
+        from ivdseg.eval.evaluate import choose_tta
+        from ivdseg.models.package import update_card
+
+        tta = choose_tta(model, card, info, cases, a.batch_size, progress=a.stop.guard(None))
+        update_card(resolve_model(a.model), {"tta": tta})
+        print(f"Test-time augmentation (scales {tta['scales']}): validation Dice {tta['val_mean_dice_without']:.4f} "
+              f"without, {tta['val_mean_dice_with']:.4f} with, {tta['time_ratio']:.1f}x the prediction time; "
+              f"{'enabled' if tta['enabled'] else 'not enabled'} in the card.")
+        card = {**card, "tta": tta}
     result = evaluate_cases(model, card, info, cases, a.batch_size, a.stop.guard(None))
     rows = [("all", result["overall"])] + list(result["per_source"].items())
     names = info.classes[1:]

@@ -100,3 +100,25 @@ def choose_postprocessing(predictions, info: ds.DatasetInfo, card: dict, fractio
     return {"enabled": enabled, "min_component_fraction": best_fraction if enabled else 0.0,
             "method": "drop 3D components smaller than this fraction of the class's largest",
             "val_mean_dice_without": round(plain, 4), "val_mean_dice_with": round(best, 4) if enabled else None}
+
+
+def choose_tta(model, card: dict, info: ds.DatasetInfo, val_cases, batch_size=16, scales=None, min_gain=0.002,
+               progress=None) -> dict:
+    """The card's "tta" entry: test-time augmentation over in-plane scales, enabled only if it raises validation
+    Dice by at least ``min_gain``; records both figures and what it costs in prediction time."""
+    import time
+
+    from ivdseg.inference.predict import TTA_SCALES
+
+    scales = list(scales or TTA_SCALES)
+    figures = {}
+    for enabled in (False, True):
+        trial = {**card, "tta": {"enabled": enabled, "scales": scales}}
+        t0 = time.perf_counter()
+        predictions = predict_cases(model, trial, info, val_cases, batch_size, progress)
+        figures[enabled] = (score_predictions(predictions, info, card)["overall"]["mean_dice"] or 0.0,
+                            time.perf_counter() - t0)
+    (plain, t_plain), (augmented, t_tta) = figures[False], figures[True]
+    return {"enabled": augmented - plain >= min_gain, "scales": scales, "val_mean_dice_without": round(plain, 4),
+            "val_mean_dice_with": round(augmented, 4), "time_ratio": round(t_tta / max(t_plain, 1e-9), 2),
+            "method": "probabilities averaged over the slice zoomed about its centre by each scale"}

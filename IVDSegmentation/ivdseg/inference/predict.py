@@ -27,6 +27,51 @@ def resize_mode(card: dict) -> str:
     return (card.get("preprocessing") or {}).get("resize", "stretch")
 
 
+TTA_SCALES = (0.9, 1.0, 1.1)
+
+
+def with_tta(predict, card: dict):
+    """``predict`` itself, or, when the card enables test-time augmentation (``card["tta"]``), a callable that
+    averages its probabilities over the card's in-plane scales (each slice zoomed about its centre, the
+    probabilities zoomed back, every pixel averaged over the passes that saw it). No flips: a mirrored sagittal slice
+    shows an anatomy no scan has."""
+    tta = card.get("tta") or {}
+    if not tta.get("enabled"):
+        return predict
+    return scaled_predict(predict, tuple(float(s) for s in tta.get("scales", TTA_SCALES)))
+
+
+def scaled_predict(predict, scales):
+    """The test-time augmentation of :func:`with_tta` over ``scales``."""
+    import cv2
+
+    def run(batch):
+        size = batch.shape[1]
+        centre = ((size - 1) / 2.0, (size - 1) / 2.0)
+        total = weight = None
+        for scale in scales:
+            if scale == 1.0:
+                prob = np.asarray(predict(batch), np.float32)
+                seen = np.ones(prob.shape[:3] + (1,), np.float32)
+            else:
+                forward = cv2.getRotationMatrix2D(centre, 0.0, scale)
+                back = cv2.invertAffineTransform(forward)
+                zoomed = np.stack([cv2.warpAffine(b[..., 0], forward, (size, size), flags=cv2.INTER_LINEAR)
+                                   for b in batch])[..., None]
+                raw = np.asarray(predict(zoomed), np.float32)
+                prob = np.stack([np.stack([cv2.warpAffine(p[..., c], back, (size, size), flags=cv2.INTER_LINEAR)
+                                           for c in range(p.shape[-1])], axis=-1) for p in raw])
+                ones = cv2.warpAffine(np.ones((size, size), np.float32), back, (size, size), flags=cv2.INTER_LINEAR)
+                seen = np.broadcast_to(ones[None, ..., None], prob.shape[:3] + (1,)).astype(np.float32)
+            # A zoomed-back probability near the edge of what a pass saw is already attenuated by the interpolation
+            # with the zeros outside it, as its share ``seen`` is: summing both and dividing keeps probabilities.
+            total = prob if total is None else total + prob
+            weight = seen if weight is None else weight + seen
+        return total / np.maximum(weight, 1e-6)
+
+    return run
+
+
 def keras_predict(model):
     """A backend-style predict callable for a Keras model (called directly: no retracing per batch size)."""
     return lambda batch: np.asarray(model(batch, training=False))
@@ -67,5 +112,5 @@ def probabilities_to_labels(prob: np.ndarray, shape_hw, mode: str = "stretch", e
 
 def predict_stack(model, stack: np.ndarray, card: dict, batch_size=16) -> np.ndarray:
     """Labels (N, H, W) uint8 for native slices (N, H, W)."""
-    prob = predict_probabilities(keras_predict(model), prepare_slices(stack, card), batch_size)
+    prob = predict_probabilities(with_tta(keras_predict(model), card), prepare_slices(stack, card), batch_size)
     return probabilities_to_labels(prob, stack.shape[1:], resize_mode(card))

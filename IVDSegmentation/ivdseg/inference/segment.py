@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from ivdseg.errors import IvdsegError
-from ivdseg.inference.predict import predict_probabilities, prepare_slices, probabilities_to_labels, resize_mode
+from ivdseg.inference.predict import (predict_probabilities, prepare_slices, probabilities_to_labels, resize_mode,
+                                     with_tta)
 from ivdseg.inference.postprocess import apply_card
 from ivdseg.io.geometry import Volume, sagittal_slices
 from ivdseg.io.atomic import atomic_write
@@ -69,7 +70,7 @@ def segment_volume(volume: Volume, predict, card: dict, batch_size=16, progress=
     """
     t0 = time.perf_counter()
     stack, mapping = check_sagittal(volume, source)
-    probs = predict_probabilities(predict, prepare_slices(stack, card), batch_size, progress)
+    probs = predict_probabilities(with_tta(predict, card), prepare_slices(stack, card), batch_size, progress)
     labels = probabilities_to_labels(probs, stack.shape[1:], resize_mode(card), entropy=uncertainty)
     entropy = None
     if uncertainty:
