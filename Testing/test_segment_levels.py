@@ -144,3 +144,17 @@ def test_a_cervical_scan_has_no_lumbosacral_anchor_so_its_discs_are_numbered(tmp
     sidecar = json.loads((tmp_path / "c.nii.gz.json").read_text())
     assert sidecar["levels"]["uncertain"] and sidecar["levels"]["anchor"] is None
     assert all(c["level"] is None and c["name"].startswith("intervertebral disc ") for c in sidecar["labels"])
+
+
+def test_no_tta_skips_the_augmentation_the_card_enables(tmp_path, monkeypatch):
+    from ivdseg.inference import predict
+    from ivdseg.models.package import read_card, resolve_model
+
+    assert read_card(resolve_model())["tta"]["enabled"]
+    passes = []
+    real = predict.scaled_predict
+    monkeypatch.setattr(predict, "scaled_predict", lambda fn, scales: passes.append(scales) or real(fn, scales))
+    image = require_data("ivd_lumbar_t2/nifti/case25_T2w.nii.gz")
+    args = ["segment", image, "-o", tmp_path / "x.nii.gz", "--backend", "onnx", "--progress", "none", "--overwrite"]
+    assert cli.main([str(a) for a in args + ["--no-tta"]]) == 0 and passes == []
+    assert cli.main([str(a) for a in args]) == 0 and passes == [(0.9, 1.0, 1.1)]

@@ -187,6 +187,8 @@ def _inference_args(g):
     g.add_argument("--device", choices=["auto", "gpu", "cpu"], default="auto")
     g.add_argument("--backend", choices=["auto", "onnx", "tensorflow"], default="auto")
     g.add_argument("--batch-size", type=int, default=16)
+    g.add_argument("--no-tta", action="store_true",
+                   help="skip the test-time augmentation the model's card enables (faster, slightly less accurate)")
     g.add_argument("--progress", choices=["auto", "jsonl", "text", "none"], default="auto")
 
 

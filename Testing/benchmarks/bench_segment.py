@@ -49,7 +49,7 @@ def main(argv=None):
     a = p.parse_args(argv)
 
     from ivdseg.inference.backends import load_backend
-    from ivdseg.inference.predict import prepare_slices
+    from ivdseg.inference.predict import prepare_slices, with_tta
     from ivdseg.models.package import resolve_model
     from ivdseg.inference.segment import check_sagittal, segment_volume, write_result
     from ivdseg.io.volumes import read_volume
@@ -65,14 +65,15 @@ def main(argv=None):
         for name in backends:
             backend = load_backend(package, name, a.device)
             prepared = prepare_slices(stack, backend.card)
+            network = with_tta(backend.predict, backend.card)  # the bare network as the card runs it (its TTA)
 
             def bare_batched():
                 for s in range(0, len(prepared), a.batch_size):
-                    backend.predict(prepared[s:s + a.batch_size])
+                    network(prepared[s:s + a.batch_size])
 
             def bare_single():
                 for s in range(len(prepared)):
-                    backend.predict(prepared[s:s + 1])
+                    network(prepared[s:s + 1])
 
             def whole():
                 v = read_volume(a.input)

@@ -23,6 +23,8 @@ def _open_backend(a, reporter):
     from ivdseg.models.package import resolve_model
 
     backend = load_backend(resolve_model(a.model), a.backend, a.device)
+    if getattr(a, "no_tta", False) and (backend.card.get("tta") or {}).get("enabled"):
+        backend.card = {**backend.card, "tta": {**backend.card["tta"], "enabled": False}}
     reporter.message(f"Model {backend.card['name']} {backend.card['version']} on the {backend.device.upper()} "
                      f"({backend.name}).")
     return backend
