@@ -18,7 +18,7 @@ from IVDSegmentationLib.gui.dicomdialog import chooseDicomSeries
 from IVDSegmentationLib.gui.jobrunner import JobRunner
 from IVDSegmentationLib.gui.trainingpanel import TrainingPanel
 from IVDSegmentationLib.gui.views import showDiscTable
-from IVDSegmentationLib.logic import SegmentationLogic, cardSummary, findModel, modelKey, supportsLevels
+from IVDSegmentationLib.logic import SegmentationLogic, cardSummary, findModel, modelKey
 from IVDSegmentationLib.terminology import ensureTerminologyContext
 from slicer import vtkMRMLPlotChartNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.i18n import tr as _
@@ -228,7 +228,7 @@ class IVDSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                        self.ui.installModelButton, self.ui.deviceComboBox, self.ui.batchSizeSpinBox,
                        self.ui.workerPythonPathLineEdit):
             widget.enabled = not running
-        self.ui.labelLevelsCheckBox.enabled = not running and bool(model and supportsLevels(model.path))
+        self.ui.labelLevelsCheckBox.enabled = not running and bool(model and model.levels)
         ready = bool(p.inputVolume and model)
         self.ui.applyButton.text = _("Cancel") if running else _("Apply")
         self.ui.applyButton.enabled = not self._cancelRequested if running else ready
@@ -324,7 +324,7 @@ class IVDSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if not self._ensureInferencePackages():
                 return
             model = findModel(self._models, p.modelName)
-            levels = bool(model and p.labelLevels and supportsLevels(model.path))
+            levels = bool(model and p.labelLevels and model.levels)
             job = self.logic.startSegmentation(p.inputVolume, model.path if model else "", device=p.device,
                                                batchSize=p.batchSize, levels=levels)
             self._jobVolume, self._jobStartTime, self._jobSummary = p.inputVolume, time.time(), {}

@@ -36,15 +36,18 @@ class ModelInfo:
     validationDice: float | None
     description: str
     builtin: bool
+    levels: bool = False  # its card names disc levels (segment --levels)
 
     @classmethod
     def fromPackage(cls, path: Path, builtin: bool) -> "ModelInfo":
+        from ivdseg.inference.levels import level_support
+
         card = read_card(path)
         validation = (card.get("validation") or {}).get("overall") or {}
         return cls(name=card["name"], version=str(card["version"]), path=str(path),
                    classes=[c["name"] for c in card["classes"]], inputSize=int(card["input_size"]),
                    validationDice=validation.get("mean_dice"), description=card.get("description", ""),
-                   builtin=builtin)
+                   builtin=builtin, levels=level_support(card) is not None)
 
 
 class SegmentationJob:
@@ -156,7 +159,7 @@ class SegmentationLogic:
                           backend="auto", levels=False) -> SegmentationJob:
         """Writes the volume to a temporary file and starts the worker; returns at once.
 
-        With ``levels`` (for a model whose card names disc levels: :func:`supportsLevels`), each disc becomes its
+        With ``levels`` (for a model whose card names disc levels: ``ModelInfo.levels``), each disc becomes its
         own segment named by level, with the disc centres and the measurement table beside it.
 
         Raises:
@@ -236,16 +239,6 @@ class SegmentationLogic:
         from . import dicomdb
 
         return dicomdb.loadSeriesFromFolder(folder, seriesUID)
-
-
-def supportsLevels(modelPath: str) -> bool:
-    """Whether a model's card names disc levels (``ivdseg segment --levels``)."""
-    from ivdseg.inference.levels import level_support
-
-    try:
-        return level_support(read_card(modelPath)) is not None
-    except IvdsegError:
-        return False
 
 
 def cardSummary(info: ModelInfo) -> str:
