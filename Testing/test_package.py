@@ -172,6 +172,10 @@ def test_every_network_of_ivdseg_passes_the_check(tmp_path):
                                      base_filters=4)
         model.save(tmp_path / f"{network}.keras")
         check_keras_file(tmp_path / f"{network}.keras")
+    keypoints = networks.KEYPOINT_NETWORKS["keypoint_unet"](input_size=32, num_keypoints=3, depth=2, base_filters=4)
+    keypoints.save(tmp_path / "keypoints.keras")
+    check_keras_file(tmp_path / "keypoints.keras")  # leaky ReLU is Keras's own
+    check_keras_file(resolve_model("ivd-lumbosacral-2d") / "model.keras")
     with pytest.raises(IvdsegError, match="not a Keras model file"):
         check_keras_file(_write_bytes(tmp_path / "junk.keras", b"not a zip"))
 

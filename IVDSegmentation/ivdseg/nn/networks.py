@@ -13,7 +13,7 @@ from __future__ import annotations
 import keras
 from keras import layers, ops
 
-ACTIVATIONS = ("relu", "swish", "mish")
+ACTIVATIONS = ("relu", "swish", "mish", "leaky_relu")
 
 
 @keras.saving.register_keras_serializable(package="ivdseg", name="mish")
@@ -27,6 +27,8 @@ def _activation(name: str):
         return mish
     if name in ("relu", "swish"):
         return name
+    if name == "leaky_relu":
+        return keras.activations.leaky_relu
     raise ValueError(f"activation must be one of {ACTIVATIONS}, got {name!r}")
 
 
@@ -215,6 +217,40 @@ NETWORKS = {
     "deeplabv3plus": build_deeplabv3plus,
     "res_se_unet": build_res_se_unet,
 }
+
+
+# ---------------------------------------------------------------- keypoints (interactive correction)
+def build_keypoint_unet(input_size=256, num_keypoints=5, channels=1, activation="leaky_relu", depth=4,
+                        base_filters=16, dropout=0.0, hints=True) -> keras.Model:
+    """Hint-conditioned keypoint U-Net: the image plus one hint channel per keypoint in, one heatmap per keypoint out.
+
+    A hint channel holds a Gaussian at the point the user fixed and zeros otherwise
+    (:func:`ivdseg.inference.keypoints.hint_channels`); the network learns to move the other points to fit it.
+
+    Args:
+        input_size: H = W, a multiple of ``2 ** depth``.
+        num_keypoints: K, the heatmaps out (and the hint channels in, with ``hints``).
+        channels: image channels.
+        activation: leaky ReLU by default (what the seed design settled on), or any of :data:`ACTIVATIONS`.
+        hints: add the K hint channels to the input.
+
+    Returns:
+        keras.Model (B, H, W, channels + K) -> (B, H, W, K), sigmoid heatmaps (float32).
+    """
+    if num_keypoints < 1:
+        raise ValueError(f"keypoint_unet: num_keypoints must be at least 1, got {num_keypoints}")
+    if depth < 1:
+        raise ValueError(f"keypoint_unet: depth must be at least 1, got {depth}")
+    _check_size(input_size, 2**depth, "keypoint_unet")
+    inputs = _inputs(input_size, channels + (num_keypoints if hints else 0))
+    x = _encoder_decoder(
+        inputs, lambda t, f, n: _double_conv(t, f, activation, n), depth, base_filters, dropout
+    )
+    heatmaps = layers.Conv2D(num_keypoints, 1, activation="sigmoid", dtype="float32", name="heatmaps")(x)
+    return keras.Model(inputs, heatmaps, name="keypoint_unet")
+
+
+KEYPOINT_NETWORKS = {"keypoint_unet": build_keypoint_unet}
 
 
 def build_model(network: str, **kwargs) -> keras.Model:

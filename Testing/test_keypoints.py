@@ -1,0 +1,54 @@
+"""Keypoint heatmaps: hint encoding lands where asked (pixels and mm), decoding finds known sub-pixel peaks, and the
+hint-conditioned network has the inputs and outputs its users rely on."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ivdseg.inference.keypoints import (decode_heatmaps, gaussian, hint_channels, mm_to_pixels, pixels_to_mm,
+                                        radial_errors)
+
+
+def test_a_hint_lands_where_asked_and_an_unfixed_keypoint_gets_none():
+    hints = hint_channels([[10.0, 20.0], [np.nan, np.nan], [40.25, 7.75]], size=64, sigma_px=2.0)
+    assert hints.shape == (64, 64, 3) and hints.dtype == np.float32
+    assert np.unravel_index(np.argmax(hints[..., 0]), (64, 64)) == (10, 20) and hints[10, 20, 0] == pytest.approx(1.0)
+    assert not hints[..., 1].any()
+    points, _ = decode_heatmaps(hints[..., [0, 2]])
+    np.testing.assert_allclose(points, [[10.0, 20.0], [40.25, 7.75]], atol=0.02)
+
+
+def test_a_hint_given_in_mm_lands_on_its_pixel_for_anisotropic_spacing():
+    spacing = (0.5, 0.8)  # mm between rows, between columns
+    point_mm = np.array([[12.0, 16.0]])
+    px = mm_to_pixels(point_mm, spacing)
+    np.testing.assert_allclose(px, [[24.0, 20.0]])
+    decoded, _ = decode_heatmaps(hint_channels(px, 48))
+    np.testing.assert_allclose(pixels_to_mm(decoded, spacing), point_mm, atol=0.02)
+
+
+@pytest.mark.parametrize("centre", [(31.3, 12.8), (5.5, 50.49), (20.0, 20.0), (0.0, 63.0)])
+def test_decoding_finds_known_sub_pixel_peaks(centre):
+    heatmap = gaussian(64, centre, sigma_px=3.0)[..., None] * 0.8
+    points, peaks = decode_heatmaps(heatmap)
+    np.testing.assert_allclose(points[0], centre, atol=0.02)
+    assert peaks[0] == pytest.approx(0.8, abs=0.05)
+
+
+def test_radial_errors():
+    assert radial_errors([[0, 0], [3, 4]], [[0, 0], [0, 0]]).tolist() == [0.0, 5.0]
+
+
+def test_the_keypoint_network_takes_the_image_and_one_hint_per_keypoint():
+    pytest.importorskip("keras")
+    from ivdseg.nn.networks import KEYPOINT_NETWORKS
+
+    model = KEYPOINT_NETWORKS["keypoint_unet"](input_size=32, num_keypoints=5, depth=2, base_filters=4)
+    assert model.input_shape == (None, 32, 32, 6) and model.output_shape == (None, 32, 32, 5)
+    out = np.asarray(model(np.zeros((2, 32, 32, 6), np.float32)))
+    assert ((out > 0) & (out < 1)).all()  # sigmoid heatmaps
+    plain = KEYPOINT_NETWORKS["keypoint_unet"](input_size=32, num_keypoints=5, depth=2, base_filters=4, hints=False)
+    assert plain.input_shape == (None, 32, 32, 1)
+    with pytest.raises(ValueError, match="num_keypoints"):
+        KEYPOINT_NETWORKS["keypoint_unet"](input_size=32, num_keypoints=0)
