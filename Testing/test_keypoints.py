@@ -52,3 +52,56 @@ def test_the_keypoint_network_takes_the_image_and_one_hint_per_keypoint():
     assert plain.input_shape == (None, 32, 32, 1)
     with pytest.raises(ValueError, match="num_keypoints"):
         KEYPOINT_NETWORKS["keypoint_unet"](input_size=32, num_keypoints=0)
+
+
+def _bar_task(n, seed, size=48, step=8):
+    """Three points in a vertical line (rows r0, r0 + step, r0 + 2 step) on a vertical bar: the image gives the
+    column, never the rows, so only a hint can tell where the line sits; a hint on one point fixes the others."""
+    rng = np.random.default_rng(seed)
+    images = np.zeros((n, size, size, 1), np.float32)
+    points = np.zeros((n, 3, 2))
+    for i in range(n):
+        r0, c0 = rng.uniform(4, size - 4 - 2 * step), rng.uniform(6, size - 6)
+        images[i, :, int(round(c0)) - 1:int(round(c0)) + 2, 0] = 1.0
+        points[i] = [[r0 + k * step, c0] for k in range(3)]
+    return images, points
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["revise", "prompt"])
+def test_the_simulated_user_teaches_a_hint_to_move_the_other_points(mode):
+    """Measured: rows of the two untouched points 8.1 -> 0.8 px ("revise") and 6.8 -> 0.3 px ("prompt") once the
+    top point is given; without the mechanism a hint could not move them at all."""
+    pytest.importorskip("keras")
+    import keras
+
+    from ivdseg.nn.keypoint_train import KeypointTrainConfig, fit, predict_points
+    from ivdseg.nn.networks import KEYPOINT_NETWORKS
+
+    keras.utils.set_random_seed(0)
+    images, points = _bar_task(160, seed=1)
+    model = KEYPOINT_NETWORKS["keypoint_unet"](input_size=48, num_keypoints=3, depth=3, base_filters=8)
+    cfg = KeypointTrainConfig(mode=mode, epochs=40, batch_size=16, learning_rate=3e-3, max_rounds=1,
+                              prompt_share=0.7, sigma_px=3.0)
+    losses = fit(model, images, points, cfg)
+    assert losses[-1] < 0.2 * losses[0]
+    test_images, test_points = _bar_task(40, seed=2)
+    none = np.zeros((40, 48, 48, 3), np.float32)
+    hint_top = np.stack([hint_channels([p[0], [np.nan] * 2, [np.nan] * 2], 48, 3.0) for p in test_points])
+    before = np.abs(predict_points(model, test_images, none) - test_points)[:, 1:, 0].mean()
+    after = np.abs(predict_points(model, test_images, hint_top) - test_points)[:, 1:, 0].mean()
+    # the rows of the two points the user did not touch follow the one they fixed
+    assert after < 0.3 * before and after < 2.0, (before, after)
+
+
+def test_bad_training_settings_are_refused():
+    pytest.importorskip("keras")
+    from ivdseg.nn.keypoint_train import KeypointTrainConfig, fit
+    from ivdseg.nn.networks import KEYPOINT_NETWORKS
+
+    model = KEYPOINT_NETWORKS["keypoint_unet"](input_size=16, num_keypoints=3, depth=1, base_filters=2)
+    images, points = np.zeros((2, 16, 16, 1), np.float32), np.zeros((2, 3, 2))
+    with pytest.raises(ValueError, match="mode must be one of"):
+        fit(model, images, points, KeypointTrainConfig(mode="guess"))
+    with pytest.raises(ValueError, match="2 keypoints but the model predicts 3"):
+        fit(model, images, points[:, :2], KeypointTrainConfig())
