@@ -158,3 +158,25 @@ def test_no_tta_skips_the_augmentation_the_card_enables(tmp_path, monkeypatch):
     args = ["segment", image, "-o", tmp_path / "x.nii.gz", "--backend", "onnx", "--progress", "none", "--overwrite"]
     assert cli.main([str(a) for a in args + ["--no-tta"]]) == 0 and passes == []
     assert cli.main([str(a) for a in args]) == 0 and passes == [(0.9, 1.0, 1.1)]
+
+
+def test_evaluate_levels_scores_the_bundled_models_against_per_level_labels(tmp_path, capsys):
+    """Two ivd_lumbar_t2 volumes whose labels name every level: every disc named right, centres within 2 mm."""
+    root = require_data("ivd_lumbar_t2")
+    spec = {"classes": ["intervertebral disc", "lumbosacral disc"], "sources": [{
+        "name": "ivd_lumbar_t2", "kind": "volumes", "root": str(root), "images": "nifti/case[12][15]_T2w.nii.gz",
+        "labels": "nifti/{patient}_ivd_labels.nii.gz", "patient_pattern": r"^(case\d+)_",
+        "classes": {"intervertebral disc": [2, 3, 4, 5], "lumbosacral disc": [1]}}]}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    assert cli.main([str(a) for a in ["export", tmp_path / "ds", "--spec", tmp_path / "spec.json", "--sizes", "64",
+                                      "--val-fraction", "0.5", "--test-fraction", "0", "--progress", "none"]]) == 0
+    assert cli.main([str(a) for a in ["evaluate-levels", tmp_path / "ds", "--split", "all", "--backend", "onnx",
+                                      "--json", tmp_path / "levels.json"]]) == 0
+    out = capsys.readouterr().out
+    assert "ivd_lumbar_t2" in out and "100.0 %" in out
+    result = json.loads((tmp_path / "levels.json").read_text())["overall"]
+    assert result["cases"] == 2 and result["discs"] == 10 and result["level_accuracy"] == 1.0
+    assert result["unit"] == "mm" and result["centre_error_median"] < 2.0
+    capsys.readouterr()
+    assert cli.main([str(a) for a in ["evaluate-levels", tmp_path / "ds", "--split", "test"]]) == 2
+    assert "has no test patients" in capsys.readouterr().err
