@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ivdseg.errors import IvdsegError
 from ivdseg.io.atomic import atomic_folder
-from ivdseg.models.package import bundled_models_dirs, extract_package, read_card
+from ivdseg.models.package import bundled_models_dirs, card_task, extract_package, read_card
 
 from . import dependencies, nodes
 from .worker import WorkerJob
@@ -103,7 +103,7 @@ class SegmentationLogic:
 
     def listModels(self) -> list:
         """Bundled and user-installed segmentation models (packages whose card cannot be read are left out, and so
-        are helpers such as the levels anchor, which another model's card names and runs)."""
+        are helpers such as the levels anchor, which another model's card names and runs, and keypoint models)."""
         found = []
         for folder, builtin in [*((d, True) for d in bundled_models_dirs()), (Path(self.userModelsDir()), False)]:
             if not folder.is_dir():
@@ -111,7 +111,8 @@ class SegmentationLogic:
             for package in sorted(folder.iterdir()):
                 if not package.name.startswith(".") and (package / "model.json").is_file():  # not a staging folder
                     try:
-                        if read_card(package).get("role") == "levels anchor":
+                        card = read_card(package)
+                        if card.get("role") == "levels anchor" or card_task(card) != "segmentation":
                             continue
                         found.append(ModelInfo.fromPackage(package, builtin))
                     except IvdsegError:

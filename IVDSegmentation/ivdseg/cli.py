@@ -13,7 +13,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from ivdseg.commands import inference, training
+from ivdseg.commands import inference, keypoints, training
 from ivdseg.errors import IvdsegError, IvdsegWarning
 
 
@@ -96,7 +96,79 @@ def build_parser() -> argparse.ArgumentParser:
     _training_args(x)
     _add_evaluate(sub)
     _add_inference_commands(sub)
+    _add_keypoint_commands(sub)
     return p
+
+
+def _add_keypoint_commands(sub):
+    e = sub.add_parser("export-keypoints", help="write a de-identified keypoint dataset (images + named points)")
+    e.add_argument("output", type=Path, help="dataset folder to create")
+    e.add_argument("--spec", type=Path, required=True,
+                   help="JSON with 'keypoints' and 'sources' (Resources/recipes/*.keypoints.json)")
+    e.add_argument("--shape", type=_sizes, default=(256, 256), help="network input HEIGHT,WIDTH (e.g. 512,256)")
+    e.add_argument("--val-fraction", type=float, default=0.15)
+    e.add_argument("--test-fraction", type=float, default=0.15)
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--sample-data", type=Path, help="what {sample_data} in the spec stands for")
+    e.add_argument("--overwrite", action="store_true")
+    e.add_argument("--progress", choices=["auto", "jsonl", "text", "none"], default="auto")
+
+    t = sub.add_parser("train-keypoints", help="train a hint-conditioned keypoint network; writes RUN/model")
+    t.add_argument("dataset", type=Path)
+    t.add_argument("-o", "--output", type=Path, required=True, help="run folder")
+    t.add_argument("--mode", choices=["revise", "prompt"], default="revise",
+                   help="revise: predict, fix the worst point, learn on the revised pass; prompt: hints before the "
+                        "only pass, in a share of the samples")
+    t.add_argument("--epochs", type=int, default=100)
+    t.add_argument("--batch-size", type=int, default=8)
+    t.add_argument("--learning-rate", type=float, default=1e-3)
+    t.add_argument("--sigma", type=float, default=3.0, help="heatmap and hint Gaussian, input pixels")
+    t.add_argument("--depth", type=int, default=5)
+    t.add_argument("--base-filters", type=int, default=16)
+    t.add_argument("--worst-of", type=int, default=1, help="revise: hint one of the N worst points, at random")
+    t.add_argument("--max-rounds", type=int, default=2, help="revise: correction rounds per batch, 0..N")
+    t.add_argument("--prompt-share", type=float, default=0.5, help="prompt: share of samples given hints")
+    t.add_argument("--patience", type=int, default=0, help="stop after N epochs without a better validation error")
+    t.add_argument("--no-augment", action="store_true")
+    t.add_argument("--plane", choices=["sagittal", "image"], default="sagittal",
+                   help="what the model reads: a volume's mid-sagittal slice (or a sagittal picture), or 2D pictures")
+    t.add_argument("--card", type=Path, help="JSON merged into the card (licence, citations, description)")
+    t.add_argument("--name", default="ivdseg-keypoints")
+    t.add_argument("--model-version", default="1.0.0")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--overwrite", action="store_true")
+    t.add_argument("--progress", choices=["auto", "jsonl", "text", "none"], default="auto")
+
+    k = sub.add_parser("keypoints", help="the keypoints of an image, with the user's fixed points as hints")
+    k.add_argument("input", type=Path, help="volume (NIfTI, NRRD, DICOM folder: its mid-sagittal slice) or PNG/JPG")
+    k.add_argument("--model", required=True, help="keypoint package folder/.zip or bundled name")
+    k.add_argument("-o", "--output", type=Path, required=True, help="Slicer point list .mrk.json")
+    k.add_argument("--fix", action="append", default=[], metavar="LABEL=X,Y[,Z]",
+                   help="a point the user placed: patient coordinates (RAS mm) for a volume, pixel column,row for a "
+                        "2D image; kept exactly and locked (repeatable)")
+    k.add_argument("--csv", type=Path, help="also write label,x,y[,z] per keypoint (pixels for a 2D image)")
+    k.add_argument("--series", help="SeriesInstanceUID when the DICOM folder holds several")
+    k.add_argument("--backend", choices=["auto", "onnx", "tensorflow"], default="auto")
+    k.add_argument("--device", choices=["auto", "gpu", "cpu"], default="auto")
+    k.add_argument("--overwrite", action="store_true")
+    k.add_argument("--progress", choices=["auto", "jsonl", "text", "none"], default="auto")
+
+    s = sub.add_parser("serve-keypoints", help="keep a keypoint model loaded on one image; JSON requests on stdin "
+                                               "(what the Slicer module's point correction uses)")
+    s.add_argument("input", type=Path)
+    s.add_argument("--model", required=True)
+    s.add_argument("--backend", choices=["auto", "onnx", "tensorflow"], default="auto")
+    s.add_argument("--device", choices=["auto", "gpu", "cpu"], default="auto")
+
+    v = sub.add_parser("evaluate-keypoints", help="mean radial error before and after 1..3 simulated corrections, "
+                                                  "the model revising the rest against corrections by hand only")
+    v.add_argument("model")
+    v.add_argument("dataset", type=Path)
+    v.add_argument("--split", choices=["val", "test", "train", "all"], default="test")
+    v.add_argument("--rounds", type=int, default=3)
+    v.add_argument("--backend", choices=["auto", "onnx", "tensorflow"], default="auto")
+    v.add_argument("--device", choices=["auto", "gpu", "cpu"], default="auto")
+    v.add_argument("--json", type=Path, help="also write the figures to this JSON file")
 
 
 def _training_args(t):
@@ -194,7 +266,9 @@ def _inference_args(g):
 
 COMMANDS = {"export": training.export, "train": training.train, "crossval": training.crossval,
             "evaluate": training.evaluate, "evaluate-levels": training.evaluate_levels, "segment": inference.segment, "demo": inference.demo,
-            "series": inference.series}
+            "series": inference.series, "export-keypoints": keypoints.export_keypoints,
+            "train-keypoints": keypoints.train_keypoints, "keypoints": keypoints.keypoints,
+            "serve-keypoints": keypoints.serve_keypoints, "evaluate-keypoints": keypoints.evaluate_keypoints}
 
 
 def main(argv=None) -> int:

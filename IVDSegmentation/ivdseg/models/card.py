@@ -37,8 +37,40 @@ def _inference_lines(timing: dict | None) -> list[str]:
             f"{per_backend}; median of {timing['repeats']} (`{timing['command']}`)"]
 
 
+def _keypoint_lines(card: dict) -> list[str]:
+    t = card.get("training", {})
+    shape = " x ".join(map(str, card["input_shape"]))
+    lines = [f"# {card['name']} {card['version']}", "", card.get("description", ""), "", "## Network", "",
+             f"- {card['network']} ({card.get('parameters', 'n/a')} parameters), input {shape} x {card['channels']} "
+             f"+ one hint channel per keypoint, architecture {card.get('architecture', {})}",
+             f"- reads: {card['slice_plane']} (letterboxed: aspect ratio kept); normalisation {card['normalization']}",
+             f"- keypoints ({len(card['keypoints'])}): {', '.join(card['keypoints'])}",
+             f"- hint / heatmap Gaussian sigma {card['hint_sigma_px']} input pixels", "", "## Training", "",
+             f"- sources: {t.get('sources', {})}",
+             f"- {t.get('train_patients')} training, {t.get('val_patients')} validation, {t.get('test_patients')} test "
+             "patients (split by patient, within each source)",
+             f"- simulated user: {t.get('mode')}; {t.get('epochs_run')} epochs (best {t.get('best_epoch')}, by "
+             f"validation error before and after one correction) in {t.get('seconds')} s",
+             f"- command: `{t.get('command', '')}`", ""]
+    for key, title in (("test", "Test (these patients chose nothing)"), ("validation", "Validation (chose the epoch)")):
+        if key not in card:
+            continue
+        lines += [f"## {title}: mean radial error after 0..{card[key]['rounds']} corrections", "",
+                  "| source | cases | corrections | model revises the rest | by hand only |", "|---|---|---|---|---|"]
+        for source, e in card[key]["per_source"].items():
+            lines += [f"| {source} | {e['cases']} | {r} | {m:.2f} {e['unit']} | {h:.2f} {e['unit']} |"
+                      for r, (m, h) in enumerate(zip(e["model"], e["manual"]))]
+        lines.append("")
+    for key in ("license", "citations"):
+        if card.get(key):
+            lines += [f"## {key.capitalize()}", "", str(card[key]), ""]
+    return lines
+
+
 def render(card: dict) -> str:
     """Markdown model card: what the model is, how it was trained and validated, and what to cite."""
+    if card.get("task") == "keypoints":
+        return "\n".join(_keypoint_lines(card)) + "\n"
     classes = [c["name"] for c in card["classes"]]
     t = card.get("training", {})
     lines = [f"# {card['name']} {card['version']}", "", card.get("description", ""), "",

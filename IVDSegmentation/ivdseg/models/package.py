@@ -22,10 +22,23 @@ CARD_FORMAT = "ivdseg-model"
 CARD_VERSION = 1
 REQUIRED_CARD_KEYS = ("format", "format_version", "name", "version", "network", "input_size", "channels",
                       "normalization", "slice_plane", "classes")
+# A keypoint package (task "keypoints"): heatmaps of named points, with hint channels for the user's corrections.
+REQUIRED_KEYPOINT_CARD_KEYS = ("format", "format_version", "task", "name", "version", "network", "input_shape",
+                               "channels", "normalization", "slice_plane", "keypoints", "hint_sigma_px")
+TASKS = ("segmentation", "keypoints")
+
+
+def card_task(card: dict) -> str:
+    """"segmentation" (the default of cards that name no task) or "keypoints"."""
+    return str(card.get("task", "segmentation"))
+
 
 def check_card(card: dict, path) -> dict:
-    """Raises IvdsegError when the card lacks a key or holds an unknown format version."""
-    missing = [k for k in REQUIRED_CARD_KEYS if k not in card]
+    """Raises IvdsegError when the card lacks a key or holds an unknown format version or task."""
+    if card_task(card) not in TASKS:
+        raise IvdsegError(f"{path} is a model card for the task {card_task(card)!r}; this ivdseg knows {TASKS}.")
+    required = REQUIRED_KEYPOINT_CARD_KEYS if card_task(card) == "keypoints" else REQUIRED_CARD_KEYS
+    missing = [k for k in required if k not in card]
     if missing:
         raise IvdsegError(f"{path} lacks {', '.join(missing)}; it is not a complete ivdseg model card.")
     if card["format"] != CARD_FORMAT or card["format_version"] != CARD_VERSION:
@@ -181,6 +194,13 @@ def load_package(package):
     card = read_card(package)
     with package_folder(package) as folder:
         model = load_keras_model(folder / "model.keras")
+    if card_task(card) == "keypoints":
+        k = len(card["keypoints"])
+        expected = (*card["input_shape"], card["channels"] + k)
+        if tuple(model.input_shape[1:]) != expected or model.output_shape[-1] != k:
+            raise IvdsegError(f"{package}: the card says input {expected} and {k} heatmaps but the network takes "
+                              f"{tuple(model.input_shape[1:])} and gives {model.output_shape[-1]}.")
+        return model, card
     expected = (card["input_size"], card["input_size"], card["channels"])
     got = tuple(model.input_shape[1:])
     if got != expected:

@@ -11,7 +11,8 @@ Two ways, both from the seed design, selectable and comparable:
 
 Heatmap loss: binary cross-entropy (what the seed settled on), averaged over pixels and keypoints. The loop runs
 batch by batch in Python (a prediction is needed before each revised step); it is meant for the small keypoint
-sets of this project, not for throughput.
+sets of this project, not for throughput. With validation data, the weights of the epoch with the lowest validation
+error (the mean radial error before and after one simulated correction, averaged) are kept.
 """
 
 from __future__ import annotations
@@ -35,58 +36,99 @@ class KeypointTrainConfig:
     worst_of: int = 1  # "revise": the hint goes to one of the worst ``worst_of`` points, at random
     max_rounds: int = 2  # "revise": correction rounds per batch, 0..max_rounds
     prompt_share: float = 0.5  # "prompt": the share of samples that get hints
+    augment: bool = False  # random scale, rotation, shift and gamma of each training sample
+    patience: int = 0  # with validation data: stop after this many epochs without a better one (0: never)
     seed: int = 0
 
 
-def heatmap_targets(points_rc, size: int, sigma_px: float) -> np.ndarray:
-    """(N, size, size, K) Gaussians at the true points (N, K, 2)."""
+def heatmap_targets(points_rc, shape_hw, sigma_px: float) -> np.ndarray:
+    """(N, H, W, K) Gaussians at the true points (N, K, 2); ``shape_hw`` is H = W or (H, W)."""
     points = np.asarray(points_rc, float)
-    out = np.zeros((len(points), size, size, points.shape[1]), np.float32)
+    h, w = (shape_hw, shape_hw) if np.isscalar(shape_hw) else shape_hw
+    out = np.zeros((len(points), h, w, points.shape[1]), np.float32)
     for n, sample in enumerate(points):
         for k, p in enumerate(sample):
-            out[n, ..., k] = gaussian(size, p, sigma_px)
+            out[n, ..., k] = gaussian((h, w), p, sigma_px)
     return out
 
 
 def predict_points(model, images, hints) -> np.ndarray:
-    """(N, K, 2) decoded points of ``images`` (N, S, S, C) with ``hints`` (N, S, S, K)."""
-    heatmaps = np.asarray(model(np.concatenate([images, hints], axis=-1), training=False))
+    """(N, K, 2) decoded points of ``images`` (N, H, W, C) with ``hints`` (N, H, W, K); ``model`` is a Keras model
+    or any function of the stacked input."""
+    x = np.concatenate([images, hints], axis=-1).astype(np.float32)
+    heatmaps = np.asarray(model(x, training=False) if hasattr(model, "train_on_batch") else model(x))
     return np.stack([decode_heatmaps(h)[0] for h in heatmaps])
 
 
-def _revise_hints(model, images, truth, cfg, rng):
+def _revise_hints(model, images, truth, cfg, rng, rounds=None):
     """Hints of the "revise" mode: round after round, each sample's worst point of the current prediction (one of
     the ``worst_of`` worst among those not fixed yet) is fixed; the hints of the last round are returned."""
-    size, k = images.shape[1], truth.shape[1]
+    shape, k = images.shape[1:3], truth.shape[1]
     fixed = np.full(truth.shape, np.nan)
-    hints = np.zeros((len(images), size, size, k), np.float32)
-    for _ in range(int(rng.integers(0, cfg.max_rounds + 1))):
+    hints = np.zeros((len(images), *shape, k), np.float32)
+    for _ in range(int(rng.integers(0, cfg.max_rounds + 1)) if rounds is None else rounds):
         errors = np.linalg.norm(predict_points(model, images, hints) - truth, axis=-1)  # (N, K)
         for n, e in enumerate(errors):
             e = np.where(np.isnan(fixed[n, :, 0]), e, -np.inf)  # a fixed point stays fixed
             worst = np.argsort(-e)[:max(1, min(cfg.worst_of, int(np.isfinite(e).sum())))]
             pick = int(rng.choice(worst))
             fixed[n, pick] = truth[n, pick]
-        hints = np.stack([hint_channels(h, size, cfg.sigma_px) for h in fixed])
+        hints = np.stack([hint_channels(h, shape, cfg.sigma_px) for h in fixed])
     return hints
 
 
 def _prompt_hints(images, truth, cfg, rng):
     """Hints of the "prompt" mode: a random number of true points for a share of the samples, none for the rest."""
-    size, k = images.shape[1], truth.shape[1]
+    shape, k = images.shape[1:3], truth.shape[1]
     hints = np.full(truth.shape, np.nan)
     for n in range(len(images)):
         if rng.random() < cfg.prompt_share:
             chosen = rng.choice(k, size=int(rng.integers(1, k + 1)), replace=False)
             hints[n, chosen] = truth[n, chosen]
-    return np.stack([hint_channels(h, size, cfg.sigma_px) for h in hints])
+    return np.stack([hint_channels(h, shape, cfg.sigma_px) for h in hints])
 
 
-def fit(model, images: np.ndarray, points_rc: np.ndarray, cfg: KeypointTrainConfig, on_epoch=None) -> list[float]:
-    """Trains ``model`` (a ``keypoint_unet`` with hints) on images (N, S, S, C) and true points (N, K, 2).
+def augment(images, points, rng):
+    """Random similarity transform (scale 0.9-1.1, rotation +-8 degrees, shift +-5 %) and gamma (0.7-1.4) of each
+    sample; the points move with the image. Images (N, H, W, C) in [0, 1], points (N, K, 2) (row, column)."""
+    import cv2
+
+    out_i, out_p = np.empty_like(images), np.empty_like(points)
+    n, h, w = images.shape[:3]
+    for i in range(n):
+        scale, angle = rng.uniform(0.9, 1.1), rng.uniform(-8.0, 8.0)
+        shift = rng.uniform(-0.05, 0.05, 2) * (h, w)
+        m = cv2.getRotationMatrix2D(((w - 1) / 2.0, (h - 1) / 2.0), angle, scale)
+        m[:, 2] += shift[::-1]
+        warped = cv2.warpAffine(images[i], m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+        out_i[i] = warped.reshape(images[i].shape) ** rng.uniform(0.7, 1.4)
+        xy = points[i][:, ::-1]  # (column, row) = (x, y) for OpenCV
+        out_p[i] = (xy @ m[:, :2].T + m[:, 2])[:, ::-1]
+    return np.clip(out_i, 0.0, 1.0), out_p
+
+
+def validation_errors(model, images, truth, sigma_px: float, rounds: int = 1) -> list[float]:
+    """Mean radial error (pixels of the input grid) after 0..``rounds`` simulated corrections of the worst point."""
+    cfg = KeypointTrainConfig(sigma_px=sigma_px, worst_of=1)
+    rng = np.random.default_rng(0)
+    out = []
+    for r in range(rounds + 1):
+        hints = _revise_hints(model, images, truth, cfg, rng, rounds=r)
+        out.append(float(np.linalg.norm(predict_points(model, images, hints) - truth, axis=-1).mean()))
+    return out
+
+
+def fit(model, images: np.ndarray, points_rc: np.ndarray, cfg: KeypointTrainConfig, on_epoch=None,
+        validation=None, should_stop=None) -> list[dict]:
+    """Trains ``model`` (a ``keypoint_unet`` with hints) on images (N, H, W, C) and true points (N, K, 2).
+
+    Args:
+        validation: optional (images, points) scored after each epoch; the best epoch's weights are kept.
+        on_epoch: called as ``on_epoch(record)`` after each epoch.
+        should_stop: called between batches; True leaves the loop (the best weights so far are kept).
 
     Returns:
-        the mean loss of each epoch; ``on_epoch(epoch, loss)`` is called after each.
+        one record per epoch: {"epoch", "loss"} and, with validation, {"val_mre0", "val_mre1", "best"}.
 
     Raises:
         ValueError: an unknown mode, or points that do not match the model's keypoints.
@@ -99,20 +141,42 @@ def fit(model, images: np.ndarray, points_rc: np.ndarray, cfg: KeypointTrainConf
     truth = np.asarray(points_rc, float)
     if truth.shape[1] != model.output_shape[-1]:
         raise ValueError(f"the points have {truth.shape[1]} keypoints but the model predicts {model.output_shape[-1]}")
+    if not np.isfinite(truth).all():
+        raise ValueError("every training sample needs all its keypoints (found a missing one)")
     rng = np.random.default_rng(cfg.seed)
-    targets = heatmap_targets(truth, images.shape[1], cfg.sigma_px)
+    shape = images.shape[1:3]
     model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate), loss=keras.losses.BinaryCrossentropy())
-    history = []
+    history, best, best_weights, since = [], np.inf, None, 0
     for epoch in range(cfg.epochs):
         order = rng.permutation(len(images))
         losses = []
         for start in range(0, len(order), cfg.batch_size):
+            if should_stop and should_stop():
+                break
             idx = order[start:start + cfg.batch_size]
             x, t = images[idx], truth[idx]
+            if cfg.augment:
+                x, t = augment(x, t, rng)
             hints = (_revise_hints(model, x, t, cfg, rng) if cfg.mode == "revise"
                      else _prompt_hints(x, t, cfg, rng))
-            losses.append(float(model.train_on_batch(np.concatenate([x, hints], axis=-1), targets[idx])))
-        history.append(float(np.mean(losses)))
+            target = heatmap_targets(t, shape, cfg.sigma_px)
+            losses.append(float(model.train_on_batch(np.concatenate([x, hints], axis=-1), target)))
+        if not losses:
+            break
+        record = {"epoch": epoch + 1, "loss": float(np.mean(losses))}
+        if validation is not None:
+            mre = validation_errors(model, *validation, cfg.sigma_px)
+            score = float(np.mean(mre))
+            record.update(val_mre0=mre[0], val_mre1=mre[1], best=score < best)
+            if score < best:
+                best, best_weights, since = score, model.get_weights(), 0
+            else:
+                since += 1
+        history.append(record)
         if on_epoch:
-            on_epoch(epoch + 1, history[-1])
+            on_epoch(record)
+        if should_stop and should_stop() or cfg.patience and since >= cfg.patience:
+            break
+    if best_weights is not None:
+        model.set_weights(best_weights)
     return history

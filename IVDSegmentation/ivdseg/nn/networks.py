@@ -228,7 +228,7 @@ def build_keypoint_unet(input_size=256, num_keypoints=5, channels=1, activation=
     (:func:`ivdseg.inference.keypoints.hint_channels`); the network learns to move the other points to fit it.
 
     Args:
-        input_size: H = W, a multiple of ``2 ** depth``.
+        input_size: H = W, or (H, W) (a tall X-ray keeps its shape); each a multiple of ``2 ** depth``.
         num_keypoints: K, the heatmaps out (and the hint channels in, with ``hints``).
         channels: image channels.
         activation: leaky ReLU by default (what the seed design settled on), or any of :data:`ACTIVATIONS`.
@@ -241,12 +241,17 @@ def build_keypoint_unet(input_size=256, num_keypoints=5, channels=1, activation=
         raise ValueError(f"keypoint_unet: num_keypoints must be at least 1, got {num_keypoints}")
     if depth < 1:
         raise ValueError(f"keypoint_unet: depth must be at least 1, got {depth}")
-    _check_size(input_size, 2**depth, "keypoint_unet")
-    inputs = _inputs(input_size, channels + (num_keypoints if hints else 0))
+    h, w = (input_size, input_size) if isinstance(input_size, int) else (int(v) for v in input_size)
+    for side in (h, w):
+        _check_size(side, 2**depth, "keypoint_unet")
+    inputs = keras.Input((h, w, channels + (num_keypoints if hints else 0)), name="image")
     x = _encoder_decoder(
         inputs, lambda t, f, n: _double_conv(t, f, activation, n), depth, base_filters, dropout
     )
-    heatmaps = layers.Conv2D(num_keypoints, 1, activation="sigmoid", dtype="float32", name="heatmaps")(x)
+    # A heatmap is almost all background: starting its logits at -4 (sigmoid 0.018) spares the first epochs the
+    # climb down from 0.5 everywhere (the prior initialisation of focal-loss detectors).
+    heatmaps = layers.Conv2D(num_keypoints, 1, activation="sigmoid", dtype="float32", name="heatmaps",
+                             bias_initializer=keras.initializers.Constant(-4.0))(x)
     return keras.Model(inputs, heatmaps, name="keypoint_unet")
 
 

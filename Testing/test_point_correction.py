@@ -1,0 +1,133 @@
+"""Interactive correction at MRML level (slicer-core markups nodes): when the user ends a drag, the points the user
+did not place follow the model, the one the user moved stays exactly where it was put, and undo restores all."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+from conftest import require_slicer_core
+
+LEVELS = ["L1-L2", "L2-L3", "L3-L4", "L4-L5", "L5-S1"]
+START = {label: (0.0, 10.0, 100.0 - 30.0 * n) for n, label in enumerate(LEVELS)}
+
+
+def _rigid_model(calls):
+    """A stand-in keypoint model: the spine is START shifted by the mean offset of the fixed points."""
+    def predict(fixed):
+        calls.append(dict(fixed))
+        shift = np.mean([np.subtract(p, START[label]) for label, p in fixed.items()], axis=0) if fixed else 0.0
+        return {label: tuple(np.add(p, shift)) for label, p in START.items()}
+    return predict
+
+
+def _points_node(scene):
+    slicer = require_slicer_core()
+    import vtk
+
+    node = slicer.vtkMRMLMarkupsFiducialNode()
+    scene.AddNode(node)
+    for label in LEVELS:
+        node.AddControlPoint(vtk.vtkVector3d(*START[label]), label)
+    return node
+
+
+def _positions(node):
+    out = []
+    for n in range(node.GetNumberOfControlPoints()):
+        p = [0.0, 0.0, 0.0]
+        node.GetNthControlPointPosition(n, p)
+        out.append(p)
+    return np.array(out)
+
+
+def test_moving_one_point_moves_the_others_and_keeps_the_moved_one_exactly(mrml):
+    slicer = require_slicer_core()
+    from IVDSegmentationLib.pointcorrection import PointCorrection
+
+    node, calls = _points_node(mrml), []
+    correction = PointCorrection(node, _rigid_model(calls))
+    correction.start()
+    node.SetNthControlPointPosition(3, 0.0, 14.0, 5.5)  # the user drags L4-L5 4 mm forward, 4.5 mm down
+    node.InvokeEvent(slicer.vtkMRMLMarkupsNode.PointEndInteractionEvent)
+    after = _positions(node)
+    assert calls == [{"L4-L5": (0.0, 14.0, 5.5)}]
+    assert after[3].tolist() == [0.0, 14.0, 5.5] and node.GetNthControlPointLocked(3)
+    expected = np.array([START[label] for label in LEVELS]) + [0.0, 4.0, -4.5]
+    np.testing.assert_allclose(np.delete(after, 3, axis=0), np.delete(expected, 3, axis=0))
+    assert not any(node.GetNthControlPointLocked(n) for n in (0, 1, 2, 4))
+
+    node.SetNthControlPointPosition(0, 1.0, 15.0, 95.0)  # a second fix: both placed points become hints
+    node.InvokeEvent(slicer.vtkMRMLMarkupsNode.PointEndInteractionEvent)
+    assert set(calls[-1]) == {"L1-L2", "L4-L5"}
+    assert _positions(node)[0].tolist() == [1.0, 15.0, 95.0] and _positions(node)[3].tolist() == [0.0, 14.0, 5.5]
+
+    assert correction.undo() and np.allclose(_positions(node), after)
+    assert node.GetNthControlPointLocked(3) and not node.GetNthControlPointLocked(0)
+    assert correction.undo() and np.allclose(_positions(node), [START[label] for label in LEVELS])
+    assert not any(node.GetNthControlPointLocked(n) for n in range(5)) and not correction.undo()
+    node.InvokeEvent(slicer.vtkMRMLMarkupsNode.PointEndInteractionEvent)  # an event without a move: no run
+    assert len(calls) == 2
+    correction.stop()
+    node.SetNthControlPointPosition(2, 9.0, 9.0, 9.0)
+    node.InvokeEvent(slicer.vtkMRMLMarkupsNode.PointEndInteractionEvent)
+    assert len(calls) == 2
+
+
+def test_a_failing_model_leaves_the_points_as_the_user_left_them(mrml):
+    slicer = require_slicer_core()
+    from IVDSegmentationLib.pointcorrection import PointCorrection
+
+    def broken(fixed):
+        raise ValueError("The keypoint worker has ended; start the correction again.")
+
+    node = _points_node(mrml)
+    correction = PointCorrection(node, broken)
+    node.SetNthControlPointPosition(1, 0.0, 0.0, 0.0)
+    with pytest.raises(ValueError, match="worker has ended"):
+        correction.onPointEndInteraction(node, slicer.vtkMRMLMarkupsNode.PointEndInteractionEvent)
+    assert _positions(node)[1].tolist() == [0.0, 0.0, 0.0] and not correction.undo()
+
+
+def test_segment_names_follow_the_corrected_points(mrml):
+    slicer = require_slicer_core()
+    from IVDSegmentationLib.pointcorrection import renameSegmentsByPoints
+
+    segmentationNode = slicer.vtkMRMLSegmentationNode()
+    mrml.AddNode(segmentationNode)
+    segmentationNode.CreateDefaultDisplayNodes()
+    import vtk
+
+    for n, label in enumerate(LEVELS):  # one small box per disc, named one level off
+        source = vtk.vtkCubeSource()
+        source.SetCenter(*START[label])
+        source.SetXLength(4), source.SetYLength(4), source.SetZLength(4)
+        source.Update()
+        segmentationNode.AddSegmentFromClosedSurfaceRepresentation(source.GetOutput(), f"disc {n}")
+    node = _points_node(mrml)
+    named = renameSegmentsByPoints(segmentationNode, node)
+    segmentation = segmentationNode.GetSegmentation()
+    names = [segmentation.GetNthSegment(n).GetName() for n in range(5)]
+    assert names == [f"{label} intervertebral disc" for label in LEVELS] and len(named) == 5
+
+
+def test_the_keypoint_worker_keeps_the_model_loaded_and_answers_each_correction(mrml, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from test_keypoint_commands import _package
+
+    from IVDSegmentationLib.pointcorrection import KeypointServer
+
+    package = _package(tmp_path / "model", "image")
+    image = tmp_path / "x.png"
+    cv2.imwrite(str(image), (np.random.default_rng(0).random((200, 80)) * 255).astype(np.uint8))
+    server = KeypointServer(image, package)
+    try:
+        assert server.labels == ["a", "b", "c", "d"]
+        for fix in ((-10.0, -120.0, 0.0), (-30.0, -20.0, 0.0)):
+            answer = server({"b": fix})
+            assert set(answer) == {"a", "b", "c", "d"} and answer["b"] == pytest.approx(fix)
+        with pytest.raises(ValueError, match="no keypoint 'elbow'"):
+            server({"elbow": (0.0, 0.0, 0.0)})
+    finally:
+        server.close()
+    assert server.process.poll() is not None
