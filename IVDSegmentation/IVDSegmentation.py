@@ -14,6 +14,7 @@ from typing import Annotated
 import qt
 import slicer
 import vtk
+from IVDSegmentationLib.gui.correctionpanel import CorrectionPanel
 from IVDSegmentationLib.gui.dicomdialog import chooseDicomSeries
 from IVDSegmentationLib.gui.jobrunner import JobRunner
 from IVDSegmentationLib.gui.trainingpanel import TrainingPanel
@@ -24,12 +25,8 @@ from slicer import vtkMRMLPlotChartNode, vtkMRMLScalarVolumeNode, vtkMRMLSegment
 from slicer.i18n import tr as _
 from slicer.i18n import translate
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper, parameterPack
-from slicer.ScriptedLoadableModule import (
-    ScriptedLoadableModule,
-    ScriptedLoadableModuleLogic,
-    ScriptedLoadableModuleTest,
-    ScriptedLoadableModuleWidget,
-)
+from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
+                                           ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 
 logger = logging.getLogger(__name__)
@@ -152,12 +149,15 @@ class IVDSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.modelSelector.connect("currentIndexChanged(int)", self.onModelSelected)
         self.ui.workerPythonPathLineEdit.connect("currentPathChanged(QString)", self.onWorkerPythonChanged)
         self.ui.progressBar.hide()
+        self.correctionPanel = CorrectionPanel(self.ui, self.logic, lambda: self._parameterNode, self._currentModel,
+                                               self._updateGui)
         self.trainingPanel = TrainingPanel(self.ui, onModelInstalled=self.refreshModels)
 
         self.refreshModels()
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
+        self.correctionPanel.cleanup()
         self._runner.stop()
         self.trainingPanel.cleanup()
         self.removeObservers()
@@ -174,6 +174,7 @@ class IVDSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateGui)
 
     def onSceneStartClose(self, caller, event) -> None:
+        self.correctionPanel.cleanup()  # its points are about to go away
         if self._runner.running:  # its input volume is about to go away
             self._cancelRequested = True
             self._runner.cancel()
@@ -229,6 +230,7 @@ class IVDSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                        self.ui.workerPythonPathLineEdit):
             widget.enabled = not running
         self.ui.labelLevelsCheckBox.enabled = not running and bool(model and model.levels)
+        self.correctionPanel.updateGui(running, model, p.inputVolume)
         ready = bool(p.inputVolume and model)
         self.ui.applyButton.text = _("Cancel") if running else _("Apply")
         self.ui.applyButton.enabled = not self._cancelRequested if running else ready
@@ -252,6 +254,9 @@ class IVDSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.modelSelector.addItem(modelKey(info))
         self.ui.modelSelector.blockSignals(wasBlocked)
         self._updateGui()
+
+    def _currentModel(self):
+        return findModel(self._models, self._parameterNode.modelName) if self._parameterNode else None
 
     def onModelSelected(self, index) -> None:
         if self._parameterNode and 0 <= index < len(self._models):
@@ -412,14 +417,10 @@ class IVDSegmentationTest(ScriptedLoadableModuleTest):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
-        self.setUp()
-        self.test_LogicScenarios()
-        self.setUp()
-        self.test_InferenceScenarios()
-        self.setUp()
-        self.test_PanelAppliesAndCancels()
-        self.setUp()
-        self.test_TrainingScenario()
+        for test in (self.test_LogicScenarios, self.test_InferenceScenarios, self.test_PanelAppliesAndCancels,
+                     self.test_TrainingScenario):
+            self.setUp()
+            test()
 
     def _canRun(self, what, missing) -> bool:
         """False, after saying so once, when the worker lacks packages a scenario needs."""

@@ -131,3 +131,59 @@ def test_the_keypoint_worker_keeps_the_model_loaded_and_answers_each_correction(
     finally:
         server.close()
     assert server.process.poll() is not None
+
+
+def test_the_correction_mode_runs_the_keypoint_model_the_card_names_and_cleans_up(mrml, tmp_path):
+    """SegmentationLogic.startPointCorrection end to end: a worker with a (small, untrained) keypoint package on the
+    volume; a drag leaves the dragged point exactly and moves the rest onto the mid-sagittal slice's predictions;
+    undo restores; stopping ends the worker and removes its temporary volume."""
+    pytest.importorskip("onnxruntime")
+    slicer = require_slicer_core()
+    import json
+    import os
+
+    import vtk
+    from test_keypoint_commands import NAMES, _package
+
+    from IVDSegmentationLib.logic import SegmentationLogic
+
+    keypoints = _package(tmp_path / "kp", "sagittal")
+    segmentationModel = tmp_path / "seg"
+    segmentationModel.mkdir()
+    card = json.loads(_bundled_card())
+    (segmentationModel / "model.json").write_text(json.dumps({**card, "keypoint_model": str(keypoints)}))
+    volume = mrml.AddNewNodeByClass("vtkMRMLScalarVolumeNode")
+    slicer.util.updateVolumeFromArray(volume, (np.random.default_rng(0).random((9, 96, 48)) * 100).astype(np.int16))
+    points = slicer.vtkMRMLMarkupsFiducialNode()
+    mrml.AddNode(points)
+    for n, label in enumerate(NAMES):
+        points.AddControlPoint(vtk.vtkVector3d(4.0, 10.0 + n, 20.0 + 10 * n), label)
+    logic, seen = SegmentationLogic(), []
+    with pytest.raises(ValueError, match="names no keypoint model"):
+        logic.startPointCorrection(volume, points, None, str(_bundled_path()))
+    correction = logic.startPointCorrection(volume, points, None, str(segmentationModel),
+                                            onCorrected=lambda moved, s: seen.append(moved))
+    server, tmpdir, _ = logic._correctionResources
+    before = _positions(points)
+    points.SetNthControlPointPosition(1, 4.0, 30.0, 40.0)
+    points.InvokeEvent(slicer.vtkMRMLMarkupsNode.PointEndInteractionEvent)
+    after = _positions(points)
+    assert seen == [["b"]] and after[1].tolist() == [4.0, 30.0, 40.0] and points.GetNthControlPointLocked(1)
+    assert not np.allclose(np.delete(after, 1, axis=0), np.delete(before, 1, axis=0))  # the model moved the rest
+    assert correction.lastSeconds is not None
+    assert logic.undoPointCorrection() and np.allclose(_positions(points), before)
+    logic.stopPointCorrection()
+    assert server.process.poll() is not None and not os.path.exists(tmpdir)
+    points.SetNthControlPointPosition(0, 0.0, 0.0, 0.0)
+    points.InvokeEvent(slicer.vtkMRMLMarkupsNode.PointEndInteractionEvent)
+    assert len(seen) == 1  # no longer observed
+
+
+def _bundled_path():
+    from ivdseg.models.package import resolve_model
+
+    return resolve_model()
+
+
+def _bundled_card() -> str:
+    return (_bundled_path() / "model.json").read_text()

@@ -37,6 +37,7 @@ class ModelInfo:
     description: str
     builtin: bool
     levels: bool = False  # its card names disc levels (segment --levels)
+    correctable: bool = False  # its card names a keypoint model that moves the disc centres (Correct points)
 
     @classmethod
     def fromPackage(cls, path: Path, builtin: bool) -> "ModelInfo":
@@ -47,7 +48,8 @@ class ModelInfo:
         return cls(name=card["name"], version=str(card["version"]), path=str(path),
                    classes=[c["name"] for c in card["classes"]], inputSize=int(card["input_size"]),
                    validationDice=validation.get("mean_dice"), description=card.get("description", ""),
-                   builtin=builtin, levels=level_support(card) is not None)
+                   builtin=builtin, levels=level_support(card) is not None,
+                   correctable=bool(card.get("keypoint_model")))
 
 
 class SegmentationJob:
@@ -183,6 +185,67 @@ class SegmentationLogic:
             args += ["--levels", "--points", Path(tmpdir) / "discs.mrk.json", "--table", Path(tmpdir) / "discs.csv"]
         worker = WorkerJob(args, python=self.workerPython)
         return SegmentationJob(worker, tmpdir, volumeNode, modelPath, levels)
+
+    def startPointCorrection(self, volumeNode, pointsNode, segmentationNode=None, modelPath: str = "",
+                             onCorrected=None, onError=None):
+        """Starts correcting ``pointsNode`` (the disc centres of a result) with the keypoint model that the
+        segmentation model's card names (``keypoint_model``): a worker keeps it loaded on the volume, and after each
+        drag the points the user did not place move; with ``segmentationNode``, the disc segments are renamed after
+        the points. Returns the :class:`PointCorrection` (``undo()``); end it with :meth:`stopPointCorrection`.
+
+        Raises:
+            ValueError: no points, a model without a keypoint model, or a worker that does not start.
+        """
+        from IVDSegmentationLib.pointcorrection import KeypointServer, PointCorrection, renameSegmentsByPoints
+        from ivdseg.models.package import resolve_model
+
+        if volumeNode is None or pointsNode is None or pointsNode.GetNumberOfControlPoints() == 0:
+            raise ValueError("Segment with Label levels first: the correction moves the disc centres it makes.")
+        name = read_card(modelPath).get("keypoint_model") if modelPath else None
+        if not name:
+            raise ValueError("The model names no keypoint model, so its points cannot be corrected.")
+        try:
+            keypointModel = resolve_model(name)
+        except IvdsegError as exc:
+            raise ValueError(str(exc)) from None
+        self.stopPointCorrection()
+        tmpdir = tempfile.mkdtemp(prefix="ivdseg-points-")
+        try:
+            nodes.writeVolumeNode(volumeNode, Path(tmpdir) / "input.nrrd")
+            server = KeypointServer(Path(tmpdir) / "input.nrrd", keypointModel, python=self.workerPython)
+        except BaseException:
+            shutil.rmtree(tmpdir, ignore_errors=True)
+            raise
+
+        def corrected(moved, seconds):
+            if segmentationNode is not None:
+                renameSegmentsByPoints(segmentationNode, pointsNode)
+            if onCorrected:
+                onCorrected(moved, seconds)
+
+        self._correction = PointCorrection(pointsNode, server, corrected, onError)
+        self._correctionResources = (server, tmpdir, lambda: segmentationNode is not None
+                                     and renameSegmentsByPoints(segmentationNode, pointsNode))
+        self._correction.start()
+        return self._correction
+
+    def undoPointCorrection(self) -> bool:
+        """Puts the points back as before the last correction (and the segment names after them)."""
+        correction = getattr(self, "_correction", None)
+        if correction is None or not correction.undo():
+            return False
+        self._correctionResources[2]()
+        return True
+
+    def stopPointCorrection(self) -> None:
+        """Ends the correction mode: no more observation, the worker closed, its temporary volume removed."""
+        correction = getattr(self, "_correction", None)
+        if correction is not None:
+            correction.stop()
+            server, tmpdir, _ = self._correctionResources
+            server.close()
+            shutil.rmtree(tmpdir, ignore_errors=True)
+        self._correction = self._correctionResources = None
 
     def finishSegmentation(self, job: SegmentationJob):
         """Turns a finished job into a segmentation node; always removes the job's temporary files.

@@ -30,12 +30,15 @@ class PointCorrection:
         pointsNode: a vtkMRMLMarkupsFiducialNode whose control point labels are keypoint names (e.g. "L4-L5").
         predict: ``predict({label: (x, y, z)}) -> {label: (x, y, z)}``, RAS mm; returns every keypoint it knows.
         onCorrected: optional ``onCorrected(movedLabels, seconds)`` after each correction (e.g. to rename segments).
+        onError: optional ``onError(exception)`` for a model that failed after a drag (an observer cannot raise
+            to the GUI); without it the error is raised.
     """
 
-    def __init__(self, pointsNode, predict, onCorrected=None):
+    def __init__(self, pointsNode, predict, onCorrected=None, onError=None):
         self.pointsNode = pointsNode
         self.predict = predict
         self.onCorrected = onCorrected
+        self.onError = onError
         self.userPlaced: set[str] = {self._label(n) for n in range(pointsNode.GetNumberOfControlPoints())
                                      if pointsNode.GetNthControlPointLocked(n)}
         self._snapshot = self._positions()
@@ -58,8 +61,14 @@ class PointCorrection:
         """After a drag: the points that moved since the last correction are the user's; the model moves the rest."""
         moved = [n for n, (now, before) in enumerate(zip(self._positions(), self._snapshot))
                  if np.linalg.norm(now - before) > MOVED_MM]
-        if moved:
+        if not moved:
+            return
+        try:
             self.correct([self._label(n) for n in moved])
+        except ValueError as exc:
+            if self.onError is None:
+                raise
+            self.onError(exc)
 
     # ------------------------------------------------------------ correcting
     def correct(self, movedLabels):
@@ -151,17 +160,28 @@ class KeypointServer:
             put(line)
 
     def _answer(self, timeout) -> dict:
-        while True:
+        """The next JSON line of the worker; a worker that ended or stays silent for ``timeout`` s is an error
+        naming its last stderr line (e.g. its one-sentence refusal of the image)."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
             try:
-                line = self._lines.get(timeout=timeout)
+                line = self._lines.get(timeout=0.05)
             except queue.Empty:
-                self.close()
-                tail = "".join(self._stderr[-3:]).strip()
-                raise ValueError("The keypoint worker did not answer" + (f": {tail}" if tail else ".")) from None
+                if self.process.poll() is not None and self._lines.empty():
+                    time.sleep(0.1)  # let the reader threads take the last lines
+                    if self._lines.empty():
+                        break
+                continue
             try:
                 return json.loads(line)
             except json.JSONDecodeError:
                 continue  # a library's stray line on stdout
+        self.close()
+        errors = [line.strip() for line in self._stderr if line.strip().startswith("ivdseg ")]
+        reason = errors[-1] if errors else "".join(self._stderr[-2:]).strip()
+        raise ValueError("The keypoint worker stopped" + (f": {reason}" if reason else " without an answer."))
 
     def __call__(self, fixed: dict) -> dict:
         if self.process.poll() is not None:
