@@ -129,3 +129,39 @@ def test_evaluate_keypoints_prints_the_correction_table(image_package, tmp_path,
     table = json.loads((tmp_path / "t.json").read_text())
     model, manual = table["per_source"]["s1"]["model"], table["per_source"]["s1"]["manual"]
     assert model[0] == pytest.approx(manual[0]) and manual == sorted(manual, reverse=True)
+
+
+def test_train_keypoints_writes_a_package_with_its_correction_tables(tmp_path, capsys):
+    pytest.importorskip("keras")
+    from ivdseg.data.keypoint_data import RawSample, write_dataset
+    from ivdseg.models.package import load_package, read_card
+
+    rng = np.random.default_rng(2)
+    samples = []
+    for i in range(9):  # a bright dot per keypoint, three sources' worth of patients in one source
+        image = np.zeros((96, 48), np.float32)
+        points = np.stack([rng.uniform(8, 88, 4), rng.uniform(6, 42, 4)], axis=1)
+        for r, c in points:
+            image[int(r) - 1:int(r) + 2, int(c) - 1:int(c) + 2] = 1.0
+        samples.append(RawSample("s", f"p{i}", image, points))
+    write_dataset(tmp_path / "ds", NAMES, samples, (64, 32), val_fraction=0.25, test_fraction=0.25)
+    assert main(["train-keypoints", str(tmp_path / "ds"), "-o", str(tmp_path / "run"), "--epochs", "2",
+                 "--depth", "2", "--base-filters", "4", "--mode", "prompt", "--plane", "image", "--name", "dots",
+                 "--progress", "jsonl"]) == 0
+    events = [line for line in capsys.readouterr().out.splitlines() if '"epoch"' in line]
+    assert len(events) == 2 and "val_mre0" in events[0]
+    card = read_card(tmp_path / "run" / "model")
+    assert card["task"] == "keypoints" and card["keypoints"] == NAMES and card["training"]["mode"] == "prompt"
+    for part in ("validation", "test"):
+        entry = card[part]["per_source"]["s"]
+        assert entry["unit"] == "px" and len(entry["model"]) == len(entry["manual"]) == 4
+    assert "--mode prompt" in card["training"]["command"] and str(tmp_path) not in json_text(tmp_path / "run")
+    model, _ = load_package(tmp_path / "run" / "model")
+    assert getattr(model, "optimizer", None) is None  # the package holds the network only
+    assert (tmp_path / "run" / "model" / "model.onnx").is_file()
+    assert main(["train-keypoints", str(tmp_path / "ds"), "-o", str(tmp_path / "run"), "--epochs", "0"]) == 2
+    assert "--epochs must be at least 1" in capsys.readouterr().err
+
+
+def json_text(run) -> str:
+    return (run / "model" / "model.json").read_text() + (run / "model" / "MODEL_CARD.md").read_text()

@@ -3,6 +3,9 @@ did not place follow the model, the one the user moved stays exactly where it wa
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
@@ -139,7 +142,6 @@ def test_the_correction_mode_runs_the_keypoint_model_the_card_names_and_cleans_u
     undo restores; stopping ends the worker and removes its temporary volume."""
     pytest.importorskip("onnxruntime")
     slicer = require_slicer_core()
-    import json
     import os
 
     import vtk
@@ -187,3 +189,16 @@ def _bundled_path():
 
 def _bundled_card() -> str:
     return (_bundled_path() / "model.json").read_text()
+
+
+def test_keypoint_packages_are_not_offered_as_segmentation_models(mrml, tmp_path, monkeypatch):
+    from test_keypoint_commands import _package
+
+    from IVDSegmentationLib.logic import SegmentationLogic
+
+    monkeypatch.setenv("IVDSEG_USER_MODELS", str(tmp_path / "user"))
+    _package(tmp_path / "user" / "tiny-1", "sagittal")
+    models = SegmentationLogic().listModels()
+    assert models and all(m.name != "tiny-sagittal" for m in models)
+    disc = next(m for m in models if m.name == "ivd-disc-2d")
+    assert disc.correctable == bool(json.loads((Path(disc.path) / "model.json").read_text()).get("keypoint_model"))

@@ -77,6 +77,8 @@ def train_keypoints(a) -> int:
                   on_epoch=lambda r: reporter.emit("epoch", epochs=a.epochs, **r),
                   validation=(val["image"][..., None], val["points"]), should_stop=lambda: a.stop.requested)
     best = min(history, key=lambda r: (r["val_mre0"] + r["val_mre1"]) / 2) if history else {}
+    trained, model = model, build_keypoint_unet(shape, len(names), depth=a.depth, base_filters=a.base_filters)
+    model.set_weights(trained.get_weights())  # the package holds the network, not the optimizer's state
     card = {
         "task": "keypoints", "name": a.name, "version": a.model_version, "network": "keypoint_unet",
         "architecture": {"depth": a.depth, "base_filters": a.base_filters, "activation": "leaky_relu"},
