@@ -172,6 +172,7 @@ def test_install_and_list_models(mrml, tmp_path, monkeypatch, bundled):
     names = [m.name for m in logic.listModels()]
     assert "ivd-disc-2d" in names
     assert "ivd-lumbosacral-2d" not in names  # the levels anchor is run by the disc model, not chosen by the user
+    assert "ivd-disc-centres-2d" not in names  # nor is the keypoint model of its Correct points mode
     archive = shutil.make_archive(str(tmp_path / "pkg"), "zip", bundled)
     info = logic.installModel(archive)
     assert not info.builtin and Path(info.path).parent == tmp_path / "user"
