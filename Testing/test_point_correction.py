@@ -202,3 +202,34 @@ def test_keypoint_packages_are_not_offered_as_segmentation_models(mrml, tmp_path
     assert models and all(m.name != "tiny-sagittal" for m in models)
     disc = next(m for m in models if m.name == "ivd-disc-2d")
     assert disc.correctable == bool(json.loads((Path(disc.path) / "model.json").read_text()).get("keypoint_model"))
+
+
+def test_numbered_discs_cannot_be_corrected_and_unknown_labels_are_left_alone(mrml, tmp_path):
+    slicer = require_slicer_core()
+    import vtk
+    from test_keypoint_commands import _package
+
+    from IVDSegmentationLib.logic import SegmentationLogic
+    from IVDSegmentationLib.pointcorrection import PointCorrection
+
+    segmentationModel = tmp_path / "seg"
+    segmentationModel.mkdir()
+    card = json.loads(_bundled_card())
+    (segmentationModel / "model.json").write_text(json.dumps({**card, "keypoint_model": str(
+        _package(tmp_path / "kp", "sagittal"))}))
+    volume = mrml.AddNewNodeByClass("vtkMRMLScalarVolumeNode")
+    slicer.util.updateVolumeFromArray(volume, np.zeros((5, 64, 32), np.int16))
+    points = slicer.vtkMRMLMarkupsFiducialNode()
+    mrml.AddNode(points)
+    for n in range(3):
+        points.AddControlPoint(vtk.vtkVector3d(0.0, 0.0, 10.0 * n), f"disc {n + 1}")
+    with pytest.raises(ValueError, match="numbered because the lumbosacral disc was not found"):
+        SegmentationLogic().startPointCorrection(volume, points, None, str(segmentationModel))
+
+    node, calls = _points_node(mrml), []
+    node.AddControlPoint(vtk.vtkVector3d(5.0, 5.0, 5.0), "T12-L1")  # a level the model does not know
+    correction = PointCorrection(node, _rigid_model(calls), known=LEVELS)
+    node.SetNthControlPointPosition(5, 6.0, 6.0, 6.0)
+    node.SetNthControlPointPosition(0, 0.0, 12.0, 100.0)
+    correction.onPointEndInteraction()
+    assert calls == [{"L1-L2": (0.0, 12.0, 100.0)}] and _positions(node)[5].tolist() == [6.0, 6.0, 6.0]

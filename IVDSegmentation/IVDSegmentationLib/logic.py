@@ -206,8 +206,14 @@ class SegmentationLogic:
             raise ValueError("The model names no keypoint model, so its points cannot be corrected.")
         try:
             keypointModel = resolve_model(name)
+            keypoints = read_card(keypointModel).get("keypoints") or []
         except IvdsegError as exc:
             raise ValueError(str(exc)) from None
+        labels = {pointsNode.GetNthControlPointLabel(n) for n in range(pointsNode.GetNumberOfControlPoints())}
+        if not labels & set(keypoints):
+            raise ValueError(f"None of the points is named as the keypoint model's ({', '.join(keypoints)}): the discs "
+                             "were numbered because the lumbosacral disc was not found, so there is no level to "
+                             "correct.")
         self.stopPointCorrection()
         tmpdir = tempfile.mkdtemp(prefix="ivdseg-points-")
         try:
@@ -223,7 +229,7 @@ class SegmentationLogic:
             if onCorrected:
                 onCorrected(moved, seconds)
 
-        self._correction = PointCorrection(pointsNode, server, corrected, onError)
+        self._correction = PointCorrection(pointsNode, server, corrected, onError, known=server.labels)
         self._correctionResources = (server, tmpdir, lambda: segmentationNode is not None
                                      and renameSegmentsByPoints(segmentationNode, pointsNode))
         self._correction.start()

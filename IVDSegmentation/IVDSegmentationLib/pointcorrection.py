@@ -32,11 +32,13 @@ class PointCorrection:
         onCorrected: optional ``onCorrected(movedLabels, seconds)`` after each correction (e.g. to rename segments).
         onError: optional ``onError(exception)`` for a model that failed after a drag (an observer cannot raise
             to the GUI); without it the error is raised.
+        known: the labels the model has (default: all); points with other labels are neither hints nor moved.
     """
 
-    def __init__(self, pointsNode, predict, onCorrected=None, onError=None):
+    def __init__(self, pointsNode, predict, onCorrected=None, onError=None, known=None):
         self.pointsNode = pointsNode
         self.predict = predict
+        self.known = set(known) if known is not None else None
         self.onCorrected = onCorrected
         self.onError = onError
         self.userPlaced: set[str] = {self._label(n) for n in range(pointsNode.GetNumberOfControlPoints())
@@ -79,7 +81,8 @@ class PointCorrection:
         before = self._snapshot.copy()
         placed = self.userPlaced | set(movedLabels)
         positions = self._positions()
-        fixed = {self._label(n): tuple(positions[n]) for n in range(len(positions)) if self._label(n) in placed}
+        fixed = {self._label(n): tuple(positions[n]) for n in range(len(positions))
+                 if self._label(n) in placed and (self.known is None or self._label(n) in self.known)}
         started = time.perf_counter()
         predicted = self.predict(fixed)
         self.lastSeconds = time.perf_counter() - started
