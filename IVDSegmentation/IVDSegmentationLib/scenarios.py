@@ -331,6 +331,42 @@ def scenarioWorkerFailureIsReadable(testCase, brokenModelPath, idle=None):
     testCase.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), before)
 
 
+def scenarioCorrectPoints(testCase, modelPath=None):
+    """Correct points with the keypoint model the disc model's card names: after a drag the dragged point stays
+    exactly where it was put and is locked, the model moves the others, and undo puts every point back."""
+    modelPath = str(modelPath or resolve_model())
+    keypoints = read_card(resolve_model(read_card(modelPath)["keypoint_model"]))["keypoints"]
+    volumeNode, _truth = addPhantomVolume("Correction test")
+    bounds = [0.0] * 6
+    volumeNode.GetRASBounds(bounds)
+    centre = np.array([(bounds[0] + bounds[1]) / 2, (bounds[2] + bounds[3]) / 2, (bounds[4] + bounds[5]) / 2])
+    points = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "Disc centres")
+    for n, label in enumerate(keypoints):
+        points.AddControlPoint(vtk.vtkVector3d(*(centre + [0.0, 0.0, 15.0 * (len(keypoints) // 2 - n)])), label)
+
+    def positions():
+        out = np.zeros((points.GetNumberOfControlPoints(), 3))
+        for n in range(len(out)):
+            points.GetNthControlPointPosition(n, out[n])
+        return out
+
+    logic, seen = SegmentationLogic(), []
+    logic.startPointCorrection(volumeNode, points, None, modelPath, onCorrected=lambda moved, s: seen.append(moved))
+    try:
+        before = positions()
+        dragged = before[1] + [0.0, 2.0, -3.0]
+        points.SetNthControlPointPosition(1, *dragged)
+        points.InvokeEvent(slicer.vtkMRMLMarkupsNode.PointEndInteractionEvent)
+        after = positions()
+        testCase.assertEqual(seen, [[keypoints[1]]])
+        testCase.assertTrue(np.allclose(after[1], dragged) and points.GetNthControlPointLocked(1))
+        testCase.assertFalse(np.allclose(np.delete(after, 1, axis=0), np.delete(before, 1, axis=0)))
+        testCase.assertTrue(logic.undoPointCorrection())
+        testCase.assertTrue(np.allclose(positions(), before))
+    finally:
+        logic.stopPointCorrection()
+
+
 def missingForInference() -> list:
     """The inference packages this Python lacks (the worker runs with it): empty when the scenarios can run."""
     return dependencies.missingInferencePackages()
@@ -340,6 +376,8 @@ def runInferenceScenarios(testCase, modelPath=None, idle=None):
     scenarioSegmentSyntheticVolume(testCase, modelPath, idle=idle)
     scenarioDiscLevels(testCase, modelPath, idle=idle)
     scenarioCancelLeavesSceneUnchanged(testCase, modelPath, idle=idle)
+    if read_card(str(modelPath or resolve_model())).get("keypoint_model"):
+        scenarioCorrectPoints(testCase, modelPath)
 
 
 # ------------------------------------------------------------------ training scenario (the worker, TensorFlow)
