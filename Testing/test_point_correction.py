@@ -161,8 +161,11 @@ def test_the_correction_mode_runs_the_keypoint_model_the_card_names_and_cleans_u
     for n, label in enumerate(NAMES):
         points.AddControlPoint(vtk.vtkVector3d(4.0, 10.0 + n, 20.0 + 10 * n), label)
     logic, seen = SegmentationLogic(), []
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "model.json").write_text(json.dumps({k: v for k, v in card.items() if k != "keypoint_model"}))
     with pytest.raises(ValueError, match="names no keypoint model"):
-        logic.startPointCorrection(volume, points, None, str(_bundled_path()))
+        logic.startPointCorrection(volume, points, None, str(plain))
     correction = logic.startPointCorrection(volume, points, None, str(segmentationModel),
                                             onCorrected=lambda moved, s: seen.append(moved))
     server, tmpdir, _ = logic._correctionResources
