@@ -161,6 +161,12 @@ def test_train_keypoints_writes_a_package_with_its_correction_tables(tmp_path, c
     assert (tmp_path / "run" / "model" / "model.onnx").is_file()
     assert main(["train-keypoints", str(tmp_path / "ds"), "-o", str(tmp_path / "run"), "--epochs", "0"]) == 2
     assert "--epochs must be at least 1" in capsys.readouterr().err
+    common = [str(tmp_path / "ds"), "--epochs", "1", "--base-filters", "4", "--mode", "revise", "--progress", "none",
+              "--init-from", str(tmp_path / "run" / "model")]
+    assert main(["train-keypoints", "-o", str(tmp_path / "run2"), "--depth", "2", *common]) == 0
+    assert read_card(tmp_path / "run2" / "model")["training"]["init_from"] == "model"
+    assert main(["train-keypoints", "-o", str(tmp_path / "run3"), "--depth", "3", *common]) == 2
+    assert "another network shape" in capsys.readouterr().err and not (tmp_path / "run3" / "model").exists()
 
 
 def json_text(run) -> str:

@@ -130,6 +130,7 @@ def _add_keypoint_commands(sub):
     t.add_argument("--prompt-share", type=float, default=0.5, help="prompt: share of samples given hints")
     t.add_argument("--patience", type=int, default=0, help="stop after N epochs without a better validation error")
     t.add_argument("--no-augment", action="store_true")
+    t.add_argument("--init-from", help="keypoint package whose weights start training (same keypoints and shape)")
     t.add_argument("--plane", choices=["sagittal", "image"], default="sagittal",
                    help="what the model reads: a volume's mid-sagittal slice (or a sagittal picture), or 2D pictures")
     t.add_argument("--card", type=Path, help="JSON merged into the card (licence, citations, description)")

@@ -69,6 +69,8 @@ def train_keypoints(a) -> int:
         model = build_keypoint_unet(shape, len(names), depth=a.depth, base_filters=a.base_filters)
     except ValueError as exc:
         raise IvdsegError(str(exc)) from None
+    if a.init_from:
+        _init_from(model, a.init_from, names)
     cfg = KeypointTrainConfig(mode=a.mode, epochs=a.epochs, batch_size=a.batch_size, learning_rate=a.learning_rate,
                               sigma_px=a.sigma, worst_of=a.worst_of, max_rounds=a.max_rounds,
                               prompt_share=a.prompt_share, augment=not a.no_augment, patience=a.patience, seed=a.seed)
@@ -89,6 +91,7 @@ def train_keypoints(a) -> int:
                      "learning_rate": a.learning_rate, "batch_size": a.batch_size, "augment": not a.no_augment,
                      "worst_of": a.worst_of, "max_rounds": a.max_rounds, "prompt_share": a.prompt_share,
                      "seed": a.seed, "seconds": round(time.time() - start, 1), "sources": ds.meta["sources"],
+                     "init_from": Path(a.init_from).name if a.init_from else None,
                      "train_patients": len(ds.splits["train"]), "val_patients": len(ds.splits["val"]),
                      "test_patients": len(ds.splits.get("test", [])),
                      "command": "ivdseg train-keypoints DATASET -o RUN " + " ".join(_options(a))},
@@ -109,6 +112,20 @@ def train_keypoints(a) -> int:
     return 0
 
 
+def _init_from(model, package, names):
+    """Starts ``model`` from a keypoint package of the same keypoints and network shape (e.g. one trained the other
+    way of simulating the user)."""
+    from ivdseg.models.package import load_package, resolve_model
+
+    source, card = load_package(resolve_model(package))
+    if card.get("keypoints") != names or source.input_shape != model.input_shape or \
+            len(source.get_weights()) != len(model.get_weights()) or \
+            any(a.shape != b.shape for a, b in zip(source.get_weights(), model.get_weights())):
+        raise IvdsegError(f"--init-from {package} has other keypoints or another network shape; give a package "
+                          "trained on this dataset with the same --depth and --base-filters.")
+    model.set_weights(source.get_weights())
+
+
 def _options(a) -> list[str]:
     out = [f"--mode {a.mode}", f"--epochs {a.epochs}", f"--batch-size {a.batch_size}",
            f"--learning-rate {a.learning_rate}", f"--sigma {a.sigma}", f"--depth {a.depth}",
@@ -117,6 +134,7 @@ def _options(a) -> list[str]:
         out += [f"--worst-of {a.worst_of}", f"--max-rounds {a.max_rounds}"]
     else:
         out += [f"--prompt-share {a.prompt_share}"]
+    out += [f"--init-from {Path(a.init_from).name}"] if a.init_from else []  # the name only: no local path
     return out + (["--no-augment"] if a.no_augment else [])
 
 
