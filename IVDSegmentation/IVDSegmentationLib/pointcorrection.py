@@ -139,7 +139,10 @@ class KeypointServer:
 
         self.timeout = timeout
         self.python = python or sys.executable
-        env = workerEnvironment(self.python)  # no stop-on-stdin-EOF watcher: stdin carries the requests
+        from ivdseg.stop import STOP_ON_STDIN_EOF_ENV
+
+        env = workerEnvironment(self.python)
+        env.pop(STOP_ON_STDIN_EOF_ENV, None)  # no stdin watcher: stdin carries the requests (its end ends the loop)
         try:
             self.process = subprocess.Popen(
                 [self.python, "-m", "ivdseg", "serve-keypoints", str(imagePath), "--model", str(modelPath)],
