@@ -161,6 +161,10 @@ def test_train_keypoints_writes_a_package_with_its_correction_tables(tmp_path, c
     assert (tmp_path / "run" / "model" / "model.onnx").is_file()
     assert main(["train-keypoints", str(tmp_path / "ds"), "-o", str(tmp_path / "run"), "--epochs", "0"]) == 2
     assert "--epochs must be at least 1" in capsys.readouterr().err
+    (tmp_path / "card.json").write_text("[1, 2]")
+    assert main(["train-keypoints", str(tmp_path / "ds"), "-o", str(tmp_path / "run4"), "--card",
+                 str(tmp_path / "card.json")]) == 2  # refused before any training, nothing written
+    assert "--card" in capsys.readouterr().err and not (tmp_path / "run4").exists()
     common = [str(tmp_path / "ds"), "--epochs", "1", "--base-filters", "4", "--mode", "revise", "--progress", "none",
               "--init-from", str(tmp_path / "run" / "model")]
     assert main(["train-keypoints", "-o", str(tmp_path / "run2"), "--depth", "2", *common]) == 0

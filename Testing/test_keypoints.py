@@ -75,7 +75,8 @@ def test_the_simulated_user_teaches_a_hint_to_move_the_other_points(mode):
     pytest.importorskip("keras")
     import keras
 
-    from ivdseg.nn.keypoint_train import KeypointTrainConfig, fit, predict_points
+    from ivdseg.inference.keypoints import predict_points
+    from ivdseg.nn.keypoint_train import KeypointTrainConfig, fit
     from ivdseg.nn.networks import KEYPOINT_NETWORKS
 
     keras.utils.set_random_seed(0)

@@ -15,10 +15,10 @@ import queue
 import subprocess
 import sys
 import threading
+import time
 
 import numpy as np
 import slicer
-import vtk
 
 MOVED_MM = 1e-3  # a point that moved less than this was not moved by the user
 
@@ -76,8 +76,6 @@ class PointCorrection:
     def correct(self, movedLabels):
         """Makes ``movedLabels`` user-placed, re-runs the model with every user-placed point as a hint, and moves
         the other points; raises ValueError (points unchanged) when the model fails."""
-        import time
-
         before = self._snapshot.copy()
         placed = self.userPlaced | set(movedLabels)
         positions = self._positions()
@@ -168,8 +166,6 @@ class KeypointServer:
     def _answer(self, timeout) -> dict:
         """The next JSON line of the worker; a worker that ended or stays silent for ``timeout`` s is an error
         naming its last stderr line (e.g. its one-sentence refusal of the image)."""
-        import time
-
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:

@@ -43,6 +43,8 @@ def _check_train_args(a):
             raise IvdsegError(f"{option} must be at least {low}, got {value}.")
     if not a.learning_rate > 0 or not a.sigma > 0:
         raise IvdsegError("--learning-rate and --sigma must be positive.")
+    if not 0.0 < a.prompt_share <= 1.0:
+        raise IvdsegError(f"--prompt-share must lie in (0, 1], got {a.prompt_share}.")
     if (a.output / "model").exists() and not a.overwrite:
         raise IvdsegError(f"{a.output / 'model'} already exists; pass --overwrite to replace it.")
     check_folder_of(a.output, "the run folder")
@@ -57,7 +59,10 @@ def train_keypoints(a) -> int:
     from ivdseg.nn.networks import build_keypoint_unet
     from ivdseg.progress import Reporter
 
+    from ivdseg.commands.training import _read_json_object
+
     _check_train_args(a)
+    extra = _read_json_object(a.card, "--card", "a JSON object merged into the card") if a.card else {}
     ds = read_dataset(a.dataset)
     train, val = ds.part("train"), ds.part("val", scored_only=True)
     if not len(train["image"]) or not len(val["image"]):
@@ -78,7 +83,7 @@ def train_keypoints(a) -> int:
     history = fit(model, train["image"][..., None], train["points"], cfg,
                   on_epoch=lambda r: reporter.emit("epoch", epochs=a.epochs, **r),
                   validation=(val["image"][..., None], val["points"]), should_stop=lambda: a.stop.requested)
-    best = min(history, key=lambda r: (r["val_mre0"] + r["val_mre1"]) / 2) if history else {}
+    best = next((r for r in reversed(history) if r.get("best")), {})  # the epoch whose weights fit() kept
     trained, model = model, build_keypoint_unet(shape, len(names), depth=a.depth, base_filters=a.base_filters)
     model.set_weights(trained.get_weights())  # the package holds the network, not the optimizer's state
     card = {
@@ -96,17 +101,15 @@ def train_keypoints(a) -> int:
                      "test_patients": len(ds.splits.get("test", [])),
                      "command": "ivdseg train-keypoints DATASET -o RUN " + " ".join(_options(a))},
     }
-    if a.card:
-        from ivdseg.commands.training import _read_json_object
-
-        card.update(_read_json_object(a.card, "--card", "a JSON object merged into the card"))
+    card.update(extra)
     for part, key in (("val", "validation"), ("test", "test")):
         if ds.splits.get(part):
-            card[key] = correction_table(lambda x: np.asarray(model(x, training=False)), ds, part, a.sigma)
+            card[key] = correction_table(model, ds, part, a.sigma)
+    from ivdseg.io.atomic import write_json
     from ivdseg.nn.train import _save_with_onnx
 
     _save_with_onnx(model, card, a.output / "model", {}, reporter)
-    (a.output / "history.json").write_text(json.dumps(history, indent=1) + "\n", encoding="utf-8")
+    write_json(a.output / "history.json", history)
     reporter.emit("done", package=str(a.output / "model"), best_epoch=best.get("epoch"),
                   test=card.get("test", {}).get("overall"))
     return 0
@@ -118,12 +121,11 @@ def _init_from(model, package, names):
     from ivdseg.models.package import load_package, resolve_model
 
     source, card = load_package(resolve_model(package))
-    if card.get("keypoints") != names or source.input_shape != model.input_shape or \
-            len(source.get_weights()) != len(model.get_weights()) or \
-            any(a.shape != b.shape for a, b in zip(source.get_weights(), model.get_weights())):
+    weights, own = source.get_weights(), model.get_weights()
+    if card.get("keypoints") != names or [w.shape for w in weights] != [w.shape for w in own]:
         raise IvdsegError(f"--init-from {package} has other keypoints or another network shape; give a package "
                           "trained on this dataset with the same --depth and --base-filters.")
-    model.set_weights(source.get_weights())
+    model.set_weights(weights)
 
 
 def _options(a) -> list[str]:
@@ -157,25 +159,18 @@ def correction_table(run, ds, part: str, sigma: float, rounds: int = 3) -> dict:
                  "model": [float(v) for v in curves["model"][:, keep].mean(axis=1)],
                  "manual": [float(v) for v in curves["manual"][:, keep].mean(axis=1)]}
         if np.isfinite(data["angles"][keep]).all():
-            entry["cobb"] = _cobb_entry(run, data, keep, sigma)
+            entry["cobb"] = _cobb_entry(curves["first"][keep], data, keep)
         out["per_source"][source] = entry
     out["overall"] = {"cases": int(len(sources))}
     return out
 
 
-def _cobb_entry(run, data, keep, sigma) -> dict:
+def _cobb_entry(first_in, data, keep) -> dict:
+    """Cobb angles of the unhinted prediction (network pixels, (N, K, 2)) against the dataset's, per angle."""
     from ivdseg.eval.keypoints_eval import cobb_angles, smape
-    from ivdseg.inference.keypoints import decode_heatmaps, hint_channels
 
-    images = data["image"][keep][..., None]
-    hints = np.stack([hint_channels(np.full((data["points"].shape[1], 2), np.nan), images.shape[1:3], sigma)] *
-                     len(images))
-    heatmaps = np.asarray(run(np.concatenate([images, hints], axis=-1).astype(np.float32)))
-    predicted = []
-    for h, scale, offset in zip(heatmaps, data["scale_rc"][keep], data["offset_rc"][keep]):
-        native = (decode_heatmaps(h)[0] - offset) / scale
-        predicted.append(cobb_angles(native[:, ::-1]))
-    predicted = np.array(predicted)
+    native = (first_in - data["offset_rc"][keep][:, None]) / data["scale_rc"][keep][:, None]
+    predicted = np.array([cobb_angles(points[:, ::-1]) for points in native])
     truth = data["angles"][keep]
     return {"smape": smape(predicted, truth), "mae_deg": [float(v) for v in np.abs(predicted - truth).mean(axis=0)]}
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ivdseg.inference.keypoints import decode_heatmaps, hint_channels
+from ivdseg.inference.keypoints import hint_channels, predict_points
 
 
 def _native_errors(pred_in, truth_in, scale_rc, spacing_rc) -> np.ndarray:
@@ -29,16 +29,15 @@ def correction_curves(run, images, truth, scale_rc, spacing_rc, sigma_px: float,
         scale_rc, spacing_rc: (N, 2) letterbox scale and mm per image pixel (NaN: errors in image pixels).
 
     Returns:
-        {"model": (rounds + 1, N), "manual": (rounds + 1, N)} mean radial error per sample.
+        {"model": (rounds + 1, N), "manual": (rounds + 1, N)} mean radial error per sample, and "first": (N, K, 2)
+        the unhinted prediction in network pixels.
     """
     images, truth = np.asarray(images, np.float32), np.asarray(truth, float)
     n, k = truth.shape[:2]
     shape = images.shape[1:3]
 
     def predict(fixed):
-        hints = np.stack([hint_channels(f, shape, sigma_px) for f in fixed])
-        heatmaps = np.asarray(run(np.concatenate([images, hints], axis=-1)))
-        points = np.stack([decode_heatmaps(h)[0] for h in heatmaps])
+        points = predict_points(run, images, np.stack([hint_channels(f, shape, sigma_px) for f in fixed]))
         known = np.isfinite(fixed[..., 0])
         points[known] = fixed[known]  # a fixed point stays where the user put it
         return points
@@ -52,6 +51,7 @@ def correction_curves(run, images, truth, scale_rc, spacing_rc, sigma_px: float,
     model, manual = [], []
     fixed = np.full((n, k, 2), np.nan)
     hand = predict(fixed)
+    first = hand.copy()
     hand_fixed = np.full((n, k, 2), np.nan)
     for r in range(rounds + 1):
         points = predict(fixed) if r else hand.copy()
@@ -61,7 +61,7 @@ def correction_curves(run, images, truth, scale_rc, spacing_rc, sigma_px: float,
             fix_worst(points, fixed)
             fix_worst(hand, hand_fixed)
             hand[np.isfinite(hand_fixed[..., 0])] = hand_fixed[np.isfinite(hand_fixed[..., 0])]
-    return {"model": np.array(model), "manual": np.array(manual)}
+    return {"model": np.array(model), "manual": np.array(manual), "first": first}
 
 
 # ---------------------------------------------------------------- Cobb angles

@@ -64,6 +64,13 @@ def decode_heatmaps(heatmaps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return points, peaks
 
 
+def predict_points(run, images, hints) -> np.ndarray:
+    """(N, K, 2) decoded points of ``images`` (N, H, W, C) with ``hints`` (N, H, W, K); ``run`` maps the stacked
+    input (N, H, W, C + K) to heatmaps (N, H, W, K): a Keras model or a backend's ``predict``."""
+    heatmaps = np.asarray(run(np.concatenate([images, hints], axis=-1).astype(np.float32)))
+    return np.stack([decode_heatmaps(h)[0] for h in heatmaps])
+
+
 def mm_to_pixels(points_mm, spacing_rc) -> np.ndarray:
     """(K, 2) (row, column) mm from the grid's first pixel centre -> pixels."""
     return np.asarray(points_mm, float) / np.asarray(spacing_rc, float)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ivdseg.inference.keypoints import decode_heatmaps, gaussian, hint_channels
+from ivdseg.inference.keypoints import gaussian, hint_channels, predict_points
 
 MODES = ("revise", "prompt")
 
@@ -50,14 +50,6 @@ def heatmap_targets(points_rc, shape_hw, sigma_px: float) -> np.ndarray:
         for k, p in enumerate(sample):
             out[n, ..., k] = gaussian((h, w), p, sigma_px)
     return out
-
-
-def predict_points(model, images, hints) -> np.ndarray:
-    """(N, K, 2) decoded points of ``images`` (N, H, W, C) with ``hints`` (N, H, W, K); ``model`` is a Keras model
-    or any function of the stacked input."""
-    x = np.concatenate([images, hints], axis=-1).astype(np.float32)
-    heatmaps = np.asarray(model(x, training=False) if hasattr(model, "train_on_batch") else model(x))
-    return np.stack([decode_heatmaps(h)[0] for h in heatmaps])
 
 
 def _revise_hints(model, images, truth, cfg, rng, rounds=None):
@@ -108,14 +100,13 @@ def augment(images, points, rng):
 
 
 def validation_errors(model, images, truth, sigma_px: float, rounds: int = 1) -> list[float]:
-    """Mean radial error (pixels of the input grid) after 0..``rounds`` simulated corrections of the worst point."""
-    cfg = KeypointTrainConfig(sigma_px=sigma_px, worst_of=1)
-    rng = np.random.default_rng(0)
-    out = []
-    for r in range(rounds + 1):
-        hints = _revise_hints(model, images, truth, cfg, rng, rounds=r)
-        out.append(float(np.linalg.norm(predict_points(model, images, hints) - truth, axis=-1).mean()))
-    return out
+    """Mean radial error (pixels of the input grid) after 0..``rounds`` simulated corrections of the worst point,
+    measured as ``evaluate-keypoints`` measures it."""
+    from ivdseg.eval.keypoints_eval import correction_curves
+
+    n = len(images)
+    curves = correction_curves(model, images, truth, np.ones((n, 2)), np.full((n, 2), np.nan), sigma_px, rounds)
+    return [float(v) for v in curves["model"].mean(axis=1)]
 
 
 def fit(model, images: np.ndarray, points_rc: np.ndarray, cfg: KeypointTrainConfig, on_epoch=None,
