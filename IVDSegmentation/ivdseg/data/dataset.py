@@ -41,6 +41,7 @@ class DatasetInfo:
     cases: dict[str, dict]  # case id -> {"patient", "source", "n_slices", "labelled_slices", ...}
     splits: dict = field(default_factory=dict)
     resize: str = "stretch"  # how the <size>/ copies were made (ivdseg.data.preprocess.RESIZE_MODES)
+    overlapping: bool = False  # classes may overlap: labels hold one bit per class (ivdseg.data.labels)
 
     @property
     def num_classes(self) -> int:
@@ -183,7 +184,8 @@ def open_dataset(root) -> DatasetInfo:
     splits = _read_json(root / "splits.json")
     check_splits(splits, root / "splits.json")
     return DatasetInfo(root=root, classes=list(meta["classes"]), sizes=list(meta["sizes"]),
-                       cases=cases, splits=splits, resize=meta.get("resize", "stretch"))
+                       cases=cases, splits=splits, resize=meta.get("resize", "stretch"),
+                       overlapping=bool(meta.get("overlapping", False)))
 
 
 def load_resized(info: DatasetInfo, case_ids, size: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,7 +1,8 @@
 """2D segmentation networks, each a function returning a channels-last ``keras.Model``.
 
 Every network maps images of shape (B, H, W, C) to per-pixel class probabilities of shape
-(B, H, W, num_classes), softmax over background + classes (channel 0 is background).
+(B, H, W, num_classes): softmax over background + classes (channel 0 is background) for exclusive classes, or
+``output="sigmoid"``, one independent probability per channel, for classes that may overlap.
 H and W must be divisible by ``2 ** depth`` (16 for DeepLabV3+).
 
 Import this module only where Keras is wanted: importing it imports Keras and registers the
@@ -48,9 +49,15 @@ def _conv_bn_act(x, filters, activation, name, kernel_size=3, dilation_rate=1, s
     return layers.Activation(_activation(activation), name=f"{name}_act")(x)
 
 
-def _head(x, num_classes):
-    # float32 output keeps softmax stable under mixed precision.
-    return layers.Conv2D(num_classes, 1, activation="softmax", dtype="float32", name="head")(x)
+OUTPUTS = ("softmax", "sigmoid")
+
+
+def _head(x, num_classes, output="softmax"):
+    """Per-pixel probabilities: "softmax" for exclusive classes (they sum to 1), "sigmoid" for classes that may
+    overlap (each channel on its own, channel 0 = no class). float32 keeps both stable under mixed precision."""
+    if output not in OUTPUTS:
+        raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
+    return layers.Conv2D(num_classes, 1, activation=output, dtype="float32", name="head")(x)
 
 
 def _inputs(input_size, channels):
@@ -84,7 +91,7 @@ def _encoder_decoder(inputs, block, depth, base_filters, dropout):
 
 
 def build_unet2d(input_size=256, num_classes=2, channels=1, activation="relu", depth=4,
-                 base_filters=16, dropout=0.0) -> keras.Model:
+                 base_filters=16, dropout=0.0, output="softmax") -> keras.Model:
     """U-Net (Ronneberger et al. 2015) with batch normalisation.
 
     Args:
@@ -95,9 +102,10 @@ def build_unet2d(input_size=256, num_classes=2, channels=1, activation="relu", d
         depth: number of 2x downsamplings.
         base_filters: filters of the first stage, doubled at each stage.
         dropout: dropout rate at the bottleneck (0 = none).
+        output: "softmax" (exclusive classes) or "sigmoid" (overlapping classes, one probability each).
 
     Returns:
-        keras.Model mapping (B, H, W, channels) to (B, H, W, num_classes) softmax.
+        keras.Model mapping (B, H, W, channels) to (B, H, W, num_classes) probabilities.
 
     Raises:
         ValueError: on a size that the depth cannot halve, an unknown activation, or num_classes < 2.
@@ -107,7 +115,7 @@ def build_unet2d(input_size=256, num_classes=2, channels=1, activation="relu", d
     x = _encoder_decoder(
         inputs, lambda t, f, n: _double_conv(t, f, activation, n), depth, base_filters, dropout
     )
-    return keras.Model(inputs, _head(x, num_classes), name="unet2d")
+    return keras.Model(inputs, _head(x, num_classes, output), name="unet2d")
 
 
 # ---------------------------------------------------------------- Res-SE-U-Net
@@ -133,7 +141,7 @@ def _res_se_block(x, filters, activation, name):
 
 
 def build_res_se_unet(input_size=256, num_classes=2, channels=1, activation="relu", depth=4,
-                      base_filters=16, dropout=0.0) -> keras.Model:
+                      base_filters=16, dropout=0.0, output="softmax") -> keras.Model:
     """U-Net whose stages are residual blocks with squeeze-and-excitation (Hu et al. 2018).
 
     Same arguments, shapes and errors as :func:`build_unet2d`.
@@ -143,7 +151,7 @@ def build_res_se_unet(input_size=256, num_classes=2, channels=1, activation="rel
     x = _encoder_decoder(
         inputs, lambda t, f, n: _res_se_block(t, f, activation, n), depth, base_filters, dropout
     )
-    return keras.Model(inputs, _head(x, num_classes), name="res_se_unet")
+    return keras.Model(inputs, _head(x, num_classes, output), name="res_se_unet")
 
 
 # ---------------------------------------------------------------- DeepLabV3+
@@ -161,7 +169,7 @@ def _aspp(x, filters, activation, rates):
 
 
 def build_deeplabv3plus(input_size=256, num_classes=2, channels=1, activation="relu", depth=4,
-                        base_filters=16, dropout=0.1, atrous_rates=(2, 4, 6)) -> keras.Model:
+                        base_filters=16, dropout=0.1, atrous_rates=(2, 4, 6), output="softmax") -> keras.Model:
     """DeepLabV3+ (Chen et al. 2018) on a residual encoder trained from scratch (no downloaded weights).
 
     The encoder reaches output stride 16 with ``depth`` = 4 stride-2 stages, then a dilated stage;
@@ -173,7 +181,7 @@ def build_deeplabv3plus(input_size=256, num_classes=2, channels=1, activation="r
         atrous_rates: dilation rates of the ASPP's 3x3 branches.
 
     Returns:
-        keras.Model, (B, H, W, channels) -> (B, H, W, num_classes) softmax.
+        keras.Model, (B, H, W, channels) -> (B, H, W, num_classes) probabilities (``output`` as the U-Net's).
     """
     if depth != 4:
         raise ValueError(f"deeplabv3plus: depth must be 4 (output stride 16), got {depth}")
@@ -196,7 +204,7 @@ def build_deeplabv3plus(input_size=256, num_classes=2, channels=1, activation="r
     x = _conv_bn_act(x, base_filters * 8, activation, "decoder_conv_a")
     x = _conv_bn_act(x, base_filters * 8, activation, "decoder_conv_b")
     x = layers.UpSampling2D(4, interpolation="bilinear", name="decoder_up_final")(x)
-    return keras.Model(inputs, _head(x, num_classes), name="deeplabv3plus")
+    return keras.Model(inputs, _head(x, num_classes, output), name="deeplabv3plus")
 
 
 def _dilated_stage(x, filters, activation):
