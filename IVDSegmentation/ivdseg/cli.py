@@ -172,15 +172,27 @@ def _add_keypoint_commands(sub):
     v.add_argument("--json", type=Path, help="also write the figures to this JSON file")
 
 
+NETWORK_NAMES = ["unet2d", "deeplabv3plus", "res_se_unet", *(f"efficientnet_b{k}_unet" for k in range(8))]
+
+
 def _training_args(t):
     """The options of train and crossval: the network, the optimisation and the run folder's handling."""
-    t.add_argument("--network", default="unet2d", choices=["unet2d", "deeplabv3plus", "res_se_unet"])
+    t.add_argument("--network", default="unet2d", metavar="NETWORK", choices=NETWORK_NAMES,
+                   help="unet2d, deeplabv3plus, res_se_unet, or a U-Net on a keras.applications EfficientNet "
+                        "encoder: efficientnet_b0_unet ... efficientnet_b7_unet")
+    t.add_argument("--encoder-weights", metavar="FILE",
+                   help="ImageNet weights of the EfficientNet encoder, from a local file (the Keras "
+                        "..._notop.h5); never downloaded. Default: random initialisation")
+    t.add_argument("--context-slices", type=int, default=0, metavar="N",
+                   help="2.5D: each slice with N neighbours on each side as extra input channels (edge slices repeat "
+                        "the nearest); the card records it and inference repeats it")
     t.add_argument("--size", type=int, default=256, help="input size: 128, 192, 256 or another size the dataset holds")
     t.add_argument("--activation", default="relu", choices=["relu", "swish", "mish"])
     t.add_argument("--depth", type=int, default=4)
     t.add_argument("--base-filters", type=int, default=16)
     t.add_argument("--dropout", type=float, default=0.0)
-    t.add_argument("--loss", default="dice_ce", choices=["dice", "dice_ce"])
+    t.add_argument("--loss", default="dice_ce", choices=["dice", "dice_ce"],
+                   help="dice_ce: soft Dice + cross-entropy (binary per class when the dataset's classes overlap)")
     t.add_argument("--epochs", type=int, default=50)
     t.add_argument("--batch-size", type=int, default=8)
     t.add_argument("--learning-rate", type=float, default=1e-3)

@@ -90,3 +90,19 @@ def one_hot(label: np.ndarray, num_classes: int, background=True) -> np.ndarray:
     eye = np.eye(num_classes, dtype=np.uint8)
     out = eye[np.asarray(label, np.intp)]
     return out if background else out[..., 1:]
+
+
+MAX_CONTEXT_SLICES = 4  # neighbours on each side; more would mix in anatomy a slice-thickness away
+
+
+def with_context(stack: np.ndarray, context: int) -> np.ndarray:
+    """(N, H, W) slices of one series, in order -> (N, H, W, 2 * context + 1): each slice with its ``context``
+    neighbours on each side as channels, from the lowest index to the highest (the slice itself in the middle).
+    A neighbour beyond either end of the series repeats the nearest end slice.
+
+    Only slices of one series are neighbours: call it per series, never on slices of several concatenated."""
+    stack = np.asarray(stack)
+    if context < 0:
+        raise ValueError(f"context must be at least 0, got {context}")
+    index = np.clip(np.arange(len(stack))[:, None] + np.arange(-context, context + 1)[None, :], 0, len(stack) - 1)
+    return np.moveaxis(stack[index], 1, -1)

@@ -40,9 +40,25 @@ def drop_small_components(labels: np.ndarray, min_fraction: float, class_values=
     return out
 
 
+def drop_small_components_bits(labels: np.ndarray, min_fraction: float, num_classes: int) -> np.ndarray:
+    """:func:`drop_small_components` for bit-coded labels of overlapping classes (:mod:`ivdseg.data.labels`): each
+    class's mask is cleaned on its own and only its bit is cleared."""
+    from ivdseg.data.labels import class_present
+
+    out = np.array(labels, copy=True)
+    for c in range(1, num_classes):
+        mask = class_present(out, c, True)
+        kept = drop_small_components(mask.astype(np.uint8), min_fraction, [1]).astype(bool)
+        out[mask & ~kept] &= np.uint8(~(1 << (c - 1)) & 0xFF)
+    return out
+
+
 def apply_card(labels: np.ndarray, card: dict) -> np.ndarray:
-    """Applies the post-processing the card enables (none when the card says nothing)."""
+    """Applies the post-processing the card enables (none when the card says nothing); labels are class values, or
+    class bits when the card's classes overlap."""
     post = card.get("postprocessing") or {}
     if post.get("enabled") and post.get("min_component_fraction", 0) > 0:
+        if card.get("overlapping"):
+            return drop_small_components_bits(labels, float(post["min_component_fraction"]), len(card["classes"]) + 1)
         return drop_small_components(labels, float(post["min_component_fraction"]))
     return labels

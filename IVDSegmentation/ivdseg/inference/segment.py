@@ -13,10 +13,11 @@ from pathlib import Path
 import numpy as np
 
 from ivdseg.errors import IvdsegError
-from ivdseg.inference.predict import (predict_probabilities, prepare_slices, probabilities_to_labels, resize_mode,
-                                     with_tta)
+from ivdseg.data.labels import class_present, labelmap_by_priority
+from ivdseg.inference.predict import (is_overlapping, predict_probabilities, prepare_slices, probabilities_to_labels,
+                                      resize_mode, with_tta)
 from ivdseg.inference.postprocess import apply_card
-from ivdseg.io.geometry import Volume, sagittal_slices
+from ivdseg.io.geometry import Volume, sagittal_slices, stored_mapping
 from ivdseg.io.atomic import atomic_write
 from ivdseg.io.volumes import write_volume
 
@@ -33,6 +34,7 @@ class SegmentResult:
     device: str
     volumes_ml: dict = field(default_factory=dict)
     entropy: Volume | None = None  # normalised predictive entropy per voxel, when asked for
+    overlapping: bool = False  # the labelmap holds class bits (ivdseg.data.labels): classes may overlap
 
 
 def check_sagittal(volume: Volume, source="the volume"):
@@ -69,9 +71,15 @@ def segment_volume(volume: Volume, predict, card: dict, batch_size=16, progress=
         SegmentResult with a uint8 labelmap of exactly the input's geometry.
     """
     t0 = time.perf_counter()
-    stack, mapping = check_sagittal(volume, source)
+    if card.get("slice_plane", "sagittal") == "sagittal":
+        stack, mapping = check_sagittal(volume, source)
+    else:  # a model of 2D images as stored: the array's own slices
+        mapping = stored_mapping(volume)
+        stack = mapping.to_stack(volume.array)
+    overlapping = is_overlapping(card)
     probs = predict_probabilities(with_tta(predict, card), prepare_slices(stack, card), batch_size, progress)
-    labels = probabilities_to_labels(probs, stack.shape[1:], resize_mode(card), entropy=uncertainty)
+    labels = probabilities_to_labels(probs, stack.shape[1:], resize_mode(card), entropy=uncertainty,
+                                     overlapping=overlapping)
     entropy = None
     if uncertainty:
         labels, per_pixel = labels
@@ -79,36 +87,50 @@ def segment_volume(volume: Volume, predict, card: dict, batch_size=16, progress=
     labels = apply_card(labels, card)
     labelmap = Volume(mapping.to_volume(labels).astype(np.uint8), volume.ijk_to_ras.copy())
     voxel_ml = float(np.prod(volume.spacing_ijk_mm)) / 1000.0
-    counts = np.bincount(labelmap.array.reshape(-1), minlength=len(card["classes"]) + 1)
-    volumes = {c["name"]: round(float(counts[c["value"]]) * voxel_ml, 3) for c in card["classes"]}
-    return SegmentResult(labelmap, card["classes"], len(stack), time.perf_counter() - t0, device, volumes, entropy)
+    volumes = class_volumes_ml(labelmap, card["classes"], overlapping)
+    return SegmentResult(labelmap, card["classes"], len(stack), time.perf_counter() - t0, device, volumes, entropy,
+                         overlapping)
+
+
+def class_volumes_ml(labelmap: Volume, classes: list[dict], overlapping=False) -> dict:
+    """{class name: volume in mL} of a labelmap of class values, or of class bits (bit k = ``classes[k]``)."""
+    voxel_ml = float(np.prod(labelmap.spacing_ijk_mm)) / 1000.0
+    if overlapping:
+        return {c["name"]: round(float(class_present(labelmap.array, k + 1, True).sum()) * voxel_ml, 3)
+                for k, c in enumerate(classes)}
+    counts = np.bincount(labelmap.array.reshape(-1), minlength=max([c["value"] for c in classes], default=0) + 1)
+    return {c["name"]: round(float(counts[c["value"]]) * voxel_ml, 3) for c in classes}
 
 
 def write_result(result: SegmentResult, output, card: dict, overwrite=False, labelmap: Volume | None = None,
                  classes: list[dict] | None = None, extra: dict | None = None) -> Path:
     """Writes the labelmap (.nii/.nii.gz/.nrrd) and a ``<output>.json`` sidecar naming the classes.
 
-    ``labelmap`` and ``classes`` replace the result's (e.g. one label per disc), ``extra`` adds sidecar entries."""
+    ``labelmap`` and ``classes`` replace the result's (e.g. one label per disc), ``extra`` adds sidecar entries.
+    A labelmap holds one class per voxel: where the classes of an overlapping result meet, the card's
+    ``label_priority`` (class values, first wins; default class order) decides, and the sidecar says so and still
+    gives each class's whole volume (a ``.seg.nrrd`` keeps the overlaps)."""
     output = Path(output)
     labelmap = labelmap if labelmap is not None else result.labelmap
     classes = classes if classes is not None else result.classes
+    if result.overlapping and labelmap is result.labelmap:
+        priority = [int(v) for v in card.get("label_priority") or [c["value"] for c in classes]]
+        labelmap = Volume(labelmap_by_priority(labelmap.array, len(classes) + 1, priority), labelmap.ijk_to_ras)
+        extra = {**(extra or {}), "overlapping": True, "label_priority": priority,
+                 "note": "classes may overlap; where they do, this labelmap holds the first class of label_priority"}
     path = write_volume(labelmap, output, overwrite=overwrite)
     sidecar = output.with_name(output.name + ".json")
     from ivdseg.io.atomic import write_json
 
-    if classes is result.classes:
-        volumes = result.volumes_ml
-    else:
-        voxel_ml = float(np.prod(labelmap.spacing_ijk_mm)) / 1000.0
-        counts = np.bincount(labelmap.array.reshape(-1), minlength=max([c["value"] for c in classes], default=0) + 1)
-        volumes = {c["name"]: round(float(counts[c["value"]]) * voxel_ml, 3) for c in classes}
+    volumes = result.volumes_ml if classes is result.classes else class_volumes_ml(labelmap, classes)
     write_json(sidecar, {"model": card["name"], "model_version": card["version"], "labels": classes,
                          "volumes_ml": volumes, **(extra or {})})
     return path
 
 
-def overlay_png(volume: Volume, labelmap: Volume, classes: list[dict], path) -> Path:
-    """Writes the mid-sagittal slice with each class's outline drawn in its colour (8-bit PNG)."""
+def overlay_png(volume: Volume, labelmap: Volume, classes: list[dict], path, overlapping=False) -> Path:
+    """Writes the slice with the most foreground with each class's outline drawn in its colour (8-bit PNG); with
+    ``overlapping``, the labelmap holds class bits and each class is outlined on its own."""
     import cv2
 
     from ivdseg.data.preprocess import normalize_slices
@@ -119,8 +141,8 @@ def overlay_png(volume: Volume, labelmap: Volume, classes: list[dict], path) -> 
     k = int(np.argmax(fg)) if fg.any() else len(stack) // 2
     grey = (normalize_slices(stack[k:k + 1])[0] * 255).astype(np.uint8)
     rgb = cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR)
-    for c in classes:
-        mask = (labels[k] == c["value"]).astype(np.uint8)
+    for n, c in enumerate(classes):
+        mask = (class_present(labels[k], n + 1, True) if overlapping else labels[k] == c["value"]).astype(np.uint8)
         contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
         colour = tuple(int(255 * v) for v in reversed(c["color"]))  # OpenCV is BGR
         cv2.drawContours(rgb, contours, -1, colour, 1)

@@ -48,7 +48,7 @@ def _code(triple):
 
 
 def write_dicom_seg(labelmap: Volume, classes: list[dict], source, path, model_name: str, model_version: str,
-                    series_uid: str | None = None, overwrite=False) -> Path:
+                    series_uid: str | None = None, overwrite=False, overlapping=False) -> Path:
     """Writes a DICOM SEG of ``labelmap`` (on the grid of the DICOM series ``source``) to ``path``.
 
     Args:
@@ -56,6 +56,8 @@ def write_dicom_seg(labelmap: Volume, classes: list[dict], source, path, model_n
         classes: value, name and optional terminology of each label (a card's classes, or one per disc).
         source: the DICOM folder or files the labelmap was made from; ``series_uid`` picks the series.
         model_name, model_version: the algorithm's identification in every segment.
+        overlapping: ``labelmap`` holds one bit per class (:mod:`ivdseg.data.labels`); each segment keeps its own
+            frames, so overlapping segments stay as they are (a binary SEG allows it).
 
     Raises:
         IvdsegError: the source is not a single-frame series of the labelmap's size, or the file cannot be written.
@@ -70,11 +72,17 @@ def write_dicom_seg(labelmap: Volume, classes: list[dict], source, path, model_n
     if tuple(labelmap.array.shape) != shape:
         raise IvdsegError(f"The labelmap has {labelmap.array.shape} voxels but the series has {shape}; DICOM SEG "
                           "needs the labelmap of that series.")
-    present = sorted(int(v) for v in np.unique(labelmap.array) if v)
     by_value = {c["value"]: c for c in classes}
+    if overlapping:
+        from ivdseg.data.labels import class_present
+
+        masks = {c["value"]: class_present(labelmap.array, k + 1, True) for k, c in enumerate(classes)}
+        present = [v for v, m in masks.items() if m.any()]
+    else:
+        present = sorted(int(v) for v in np.unique(labelmap.array) if v)
     algorithm = hd.AlgorithmIdentificationSequence(name=model_name, version=str(model_version),
                                                    family=_code(AI_FAMILY))
-    descriptions, remap = [], np.zeros(int(labelmap.array.max(initial=0)) + 1, np.uint16)
+    descriptions, remap = [], np.zeros(max(int(labelmap.array.max(initial=0)), *by_value) + 1, np.uint16)
     for number, value in enumerate((v for v in present if v in by_value), start=1):
         entry = by_value[value]
         terminology = entry.get("terminology") or {}
@@ -86,8 +94,12 @@ def write_dicom_seg(labelmap: Volume, classes: list[dict], source, path, model_n
         remap[value] = number
     if not descriptions:
         raise IvdsegError("The segmentation is empty; a DICOM SEG needs at least one segment, so nothing was written.")
+    if overlapping:  # (frames, rows, columns, segments), one binary plane per segment in segment-number order
+        pixels = np.stack([masks[v] for v in present if v in by_value], axis=-1).astype(np.uint8)
+    else:
+        pixels = remap[labelmap.array]
     seg = hd.seg.Segmentation(
-        source_images=datasets, pixel_array=remap[labelmap.array],
+        source_images=datasets, pixel_array=pixels,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=descriptions,
         series_instance_uid=generate_uid(), series_number=int(datasets[0].get("SeriesNumber", 0) or 0) + 1000,
         sop_instance_uid=generate_uid(), instance_number=1, manufacturer="IVDSegmentation",

@@ -167,3 +167,13 @@ def stack_volume(stack: np.ndarray, pixel_spacing_mm=(1.0, 1.0), slice_spacing_m
     ijk_to_ras = np.array([[0.0, 0.0, -between, 0.0], [-col, 0.0, 0.0, 0.0], [0.0, -row, 0.0, 0.0],
                            [0.0, 0.0, 0.0, 1.0]])
     return Volume(np.asarray(stack), ijk_to_ras)
+
+
+def stored_mapping(volume: Volume) -> SliceMapping:
+    """The identity :class:`SliceMapping`: the array's own slices (K, J, I) -> (N, H, W), for models trained on 2D
+    images as stored (card ``slice_plane`` "as stored", e.g. axial abdominal PNG slices) rather than on sagittal
+    slices found from the geometry."""
+    spacing = volume.spacing_ijk_mm
+    return SliceMapping(axes=(0, 1, 2), flips=(False, False, False), volume_shape=tuple(volume.array.shape),
+                        pixel_spacing_mm=(float(spacing[1]), float(spacing[0])), slice_spacing_mm=float(spacing[2]),
+                        obliquity_deg=0.0)

@@ -70,12 +70,12 @@ def augment_pair(image, label, seed, cfg: AugmentConfig = AugmentConfig()):
     """Augments one normalised slice and its label map.
 
     Args:
-        image: (S, S, 1) float32 in [0, 1].
-        label: (S, S) uint8 class values.
+        image: (S, S, K) float32 in [0, 1] (K = 1, or a slice and its neighbours: warped alike).
+        label: (S, S) uint8 class values or class bits (nearest-neighbour warping keeps either).
         seed: int64 tensor of shape (2,) for the stateless draws.
 
     Returns:
-        (image (S, S, 1) float32 in [0, 1], label (S, S) uint8).
+        (image (S, S, K) float32 in [0, 1], label (S, S) uint8).
     """
     import tensorflow as tf
 
@@ -124,12 +124,13 @@ def _lower_resolution(tf, image, seed, size, cfg):
 
 def make_dataset(images: np.ndarray, labels: np.ndarray, num_classes: int, batch_size: int,
                  augment=True, shuffle=True, seed=0, repeat=False, cfg: AugmentConfig = AugmentConfig(),
-                 available: np.ndarray | None = None):
+                 available: np.ndarray | None = None, overlapping=False):
     """Builds the training or validation ``tf.data.Dataset``.
 
     Args:
-        images: (N, S, S) float32, already normalised to [0, 1].
-        labels: (N, S, S) uint8.
+        images: (N, S, S) float32, already normalised to [0, 1], or (N, S, S, K) with K channels (a slice and its
+            neighbours, ``--context-slices``), augmented alike.
+        labels: (N, S, S) uint8: class values, or with ``overlapping`` one bit per class (:mod:`ivdseg.data.labels`).
         num_classes: classes including background (one-hot depth).
         batch_size: batch size.
         augment, shuffle: on for training, off for validation.
@@ -138,20 +139,23 @@ def make_dataset(images: np.ndarray, labels: np.ndarray, num_classes: int, batch
         available: (N, C) bool, the classes each slice's source labels (:meth:`DatasetInfo.availability`);
             the channels of the others become -1, which the losses of :mod:`ivdseg.nn.losses` leave out.
             None: every class is labelled everywhere.
+        overlapping: labels hold class bits; the target is multi-hot (channel 0: no class) instead of one-hot.
 
     Returns:
-        Dataset of (image (B, S, S, 1) float32, one-hot (B, S, S, num_classes) float32).
+        Dataset of (image (B, S, S, K) float32, one-hot or multi-hot (B, S, S, num_classes) float32).
     """
     import tensorflow as tf
 
-    if images.shape != labels.shape or images.ndim != 3:
-        raise ValueError(f"images {images.shape} and labels {labels.shape} must be matching (N, S, S) stacks")
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.ndim != 4 or images.shape[:3] != labels.shape:
+        raise ValueError(f"images {images.shape} and labels {labels.shape} must be matching (N, S, S[, K]) stacks")
     n = len(images)
     if available is None:
         available = np.ones((n, num_classes), bool)
     if available.shape != (n, num_classes):
         raise ValueError(f"available {available.shape} must be (N, C) = {(n, num_classes)}")
-    data = tf.data.Dataset.from_tensor_slices((images[..., None].astype(np.float32), labels.astype(np.uint8),
+    data = tf.data.Dataset.from_tensor_slices((images.astype(np.float32), labels.astype(np.uint8),
                                                available.astype(bool)))
     if repeat:
         data = data.repeat()
@@ -165,7 +169,12 @@ def make_dataset(images: np.ndarray, labels: np.ndarray, num_classes: int, batch
         )
 
     def to_onehot(image, label, known):
-        onehot = tf.one_hot(tf.cast(label, tf.int32), num_classes, dtype=tf.float32)
+        if overlapping:  # bit c - 1 of the label is class c; channel 0 is "no class"
+            bits = tf.bitwise.right_shift(tf.cast(label, tf.int32)[..., None], tf.range(num_classes - 1))
+            onehot = tf.concat([tf.cast(label == 0, tf.float32)[..., None],
+                                tf.cast(tf.bitwise.bitwise_and(bits, 1), tf.float32)], axis=-1)
+        else:
+            onehot = tf.one_hot(tf.cast(label, tf.int32), num_classes, dtype=tf.float32)
         return image, tf.where(known[None, None, :], onehot, -tf.ones_like(onehot))
 
     data = data.map(to_onehot, num_parallel_calls=tf.data.AUTOTUNE)

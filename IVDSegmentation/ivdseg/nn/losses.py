@@ -8,6 +8,10 @@ Partial labels: a sample whose source does not label some classes carries -1 in 
 Dice and score the pixels outside every known class by the summed probability of background and the unknown
 classes (a marginal cross-entropy), so a class a source lacks is never taught as background. With fully labelled
 samples both losses equal the plain ones.
+
+Overlapping classes (sigmoid outputs, ``y_true`` multi-hot with channel 0 = no class): the soft Dice is the same
+per-channel Dice; the cross-entropy term becomes a binary cross-entropy per channel over the known channels
+(:class:`DiceBinaryCrossEntropyLoss`), and the metrics threshold each channel at 0.5 instead of taking the argmax.
 """
 
 from __future__ import annotations
@@ -80,12 +84,40 @@ class DiceCrossEntropyLoss(keras.losses.Loss):
                 "smooth": self.smooth, "ce_weight": self.ce_weight}
 
 
-class _OverlapMetric(keras.metrics.Metric):
-    """Hard (argmax) overlap of one class, accumulated over all pixels seen since the last reset."""
+@keras.saving.register_keras_serializable(package="ivdseg", name="DiceBinaryCrossEntropyLoss")
+class DiceBinaryCrossEntropyLoss(keras.losses.Loss):
+    """For overlapping classes: soft Dice loss + ``ce_weight`` x binary cross-entropy, averaged over the known
+    channels (a channel marked -1 for a sample counts neither way)."""
 
-    def __init__(self, class_id, name, **kwargs):
+    def __init__(self, include_background=False, smooth=1e-5, ce_weight=1.0, name="dice_bce", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.include_background = include_background
+        self.smooth = smooth
+        self.ce_weight = ce_weight
+        self._dice = SoftDiceLoss(include_background, smooth)
+
+    def call(self, y_true, y_pred, epsilon=1e-7):
+        y_true = ops.cast(y_true, y_pred.dtype)
+        known = ops.cast(y_true >= 0, y_pred.dtype)
+        truth = ops.maximum(y_true, 0.0)
+        p = ops.clip(y_pred, epsilon, 1.0 - epsilon)
+        bce = -(truth * ops.log(p) + (1.0 - truth) * ops.log(1.0 - p)) * known
+        per_sample = ops.sum(bce, axis=(1, 2, 3)) / ops.maximum(ops.sum(known, axis=(1, 2, 3)), 1.0)
+        return self._dice.call(y_true, y_pred) + self.ce_weight * per_sample
+
+    def get_config(self):
+        return {**super().get_config(), "include_background": self.include_background,
+                "smooth": self.smooth, "ce_weight": self.ce_weight}
+
+
+class _OverlapMetric(keras.metrics.Metric):
+    """Hard overlap of one class (argmax, or with ``multilabel`` its own channel above 0.5), accumulated over all
+    pixels seen since the last reset."""
+
+    def __init__(self, class_id, name, multilabel=False, **kwargs):
         super().__init__(name=name, **kwargs)
         self.class_id = int(class_id)
+        self.multilabel = bool(multilabel)
         self.inter = self.add_variable(shape=(), initializer="zeros", dtype="float32", name="inter")
         self.n_true = self.add_variable(shape=(), initializer="zeros", dtype="float32", name="n_true")
         self.n_pred = self.add_variable(shape=(), initializer="zeros", dtype="float32", name="n_pred")
@@ -95,7 +127,10 @@ class _OverlapMetric(keras.metrics.Metric):
         channel = ops.cast(y_true[..., self.class_id], "float32")
         t = ops.cast(channel > 0.5, "float32")
         known = ops.cast(channel >= 0, "float32")
-        p = ops.cast(ops.equal(ops.argmax(y_pred, axis=-1), self.class_id), "float32") * known
+        if self.multilabel:
+            p = ops.cast(y_pred[..., self.class_id] > 0.5, "float32") * known
+        else:
+            p = ops.cast(ops.equal(ops.argmax(y_pred, axis=-1), self.class_id), "float32") * known
         self.inter.assign_add(ops.sum(t * p))
         self.n_true.assign_add(ops.sum(t))
         self.n_pred.assign_add(ops.sum(p))
@@ -105,15 +140,15 @@ class _OverlapMetric(keras.metrics.Metric):
             v.assign(0.0)
 
     def get_config(self):
-        return {**super().get_config(), "class_id": self.class_id}
+        return {**super().get_config(), "class_id": self.class_id, "multilabel": self.multilabel}
 
 
 @keras.saving.register_keras_serializable(package="ivdseg", name="DiceMetric")
 class DiceMetric(_OverlapMetric):
     """Dice of class ``class_id`` (0 when truth and prediction are both empty; numpy says NaN)."""
 
-    def __init__(self, class_id=1, name=None, **kwargs):
-        super().__init__(class_id, name or f"dice_{class_id}", **kwargs)
+    def __init__(self, class_id=1, name=None, multilabel=False, **kwargs):
+        super().__init__(class_id, name or f"dice_{class_id}", multilabel, **kwargs)
 
     def result(self):
         denom = self.n_true + self.n_pred
@@ -124,8 +159,8 @@ class DiceMetric(_OverlapMetric):
 class IoUMetric(_OverlapMetric):
     """IoU of class ``class_id`` (0 when both are empty)."""
 
-    def __init__(self, class_id=1, name=None, **kwargs):
-        super().__init__(class_id, name or f"iou_{class_id}", **kwargs)
+    def __init__(self, class_id=1, name=None, multilabel=False, **kwargs):
+        super().__init__(class_id, name or f"iou_{class_id}", multilabel, **kwargs)
 
     def result(self):
         union = self.n_true + self.n_pred - self.inter
@@ -133,11 +168,13 @@ class IoUMetric(_OverlapMetric):
 
 
 LOSSES = {"dice": SoftDiceLoss, "dice_ce": DiceCrossEntropyLoss}
+OVERLAPPING_LOSSES = {"dice": SoftDiceLoss, "dice_ce": DiceBinaryCrossEntropyLoss}
 
 
-def get_loss(name: str, include_background=False) -> keras.losses.Loss:
-    """Loss by name ("dice" or "dice_ce")."""
+def get_loss(name: str, include_background=False, overlapping=False) -> keras.losses.Loss:
+    """Loss by name ("dice" or "dice_ce"); for ``overlapping`` classes (sigmoid outputs) "dice_ce" is Dice plus
+    binary cross-entropy per class."""
     try:
-        return LOSSES[name](include_background=include_background)
+        return (OVERLAPPING_LOSSES if overlapping else LOSSES)[name](include_background=include_background)
     except KeyError:
         raise ValueError(f"loss must be one of {sorted(LOSSES)}, got {name!r}") from None

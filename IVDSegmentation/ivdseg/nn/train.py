@@ -49,6 +49,8 @@ class TrainConfig:
     augmentation: str = "standard"  # the preset of ivdseg.nn.augment.PRESETS: "standard" or "scanner"
     mixed_precision: str = "auto"  # auto: on when a GPU is used
     init_from: str | None = None  # a model package whose weights start the training (fine-tuning)
+    context_slices: int = 0  # neighbouring slices on each side fed as extra channels (2.5D); the card records it
+    encoder_weights: str | None = None  # local ImageNet weights file of a keras.applications encoder, never downloaded
     name: str = "ivdseg-model"
     version: str = "1.0.0"
     card_extra: dict = field(default_factory=dict)  # licence, citations, description for the card
@@ -79,11 +81,19 @@ def check_config(cfg: TrainConfig) -> None:
         raise IvdsegError(f"--augmentation must be one of {', '.join(PRESETS)}, got {cfg.augmentation!r}.")
     if cfg.fold is not None and cfg.fold < 0:
         raise IvdsegError(f"--fold counts from 0, got {cfg.fold}.")
+    from ivdseg.data.preprocess import MAX_CONTEXT_SLICES
+
+    if not 0 <= cfg.context_slices <= MAX_CONTEXT_SLICES:
+        raise IvdsegError(f"--context-slices must lie between 0 and {MAX_CONTEXT_SLICES}, got {cfg.context_slices}.")
+    if cfg.encoder_weights is not None and not Path(cfg.encoder_weights).is_file():
+        raise IvdsegError(f"--encoder-weights {cfg.encoder_weights} is not a file; name a weights file on this machine "
+                          "(nothing is downloaded).")
 
 
 # What a checkpoint's weights depend on: a resumed run must ask for the same, or last.keras is another network.
 RESUME_KEYS = {"size": "--size", "network": "--network", "depth": "--depth", "base_filters": "--base-filters",
-               "activation": "--activation", "classes": "the dataset's classes"}
+               "activation": "--activation", "context_slices": "--context-slices",
+               "classes": "the dataset's classes"}
 
 
 def _resume_state(run_dir: Path, cfg: TrainConfig, classes: list[str]) -> dict:
@@ -146,7 +156,7 @@ def reproduce_command(cfg: TrainConfig, card_name: str | None = None) -> str:
         if f.name == "augment":
             parts += [] if value else [flag]
             continue
-        if f.name == "init_from":
+        if f.name in ("init_from", "encoder_weights"):
             value = Path(value).name
         parts += [flag, shlex.quote(str(value))]
     if card_name:
@@ -158,8 +168,28 @@ def _atomic_save(model, path: Path) -> None:
     atomic_write(path, lambda temp: model.save(temp), overwrite=True)
 
 
-def _make_callbacks(keras, cfg, run_dir, val_x, val_y, val_known, num_classes, reporter, state, steps, stop):
+def validation_dice(prob: np.ndarray, truth: np.ndarray, known: np.ndarray, overlapping: bool) -> np.ndarray:
+    """(C,) Dice per class of probabilities (N, S, S, C) against labels (N, S, S) where ``known`` (N, C) says the
+    slice's source labels the class: argmax for exclusive classes, each class above 0.5 for overlapping ones
+    (NaN for a class neither side shows)."""
+    from ivdseg.data.labels import class_present
     from ivdseg.eval.metrics import dice_from_counts, known_counts
+
+    num_classes = prob.shape[-1]
+    if not overlapping:
+        return dice_from_counts(known_counts(truth, np.argmax(prob, -1), num_classes, known))
+    dice = np.full(num_classes, np.nan)
+    for c in range(1, num_classes):
+        rows = known[:, c]
+        t = class_present(truth[rows], c, True)
+        p = prob[rows][..., c] > 0.5
+        denom = int(t.sum()) + int(p.sum())
+        dice[c] = 2.0 * int((t & p).sum()) / denom if denom else np.nan
+    return dice
+
+
+def _make_callbacks(keras, cfg, run_dir, val_x, val_y, val_known, num_classes, reporter, state, steps, stop,
+                    overlapping=False):
     from ivdseg.inference.predict import keras_predict, predict_probabilities
 
     ckpt_dir = run_dir / "checkpoints"
@@ -179,7 +209,7 @@ def _make_callbacks(keras, cfg, run_dir, val_x, val_y, val_known, num_classes, r
                 return
             logs = logs if logs is not None else {}
             prob = predict_probabilities(keras_predict(self.model), val_x, cfg.batch_size)
-            dice = dice_from_counts(known_counts(val_y, np.argmax(prob, -1), num_classes, val_known))
+            dice = validation_dice(prob, val_y, val_known, overlapping)
             fg = dice[1:][~np.isnan(dice[1:])]
             val_dice = float(fg.mean()) if len(fg) else 0.0
             logs["val_dice"] = val_dice
@@ -230,9 +260,11 @@ def _say_unlabelled(info, train_cases, known, labels) -> None:
         names = ", ".join(repr(info.classes[c]) for c in sorted(lacks))
         warnings.warn(IvdsegWarning(f"Source {source!r} does not label {names}: on its slices those classes are left out of "
                          "the loss (never taught as background)."))
+    from ivdseg.data.labels import class_present
+
     seen = np.zeros(info.num_classes, bool)
     for c in range(1, info.num_classes):
-        seen[c] = bool(np.any(labels[known[:, c]] == c)) if known[:, c].any() else False
+        seen[c] = bool(np.any(class_present(labels[known[:, c]], c, info.overlapping))) if known[:, c].any() else False
     for c in np.flatnonzero(~seen[1:]) + 1:
         warnings.warn(IvdsegWarning(f"No training slice of this split shows {info.classes[c]!r}; the network cannot learn it "
                          "here, and its Dice will be low or missing."))
@@ -256,10 +288,26 @@ def _split(info, cfg, patients=None):
     return train_cases, val_cases, test_cases
 
 
+def load_inputs(info, case_ids, size: int, context: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Network inputs (N, S, S, 2 x context + 1) float32, normalised per slice, and labels (N, S, S) of
+    ``case_ids`` in :func:`ivdseg.data.dataset.load_resized`'s order; each slice's neighbours come from its own
+    series (edges repeat the end slice), never from the series next to it in the list."""
+    from ivdseg.data.preprocess import with_context
+
+    images, labels = [], []
+    for case in case_ids:
+        x, y = ds.load_resized(info, [case], size)
+        images.append(with_context(normalize_slices(x), context))
+        labels.append(y)
+    if not images:
+        return np.zeros((0, size, size, 2 * context + 1), np.float32), np.zeros((0, size, size), np.uint8)
+    return np.concatenate(images), np.concatenate(labels)
+
+
 def _load_split(info, cfg, train_cases, val_cases):
-    tx, ty = ds.load_resized(info, train_cases, cfg.size)
-    vx, vy = ds.load_resized(info, val_cases, cfg.size)
-    return normalize_slices(tx), ty, normalize_slices(vx)[..., None], vy
+    tx, ty = load_inputs(info, train_cases, cfg.size, cfg.context_slices)
+    vx, vy = load_inputs(info, val_cases, cfg.size, cfg.context_slices)
+    return tx, ty, vx, vy
 
 
 def _strategy(tf, cfg, reporter):
@@ -340,10 +388,15 @@ def train(dataset_dir, run_dir, cfg: TrainConfig, reporter: Reporter | None = No
                                   f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
                                   "start afresh with --overwrite.") from None
         else:
+            extra = {"encoder_weights": cfg.encoder_weights} if cfg.encoder_weights else {}
             try:
                 model = networks.build_model(
                     cfg.network, input_size=cfg.size, num_classes=info.num_classes, activation=cfg.activation,
-                    depth=cfg.depth, base_filters=cfg.base_filters, dropout=cfg.dropout)
+                    depth=cfg.depth, base_filters=cfg.base_filters, dropout=cfg.dropout,
+                    channels=2 * cfg.context_slices + 1, output="sigmoid" if info.overlapping else "softmax", **extra)
+            except TypeError:
+                raise IvdsegError(f"--network {cfg.network} takes no --encoder-weights; only the networks with a "
+                                  "keras.applications encoder do.") from None
             except ValueError as exc:
                 raise IvdsegError(f"--network {cfg.network} cannot be built with these settings ({exc}).") from None
             if cfg.init_from:
@@ -353,8 +406,9 @@ def train(dataset_dir, run_dir, cfg: TrainConfig, reporter: Reporter | None = No
                 except ValueError:
                     raise IvdsegError(f"{cfg.init_from} is not the same network as {cfg.network} "
                                       f"(depth {cfg.depth}, {cfg.base_filters} filters); its weights do not fit.") from None
-            model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate), loss=losses.get_loss(cfg.loss),
-                          metrics=[losses.DiceMetric(c) for c in range(1, info.num_classes)],
+            model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate),
+                          loss=losses.get_loss(cfg.loss, overlapping=info.overlapping),
+                          metrics=[losses.DiceMetric(c, multilabel=info.overlapping) for c in range(1, info.num_classes)],
                           jit_compile=False)  # XLA is slower on CPU here and recompiles per shape
     tx, ty, vx, vy = _load_split(info, cfg, train_cases, val_cases)
     reporter.message(f"{len(tx)} training slices from {len(train_cases)} series, "
@@ -371,9 +425,9 @@ def train(dataset_dir, run_dir, cfg: TrainConfig, reporter: Reporter | None = No
     train_known = info.availability(train_cases)
     _say_unlabelled(info, train_cases, train_known, ty)
     train_data = make_dataset(tx, ty, info.num_classes, batch, augment=cfg.augment, seed=cfg.seed, repeat=True,
-                              cfg=PRESETS[cfg.augmentation], available=train_known)
+                              cfg=PRESETS[cfg.augmentation], available=train_known, overlapping=info.overlapping)
     callbacks = _make_callbacks(keras, cfg, run_dir, vx, vy, info.availability(val_cases), info.num_classes,
-                                reporter, state, steps, stop)
+                                reporter, state, steps, stop, overlapping=info.overlapping)
 
     t0 = time.perf_counter()
     model.fit(train_data, epochs=cfg.epochs, initial_epoch=state["epoch"], steps_per_epoch=steps,
@@ -434,11 +488,14 @@ def _card(cfg, info, train_cases, val_cases, best_epoch, epochs_run, device, sec
         "name": cfg.name, "version": cfg.version, "network": cfg.network,
         "architecture": {"activation": cfg.activation, "depth": cfg.depth, "base_filters": cfg.base_filters,
                          "dropout": cfg.dropout},
-        "input_size": cfg.size, "channels": 1,
+        "input_size": cfg.size, "channels": 2 * cfg.context_slices + 1, "context_slices": cfg.context_slices,
+        "overlapping": info.overlapping,
+        # a labelmap holds one class per voxel: where overlapping classes meet, the first of these wins
+        **({"label_priority": list(range(1, info.num_classes))} if info.overlapping else {}),
         "normalization": {"method": "percentile", "percentiles": list(DEFAULT_PERCENTILES), "per": "slice",
                           "range": [0.0, 1.0]},
-        "slice_plane": "sagittal",
-        "slice_axes": "rows superior->inferior, columns anterior->posterior",
+        "slice_plane": meta.get("slice_plane", "sagittal"),
+        "slice_axes": meta.get("slice_axes", "rows superior->inferior, columns anterior->posterior"),
         "preprocessing": {"resize": info.resize},  # inference repeats how the training slices were made square
         "classes": class_entries(info.classes),
         "training": {
