@@ -82,19 +82,21 @@ def _segment_to_files(a, reporter, volume, source, output, overlay=None, overwri
         from ivdseg.io.dicomseg import write_dicom_seg
 
         write_dicom_seg(labelmap, classes, Path(source), output, backend.card["name"], backend.card["version"],
-                        series_uid=getattr(a, "series", None), overwrite=overwrite)
+                        series_uid=getattr(a, "series", None), overwrite=overwrite,
+                        overlapping=labelmap is result.labelmap and result.overlapping)
     elif output.name.lower().endswith(".seg.nrrd"):
         from ivdseg.io.segnrrd import write_seg_nrrd
 
         write_seg_nrrd(labelmap, classes, output, overwrite=overwrite,
-                       algorithm_name=f"{backend.card['name']} {backend.card['version']}")
+                       algorithm_name=f"{backend.card['name']} {backend.card['version']}",
+                       overlapping=labelmap is result.labelmap and result.overlapping)
     else:
         write_result(result, output, backend.card, overwrite=overwrite, labelmap=labelmap, classes=classes,
                      extra=extra)
     for write in later:  # the points and the table, once the main output stands
         write()
     if overlay:
-        overlay_png(volume, labelmap, classes, overlay)
+        overlay_png(volume, labelmap, classes, overlay, overlapping=labelmap is result.labelmap and result.overlapping)
     return result
 
 

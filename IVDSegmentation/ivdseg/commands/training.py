@@ -99,7 +99,8 @@ def _train_config(a):
                       batch_size=a.batch_size, learning_rate=a.learning_rate, steps_per_epoch=a.steps_per_epoch,
                       patience=a.patience, keep_best=a.keep_best, seed=a.seed, fold=getattr(a, "fold", None),
                       augment=not a.no_augment, augmentation=a.augmentation, mixed_precision=a.mixed_precision,
-                      init_from=a.init_from, name=a.name, version=a.model_version)
+                      init_from=a.init_from, name=a.name, version=a.model_version,
+                      context_slices=a.context_slices, encoder_weights=a.encoder_weights)
     check_config(cfg)
     return cfg
 
