@@ -141,7 +141,7 @@ def test_training_targets_are_multi_hot_from_bits():
 
 def test_validation_dice_thresholds_each_overlapping_class():
     pytest.importorskip("keras")
-    from ivdseg.nn.train import validation_dice
+    from ivdseg.nn.train_data import validation_dice
 
     masks = _overlapping_masks((2, 20, 24))
     bits = bits_from_masks(masks)

@@ -86,7 +86,6 @@ def segment_volume(volume: Volume, predict, card: dict, batch_size=16, progress=
         entropy = Volume(mapping.to_volume(per_pixel), volume.ijk_to_ras.copy())
     labels = apply_card(labels, card)
     labelmap = Volume(mapping.to_volume(labels).astype(np.uint8), volume.ijk_to_ras.copy())
-    voxel_ml = float(np.prod(volume.spacing_ijk_mm)) / 1000.0
     volumes = class_volumes_ml(labelmap, card["classes"], overlapping)
     return SegmentResult(labelmap, card["classes"], len(stack), time.perf_counter() - t0, device, volumes, entropy,
                          overlapping)
