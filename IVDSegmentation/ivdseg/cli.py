@@ -244,12 +244,16 @@ def _add_evaluate(sub):
 
 def _add_inference_commands(sub):
     g = sub.add_parser("segment", help="segment the discs of a volume (DICOM folder, NIfTI or NRRD)")
-    g.add_argument("input", type=Path, help="DICOM folder, .nii/.nii.gz or .nrrd")
+    g.add_argument("input", type=Path, help="DICOM folder, .nii/.nii.gz or .nrrd, or 2D images (a PNG/JPG or a "
+                                            "folder of them, one slice each)")
     g.add_argument("-o", "--output", type=Path, required=True,
                    help="labelmap .nii.gz or .nrrd (+ a .json naming the classes), or a Slicer segmentation .seg.nrrd")
     _inference_args(g)
     g.add_argument("--series", help="SeriesInstanceUID when the folder holds several series")
     g.add_argument("--overlay", type=Path, help="also write a mid-sagittal PNG with the outlines")
+    g.add_argument("--rle-csv", type=Path, metavar="OUT.csv",
+                   help="also write the masks as a run-length-encoded table (id,class,segmentation; one row per slice "
+                        "and class, an empty cell where the class is absent), the layout of the RLE tables export reads")
     g.add_argument("--levels", "--instances", action="store_true",
                    help="the instances the model's card names: one label per disc, from superior to inferior, named "
                         "by level when the anchor is found; right and left of a paired organ")

@@ -181,9 +181,31 @@ def segment(a) -> int:
             check_folder_of(path, option)
             if path.exists() and not a.overwrite:
                 raise IvdsegError(f"{path} already exists; pass --overwrite to replace it.")
+    rle_csv = getattr(a, "rle_csv", None)
+    if rle_csv is not None:
+        if not rle_csv.name.lower().endswith(".csv"):
+            raise IvdsegError(f"--rle-csv {rle_csv}: the file must end in .csv.")
+        check_folder_of(rle_csv, "--rle-csv")
+        if rle_csv.exists() and not a.overwrite:
+            raise IvdsegError(f"{rle_csv} already exists; pass --overwrite to replace it.")
     reporter = Reporter.auto(a.progress)
-    volume = read_volume(a.input, series_uid=a.series)
+    from ivdseg.io.images2d import is_image_series, read_image_series
+
+    if is_image_series(a.input):  # PNG/JPG slices: a volume of the images as stored, ids from their names
+        series = read_image_series(a.input)
+        volume, slice_ids = series.volume, series.ids
+    else:
+        volume = read_volume(a.input, series_uid=a.series)
+        slice_ids = None
     result = _segment_to_files(a, reporter, volume, str(a.input), a.output, a.overlay, a.overwrite)
+    if rle_csv is not None:
+        from ivdseg.data.rle import write_rle_csv
+        from ivdseg.inference.segment import rle_table_rows
+        from ivdseg.models.package import read_card, resolve_model
+
+        stem = a.input.name.split(".")[0] or "slice"
+        ids = slice_ids or [f"{stem}_slice_{k:04d}" for k in range(result.slices)]
+        write_rle_csv(rle_csv, rle_table_rows(result, ids, read_card(resolve_model(a.model))), overwrite=a.overwrite)
     _report_done(reporter, result, output=str(a.output))
     return 0
 

@@ -35,6 +35,7 @@ class SegmentResult:
     volumes_ml: dict = field(default_factory=dict)
     entropy: Volume | None = None  # normalised predictive entropy per voxel, when asked for
     overlapping: bool = False  # the labelmap holds class bits (ivdseg.data.labels): classes may overlap
+    mapping: object = None  # the SliceMapping of the slices the network saw (labelmap <-> its slice stack)
 
 
 def check_sagittal(volume: Volume, source="the volume"):
@@ -88,7 +89,7 @@ def segment_volume(volume: Volume, predict, card: dict, batch_size=16, progress=
     labelmap = Volume(mapping.to_volume(labels).astype(np.uint8), volume.ijk_to_ras.copy())
     volumes = class_volumes_ml(labelmap, card["classes"], overlapping)
     return SegmentResult(labelmap, card["classes"], len(stack), time.perf_counter() - t0, device, volumes, entropy,
-                         overlapping)
+                         overlapping, mapping)
 
 
 def class_volumes_ml(labelmap: Volume, classes: list[dict], overlapping=False) -> dict:
@@ -157,3 +158,20 @@ def overlay_png(volume: Volume, labelmap: Volume, classes: list[dict], path, ove
 def summary_text(result: SegmentResult) -> str:
     vols = ", ".join(f"{name} {ml:.2f} mL" for name, ml in result.volumes_ml.items())
     return f"{result.slices} slices in {result.seconds:.1f} s on the {result.device.upper()}; {vols}."
+
+
+def rle_table_rows(result: SegmentResult, slice_ids: list[str], card: dict) -> list[tuple[str, str, str]]:
+    """The result as rows of an RLE mask table (:mod:`ivdseg.data.rle`, the UW-Madison layout): one row per slice the
+    network saw and per class, in slice order, an empty RLE where the class is absent. Class names are those the
+    training table used (the card's ``rle_class_names``), else the card's own."""
+    from ivdseg.data.rle import rle_rows
+
+    stack = result.mapping.to_stack(result.labelmap.array)
+    if len(slice_ids) != len(stack):
+        raise ValueError(f"{len(slice_ids)} slice ids for {len(stack)} slices")
+    names = card.get("rle_class_names") or {}
+    rows = []
+    for sid, labels in zip(slice_ids, stack):
+        rows += rle_rows(sid, {names.get(c["name"], c["name"]): class_present(labels, k + 1, True) if result.overlapping
+                               else labels == c["value"] for k, c in enumerate(result.classes)})
+    return rows
