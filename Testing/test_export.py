@@ -47,7 +47,9 @@ def test_export_layout_shapes_and_values(tmp_path):
     np.testing.assert_array_equal(small["mask"].sum(-1), 1)
     meta = json.loads((tmp_path / "d" / "dataset.json").read_text())
     assert meta["sources"]["s1"] == {"patients": 10, "series": 10, "slices": 30, "labelled_slices": 30,
-                                     "labelled_classes": ["intervertebral disc"]}
+                                     "labelled_classes": ["intervertebral disc"], "slices_without_any_class": 0,
+                                     "slices_without_class": {"intervertebral disc": 0}}
+    assert meta["overlapping"] is False and meta["slice_plane"] == "sagittal" and not info.overlapping
 
 
 def test_a_source_that_lacks_a_class_records_it_and_its_slices_mark_it_unknown(tmp_path):
@@ -102,6 +104,58 @@ def test_unlabelled_slices_kept_by_default_and_dropped_on_request(tmp_path):
     info = export_dataset([case, _raw("b")], CLASSES, tmp_path / "drop",
                           ExportOptions(sizes=(32,), keep_unlabelled=False))
     assert sorted(m["n_slices"] for m in info.cases.values()) == [2, 3]
+
+
+def test_empty_slices_are_counted_per_class_and_dropped_ones_too(tmp_path):
+    both = ["intervertebral disc", "vertebra"]
+    case = _raw("a", n=4)
+    case.label[1] = 0  # slice 1: nothing; slices 2, 3: a vertebra too
+    case.label[2:, 30:35, 5:15] = 2
+    info = export_dataset([case, _raw("b", n=2)], both, tmp_path / "keep", ExportOptions(sizes=(32,)))
+    assert info.sources["s1"]["slices_without_class"] == {"intervertebral disc": 1, "vertebra": 4}
+    assert info.sources["s1"]["slices_without_any_class"] == 1 and "dropped_unlabelled_slices" not in info.sources["s1"]
+    info = export_dataset([case, _raw("b", n=2)], both, tmp_path / "drop",
+                          ExportOptions(sizes=(32,), keep_unlabelled=False))
+    assert info.sources["s1"]["dropped_unlabelled_slices"] == 1 and info.sources["s1"]["slices"] == 5
+    assert info.sources["s1"]["slices_without_class"] == {"intervertebral disc": 0, "vertebra": 3}
+
+
+def test_overlapping_export_keeps_one_bit_per_class(tmp_path):
+    both = ["stomach", "large bowel"]
+    label = np.zeros((2, 40, 30), np.uint8)
+    label[:, 5:20, 5:20] |= 1  # stomach (bit 0)
+    label[:, 15:30, 15:25] |= 2  # large bowel (bit 1), overlapping the stomach in 5x5 pixels
+    label[1] = 0
+    cases = [RawCase(patient=f"p{i}", source="gi", image=np.ones((2, 40, 30), np.uint16), label=label,
+                     slice_plane="as stored") for i in range(3)]
+    info = export_dataset(cases, both, tmp_path / "d", ExportOptions(sizes=(32,), overlapping=True,
+                                                                      val_fraction=0.34))
+    meta = json.loads((tmp_path / "d" / "dataset.json").read_text())
+    assert info.overlapping and meta["overlapping"] is True and meta["slice_plane"] == "as stored"
+    assert meta["voxels_per_class"] == {"background": 3 * (2 * 40 * 30 - 15 * 15 - 15 * 10 + 25),
+                                        "stomach": 3 * 225, "large bowel": 3 * 150}
+    case = sorted(info.cases)[0]
+    assert info.cases[case]["classes_present"] == [1, 2] and info.cases[case]["labelled_slices"] == 1
+    assert info.sources["gi"]["slices_without_class"] == {"stomach": 3, "large bowel": 3}
+    np.testing.assert_array_equal(ds.load_npz(tmp_path / "d" / "cases" / f"{case}.npz")["label"], label)
+    small = ds.load_npz(tmp_path / "d" / "32" / f"{case}.npz")
+    assert small["mask"].shape == (2, 32, 32, 3)
+    assert (small["mask"][0, ..., 1:].sum(-1) == 2).any()  # both classes where they overlap
+    np.testing.assert_array_equal(small["mask"][..., 0], small["label"] == 0)  # channel 0: no class
+    no_bg = export_dataset(cases, both, tmp_path / "e", ExportOptions(sizes=(32,), overlapping=True,
+                                                                       background_channel=False))
+    assert ds.load_npz(tmp_path / "e" / "32" / f"{sorted(no_bg.cases)[0]}.npz")["mask"].shape == (2, 32, 32, 2)
+
+
+def test_overlapping_export_refuses_stray_bits_and_too_many_classes(tmp_path):
+    case = _raw("a")
+    case.label[0, 0, 0] = 4  # bit 2, with two classes
+    with pytest.raises(IvdsegError, match=r"label bit 2 is set but the export has 2 classes \(bits 0 to 1\)"):
+        export_dataset([case], ["a", "b"], tmp_path / "d", ExportOptions(sizes=(32,), overlapping=True))
+    with pytest.raises(IvdsegError, match="at most 8 classes"):
+        export_dataset([_raw("a")], [f"c{i}" for i in range(9)], tmp_path / "d",
+                       ExportOptions(sizes=(32,), overlapping=True))
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_split_is_patient_level_seeded_and_independent_of_pseudonym_key(tmp_path):
@@ -179,6 +233,8 @@ def test_map_classes_keeps_only_named_labels():
     np.testing.assert_array_equal(out, [[0, 0, 1, 0], [1, 1, 0, 0]])
     with pytest.raises(IvdsegError, match="not among the output classes"):
         map_classes(src, {"vertebra": [1]}, CLASSES)
+    bits = map_classes(src, {"disc": [2], "disc or vertebra": [1, 2]}, ["disc", "disc or vertebra"], overlapping=True)
+    np.testing.assert_array_equal(bits, [[0, 2, 3, 0], [3, 3, 2, 0]])  # both classes keep label 2
 
 
 def test_slices_source_groups_patients_by_pattern(tmp_path):

@@ -22,7 +22,10 @@ def _read_json_object(path: Path, option: str, what: str) -> dict:
 
 
 def _export_sources(a):
-    """(classes, sources) from --spec or from --images/--labels/--class, checked."""
+    """(classes, sources, overlapping) from --spec or from --images/--labels/--class, checked.
+
+    ``overlapping`` is the spec's top-level ``"overlapping"`` (default false): the classes may overlap and the
+    labels keep one bit per class (ivdseg.data.labels); the --images form exports exclusive classes."""
     from ivdseg.data.export import SourceSpec
 
     if not a.spec:
@@ -30,13 +33,16 @@ def _export_sources(a):
             raise IvdsegError("ivdseg export needs --spec, or --images, --labels and at least one --class.")
         return [name for name, _ in a.classes], [
             SourceSpec(name=a.source_name, kind=a.kind, images=a.images, labels=a.labels,
-                       class_map=dict(a.classes), patient_pattern=a.patient_pattern, root=Path.cwd())]
+                       class_map=dict(a.classes), patient_pattern=a.patient_pattern, root=Path.cwd())], False
     spec = _read_json_object(a.spec, "--spec", "an export spec")
     classes, sources = spec.get("classes"), spec.get("sources")
     if not (isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes)
             and isinstance(sources, list) and sources and all(isinstance(s, dict) for s in sources)):
         raise IvdsegError(f"--spec {a.spec} must list 'classes' (names) and at least one object in 'sources'.")
-    return classes, [SourceSpec.from_dict(s, a.spec.parent) for s in sources]
+    overlapping = spec.get("overlapping", False)
+    if not isinstance(overlapping, bool):
+        raise IvdsegError(f"--spec {a.spec}: 'overlapping' must be true or false, not {overlapping!r}.")
+    return classes, [SourceSpec.from_dict(s, a.spec.parent) for s in sources], overlapping
 
 
 def _check_export_args(a):
@@ -63,18 +69,18 @@ def export(a) -> int:
     from ivdseg.progress import Reporter
 
     _check_export_args(a)
-    classes, sources = _export_sources(a)
+    classes, sources, overlapping = _export_sources(a)
     key, key_created = (load_or_create_pseudonym_key(a.pseudonym_key_file) if a.pseudonym_key_file
                         else (None, False))
     options = ExportOptions(sizes=a.sizes, background_channel=not a.no_background_channel,
                             val_fraction=a.val_fraction, test_fraction=a.test_fraction, seed=a.seed, kfold=a.kfold,
-                            resize=a.resize,
-                            keep_unlabelled=not a.drop_unlabelled, pseudonym_key=key)
+                            resize=a.resize, keep_unlabelled=not a.drop_unlabelled, overlapping=overlapping,
+                            pseudonym_key=key)
     reporter = Reporter.auto(a.progress)
 
     def cases():
         for s in sources:
-            yield from iter_source_cases(s, classes)
+            yield from iter_source_cases(s, classes, overlapping)
 
     try:
         info = export_dataset(cases(), classes, a.output, options, overwrite=a.overwrite,
@@ -83,11 +89,27 @@ def export(a) -> int:
         if key_created:  # a failed export leaves nothing, not even a key that no dataset uses
             a.pseudonym_key_file.unlink(missing_ok=True)
         raise
+    for name, summary in info.sources.items():
+        reporter.message(_empty_slices_sentence(name, summary))
     reporter.emit("done", dataset=str(a.output), cases=len(info.cases),
                   patients=len({m["patient"] for m in info.cases.values()}),
                   train_patients=len(info.splits["train"]), val_patients=len(info.splits["val"]),
-                  test_patients=len(info.splits.get("test", [])))
+                  test_patients=len(info.splits.get("test", [])),
+                  empty_slices={name: {"slices": s["slices"], "without_any_class": s["slices_without_any_class"],
+                                       "without_class": s["slices_without_class"]}
+                                for name, s in info.sources.items()})
     return 0
+
+
+def _empty_slices_sentence(name: str, s: dict) -> str:
+    """How many of a source's exported slices lack each class, and every class (dataset.json's summary)."""
+    without = ", ".join(f"{n} without {c}" for c, n in s["slices_without_class"].items())
+    dropped = s.get("dropped_unlabelled_slices")
+    if dropped is not None:
+        return (f"Source {name!r}: {s['slices']} slices kept ({dropped} without any mask dropped by "
+                f"--drop-unlabelled); {without}.")
+    return (f"Source {name!r}: {s['slices']} slices, {s['slices_without_any_class']} of them without any mask "
+            f"(kept; --drop-unlabelled would drop them); {without}.")
 
 
 def _train_config(a):
@@ -193,11 +215,33 @@ def evaluate(a) -> int:
         print(f"{source:<24}{s['patients']:>9}  {vals}")
     print(f"Dice per class at native resolution on the {a.split} split"
           + (f" of fold {a.fold}" if a.fold is not None else "") + ".")
+    _print_uw_madison(rows, names, widths)
     if a.json:
         from ivdseg.io.atomic import write_json
 
         write_json(a.json, result)
     return 0
+
+
+def _print_uw_madison(rows, names, widths) -> None:
+    """The UW-Madison challenge score of ``evaluate``'s summaries: one line per source, per-class scores in the
+    class columns of the Dice table above."""
+    fmt = lambda v, w=8: f"{v:>{w}.4f}" if v is not None else f"{'n/a':>{w}}"  # noqa: E731
+    print()
+    print(f"{'source':<24}{'cases':>9}  {'score':>8}  {'Dice 2D':>8}  {'HD/diag':>8}  "
+          + "  ".join(f"{n:>{w}}" for n, w in zip(names, widths)))
+    for source, s in rows:
+        uw = s["uw_madison"]
+        per_class = "  ".join(fmt((uw["per_class"][n] or {}).get("score"), w) for n, w in zip(names, widths))
+        print(f"{source:<24}{uw['cases']:>9}  {fmt(uw['score'])}  {fmt(uw['dice_2d'])}  {fmt(uw['hausdorff_norm'])}  "
+              + per_class)
+    spacing = rows[0][1]["uw_madison"]["spacing"]
+    units = [f"{k} case{'s' * (k != 1)} {what}" for k, what in (
+        (spacing["mm"], "in mm"), (spacing["mm_in_plane"], "in mm with slices one mean pixel spacing apart"),
+        (spacing["voxels"], "in voxels (spacing unknown)")) if k]
+    print("UW-Madison GI tract challenge score: 0.4 x Dice per slice and class (both empty: 1) + 0.6 x (1 - 3D "
+          "Hausdorff distance per case and class / the stack's diagonal; one side empty: 1); class columns: each "
+          f"class's score; distances {', '.join(units) or 'of no case'}.")
 
 
 def evaluate_levels(a) -> int:

@@ -2,15 +2,22 @@
 
 Layout (DESIGN.md)::
 
-    dataset.json            format version, classes, sizes, per-source summary (no identifiers)
+    dataset.json            format version, classes, label encoding ("overlapping"), slice plane, sizes,
+                            per-source summary (no identifiers), per-case metadata
     splits.json             seeded patient-level train/val split (+ optional k folds)
     cases/<case>.npz        native resolution: image (N, H, W), label (N, H, W) uint8, spacing
     <size>/<case>.npz       resized: image (N, S, S) float32, label (N, S, S) uint8,
-                            mask (N, S, S, C) uint8 one-hot (channel 0 = background when kept)
+                            mask (N, S, S, C) uint8 per-class masks (channel 0 = background when kept)
 
-A case is one series (a volume's sagittal slice stack, or the 2D slices of one patient that share a
-size); its id is ``<patient pseudonym>-<series index>``. Every array is numeric and every load uses
-``allow_pickle=False``.
+Labels hold class values, or one bit per class when ``"overlapping": true`` (:mod:`ivdseg.data.labels`); the mask
+is one-hot for exclusive classes, and may have several channels set where overlapping classes meet (channel 0 is
+then "no class"). A case is one series (a volume's sagittal slice stack, the 2D slices of one patient that share a
+size, or one case-day of an RLE table); its id is ``<patient pseudonym>-<series index>``. Every array is numeric and
+every load uses ``allow_pickle=False``.
+
+Each source's summary in dataset.json says how many of its slices lack each class it labels
+(``slices_without_class``) and how many lack every class (``slices_without_any_class``): they are kept unless
+the export dropped them (``dropped_unlabelled_slices``).
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ivdseg.data.labels import class_present
 from ivdseg.errors import IvdsegError
 from ivdseg.io.atomic import atomic_folder
 from ivdseg.data.splits import check_splits
@@ -42,6 +50,8 @@ class DatasetInfo:
     splits: dict = field(default_factory=dict)
     resize: str = "stretch"  # how the <size>/ copies were made (ivdseg.data.preprocess.RESIZE_MODES)
     overlapping: bool = False  # classes may overlap: labels hold one bit per class (ivdseg.data.labels)
+    slice_plane: str = "sagittal"  # "sagittal" or "as stored" (2D images as given); the model card copies it
+    sources: dict = field(default_factory=dict)  # source name -> its summary (DatasetSummary)
 
     @property
     def num_classes(self) -> int:
@@ -136,6 +146,81 @@ class DatasetWriter:
         return self._folder.__exit__(exc_type, exc, tb)
 
 
+class DatasetSummary:
+    """What dataset.json says about the cases and sources written so far (counts only, no identifiers).
+
+    Args:
+        all_classes: class names, background first.
+        overlapping: the labels' encoding (one bit per class, or class values).
+    """
+
+    def __init__(self, all_classes: list[str], overlapping: bool):
+        self.all_classes = list(all_classes)
+        self.overlapping = overlapping
+        self.voxels = np.zeros(len(all_classes), np.int64)  # [0]: voxels of no class
+        self.cases: dict[str, dict] = {}
+        self.sources: dict[str, dict] = {}
+        self.dropped: dict[str, int] = {}
+
+    def add_dropped(self, source: str, n_slices: int) -> None:
+        """Counts slices without any class that the export dropped."""
+        self.dropped[source] = self.dropped.get(source, 0) + n_slices
+
+    def add_case(self, case_id: str, patient: str, source: str, label: np.ndarray, labelled_values: list[int],
+                 **extra) -> dict:
+        """Records one written case; returns its metadata.
+
+        Args:
+            case_id, patient, source: as written (pseudonymous).
+            label: (N, H, W) uint8 in the summary's encoding.
+            labelled_values: the class values the case's source labels (the others are unknown in it, not absent).
+            extra: more metadata for the case (e.g. its slice order).
+        """
+        flat = np.asarray(label).reshape(len(label), -1)
+        present = np.zeros((len(flat), len(self.all_classes)), bool)  # column 0: no class anywhere on the slice
+        self.voxels[0] += np.count_nonzero(flat == 0)
+        for c in range(1, len(self.all_classes)):
+            per_slice = np.count_nonzero(class_present(flat, c, self.overlapping), axis=1)
+            self.voxels[c] += int(per_slice.sum())
+            present[:, c] = per_slice > 0
+        present[:, 0] = ~present[:, 1:].any(axis=1)
+        labelled = int((~present[:, 0]).sum())
+        meta = self.cases[case_id] = {
+            "patient": patient, "source": source, "n_slices": int(len(flat)), "labelled_slices": labelled,
+            "shape_hw": list(np.shape(label)[1:]),
+            "classes_present": [c for c in range(1, len(self.all_classes)) if present[:, c].any()],
+            "labelled_classes": list(labelled_values), **extra,
+        }
+        src = self.sources.setdefault(source, {"patients": set(), "series": 0, "slices": 0, "labelled_slices": 0,
+                                               "labelled_classes": set(),
+                                               "without": np.zeros(len(self.all_classes), np.int64)})
+        src["labelled_classes"].update(labelled_values)
+        src["patients"].add(patient)
+        src["series"] += 1
+        src["slices"] += int(len(flat))
+        src["labelled_slices"] += labelled
+        src["without"] += (~present).sum(axis=0)
+        return meta
+
+    def source_json(self, name: str) -> dict:
+        """One source's summary as dataset.json holds it."""
+        s, names = self.sources[name], self.all_classes
+        out = {"patients": len(s["patients"]), "series": s["series"], "slices": s["slices"],
+               "labelled_slices": s["labelled_slices"],
+               "labelled_classes": [names[c] for c in sorted(s["labelled_classes"])],
+               "slices_without_any_class": s["slices"] - s["labelled_slices"],
+               "slices_without_class": {names[c]: int(s["without"][c]) for c in sorted(s["labelled_classes"])}}
+        if name in self.dropped:
+            out["dropped_unlabelled_slices"] = self.dropped[name]
+        return out
+
+    def to_json(self) -> dict:
+        """The ``voxels_per_class``, ``sources`` and ``cases`` entries of dataset.json."""
+        return {"voxels_per_class": {c: int(v) for c, v in zip(self.all_classes, self.voxels)},
+                "sources": {name: self.source_json(name) for name in self.sources},
+                "cases": self.cases}
+
+
 # ---------------------------------------------------------------- reading
 def load_npz(path) -> dict[str, np.ndarray]:
     """Loads an npz with ``allow_pickle=False``; one-sentence IvdsegError for pickles or damage."""
@@ -185,7 +270,8 @@ def open_dataset(root) -> DatasetInfo:
     check_splits(splits, root / "splits.json")
     return DatasetInfo(root=root, classes=list(meta["classes"]), sizes=list(meta["sizes"]),
                        cases=cases, splits=splits, resize=meta.get("resize", "stretch"),
-                       overlapping=bool(meta.get("overlapping", False)))
+                       overlapping=bool(meta.get("overlapping", False)),
+                       slice_plane=meta.get("slice_plane", "sagittal"), sources=meta.get("sources") or {})
 
 
 def load_resized(info: DatasetInfo, case_ids, size: int) -> tuple[np.ndarray, np.ndarray]:

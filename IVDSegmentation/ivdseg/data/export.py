@@ -20,13 +20,18 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from ivdseg.data import dataset as ds
+from ivdseg.data.labels import MAX_OVERLAPPING_CLASSES, class_masks
 from ivdseg.errors import IvdsegError
 from ivdseg.data.splits import split_patients, stratified_group_kfold
 from ivdseg.io.atomic import atomic_write, write_json
-from ivdseg.data.preprocess import RESIZE_MODES, one_hot, resize_stack
+from ivdseg.data.preprocess import RESIZE_MODES, resize_stack
 from ivdseg.data.sample_data import expand
 
 ProgressFn = Callable[[int, int, str], None]
+SOURCE_KINDS = ("slices", "volumes", "pairs")
+# How the rows and columns of a case's slices lie; dataset.json and the model card say it.
+SLICE_AXES = {"sagittal": "rows superior->inferior, columns anterior->posterior",
+              "as stored": "rows and columns as the source's 2D images store them"}
 
 
 @dataclass
@@ -36,8 +41,10 @@ class RawCase:
     Attributes:
         patient: the source's patient identifier (hashed before anything is written).
         source: name of the source (hospital, data set), kept as the validation stratum.
-        image: (N, H, W) sagittal slices, rows superior->inferior, columns anterior->posterior.
-        label: (N, H, W) uint8 in the OUTPUT class values (0 = background).
+        image: (N, H, W) slices as ``slice_plane`` says (sagittal: rows superior->inferior, columns
+            anterior->posterior).
+        label: (N, H, W) uint8 in the OUTPUT classes: class values (0 = background), or one bit per class in an
+            overlapping export (:mod:`ivdseg.data.labels`).
         pixel_spacing_mm: (row, col) spacing, NaN where unknown (e.g. PNG).
         slice_spacing_mm: spacing between slices, NaN where unknown.
         origin: where it came from, for error messages only (never written).
@@ -45,6 +52,11 @@ class RawCase:
             that one seed gives one split whatever the pseudonym key; in memory only.
         labelled_classes: the output class names this series' source labels; None: all of them. A class it
             does not label is unknown in it, not background (training masks it out of the loss).
+        slice_plane: "sagittal" (spine sources, resliced) or "as stored" (2D images as given, e.g. axial
+            abdominal MRI slices); one dataset holds one plane.
+        slice_order: how the source ordered the slices, when it says (e.g. "slice number"); written per case.
+        missing_slices: slices absent between the first and the last of the series (gaps in the numbering);
+            with ``slice_order``, tells training whether neighbours in the stack are neighbours in the body.
     """
 
     patient: str
@@ -56,6 +68,9 @@ class RawCase:
     origin: str = ""
     order_key: str = ""
     labelled_classes: tuple[str, ...] | None = None
+    slice_plane: str = "sagittal"
+    slice_order: str = ""
+    missing_slices: int = 0
 
 
 @dataclass
@@ -95,8 +110,9 @@ class SourceSpec:
         missing = needed - set(d)
         if missing:
             raise IvdsegError(f"A source in the export spec lacks {sorted(missing)}.")
-        if kind not in ("slices", "volumes", "pairs"):
-            raise IvdsegError(f"Source {d['name']!r}: kind must be 'slices', 'volumes' or 'pairs', not {kind!r}.")
+        if kind not in SOURCE_KINDS:
+            raise IvdsegError(f"Source {d['name']!r}: kind must be one of {', '.join(map(repr, SOURCE_KINDS))}, "
+                              f"not {kind!r}.")
         classes = d["classes"]
         if not isinstance(classes, dict) or not all(
                 isinstance(values, list) and values and all(isinstance(v, int) and not isinstance(v, bool) for v in values)
@@ -141,17 +157,32 @@ def _label_path(spec: SourceSpec, image: Path, patient: str | None) -> Path:
     return spec.root / rel
 
 
-def map_classes(label: np.ndarray, class_map: dict[str, list[int]], classes: list[str], origin="") -> np.ndarray:
-    """Source label values -> output class values (``classes`` lists foreground names; value = index + 1).
+def map_classes(label: np.ndarray, class_map: dict[str, list[int]], classes: list[str], origin="",
+                overlapping: bool = False) -> np.ndarray:
+    """Source label values -> output labels (``classes`` lists foreground names; class c = index + 1).
 
     Values not named in ``class_map`` become background, e.g. keep only label 2 of a
     vertebra/disc/canal mask as "intervertebral disc".
+
+    Args:
+        label: (...) source label values.
+        class_map: output class name -> source values that form it.
+        classes: output class names without background.
+        origin: the label's file, for the error message.
+        overlapping: write one bit per class (bit c - 1 for class c), so that two classes sharing source values
+            both keep them; else class values (a value claimed by two classes goes to the later one).
+
+    Returns:
+        (...) uint8.
     """
     out = np.zeros(label.shape, np.uint8)
     for name, values in class_map.items():
         if name not in classes:
             raise IvdsegError(f"Class {name!r} of {origin or 'a source'} is not among the output classes {classes}.")
-        out[np.isin(label, values)] = classes.index(name) + 1
+        if overlapping:
+            out[np.isin(label, values)] |= np.uint8(1 << classes.index(name))
+        else:
+            out[np.isin(label, values)] = classes.index(name) + 1
     return out
 
 
@@ -177,7 +208,7 @@ def _read_2d(path: Path, is_label: bool) -> np.ndarray:
     return arr
 
 
-def _iter_slices(spec: SourceSpec, classes: list[str]) -> Iterator[RawCase]:
+def _iter_slices(spec: SourceSpec, classes: list[str], overlapping: bool) -> Iterator[RawCase]:
     files = sorted((Path(p) for p in glob.glob(str(spec.root / spec.images))), key=_natural_key)
     by_patient: dict[str, list[Path]] = {}
     for f in files:
@@ -193,13 +224,13 @@ def _iter_slices(spec: SourceSpec, classes: list[str]) -> Iterator[RawCase]:
                                   f"{image.shape[1]}x{image.shape[0]}; label and image must match.")
             g = groups.setdefault(image.shape, ([], []))
             g[0].append(image)
-            g[1].append(map_classes(label, spec.class_map, classes, str(lab_path)))
+            g[1].append(map_classes(label, spec.class_map, classes, str(lab_path), overlapping))
         for imgs, labs in groups.values():
             yield RawCase(patient=patient, source=spec.name, image=np.stack(imgs), label=np.stack(labs),
                           origin=str(paths[0].parent), labelled_classes=tuple(spec.class_map))
 
 
-def _iter_volumes(spec: SourceSpec, classes: list[str]) -> Iterator[RawCase]:
+def _iter_volumes(spec: SourceSpec, classes: list[str], overlapping: bool) -> Iterator[RawCase]:
     for path in sorted((Path(p) for p in glob.glob(str(spec.root / spec.images))), key=_natural_key):
         patient = _patient_of(path, spec.patient_pattern)
         if patient is None and path.is_dir():
@@ -208,16 +239,16 @@ def _iter_volumes(spec: SourceSpec, classes: list[str]) -> Iterator[RawCase]:
             ids = {s.patient_id for s in index_folder(path)}
             patient = sorted(ids)[0] if ids else None
         patient = patient or _stem(path)
-        yield _volume_case(spec, classes, path, _label_path(spec, path, patient), patient)
+        yield _volume_case(spec, classes, overlapping, path, _label_path(spec, path, patient), patient)
 
 
-def _iter_pairs(spec: SourceSpec, classes: list[str]) -> Iterator[RawCase]:
+def _iter_pairs(spec: SourceSpec, classes: list[str], overlapping: bool) -> Iterator[RawCase]:
     for pair in spec.pairs:
-        yield _volume_case(spec, classes, spec.root / pair["image"], spec.root / pair["label"], str(pair["patient"]),
-                           order_key=str(pair.get("order", "")))
+        yield _volume_case(spec, classes, overlapping, spec.root / pair["image"], spec.root / pair["label"],
+                           str(pair["patient"]), order_key=str(pair.get("order", "")))
 
 
-def _volume_case(spec: SourceSpec, classes, image_path: Path, label_path: Path, patient: str,
+def _volume_case(spec: SourceSpec, classes, overlapping: bool, image_path: Path, label_path: Path, patient: str,
                  order_key: str = "") -> RawCase:
     from ivdseg.io.geometry import sagittal_slices
     from ivdseg.io.volumes import read_volume
@@ -228,7 +259,8 @@ def _volume_case(spec: SourceSpec, classes, image_path: Path, label_path: Path, 
     img_slices, mapping = sagittal_slices(image)
     lab_slices, _ = sagittal_slices(label)
     return RawCase(patient=patient, source=spec.name, image=img_slices,
-                   label=map_classes(np.rint(lab_slices).astype(np.int64), spec.class_map, classes, str(label_path)),
+                   label=map_classes(np.rint(lab_slices).astype(np.int64), spec.class_map, classes, str(label_path),
+                                     overlapping),
                    pixel_spacing_mm=tuple(float(s) for s in mapping.pixel_spacing_mm),
                    slice_spacing_mm=float(mapping.slice_spacing_mm), origin=str(image_path), order_key=order_key,
                    labelled_classes=tuple(spec.class_map))
@@ -244,15 +276,25 @@ def check_same_geometry(image, label, label_path, atol_mm=1e-3) -> None:
                           "resample the label onto the image first.")
 
 
-def iter_source_cases(spec: SourceSpec, classes: list[str]) -> Iterator[RawCase]:
-    """Reads a source's pairs as RawCases (labels already mapped to ``classes``)."""
+def iter_source_cases(spec: SourceSpec, classes: list[str], overlapping: bool = False) -> Iterator[RawCase]:
+    """Reads a source's pairs as RawCases (labels already mapped to ``classes``).
+
+    Args:
+        spec: the source.
+        classes: output class names without background.
+        overlapping: the export keeps overlapping classes: labels hold one bit per class (:mod:`ivdseg.data.labels`).
+
+    Raises:
+        IvdsegError: the source finds nothing.
+    """
     if spec.kind == "pairs":
         if not spec.pairs:
             raise IvdsegError(f"Source {spec.name!r} lists no pairs.")
-        return _iter_pairs(spec, classes)
+        return _iter_pairs(spec, classes, overlapping)
     if not glob.glob(str(spec.root / spec.images)):
         raise IvdsegError(f"No image matches {spec.root / spec.images} (source {spec.name!r}).")
-    return _iter_slices(spec, classes) if spec.kind == "slices" else _iter_volumes(spec, classes)
+    reader = _iter_slices if spec.kind == "slices" else _iter_volumes
+    return reader(spec, classes, overlapping)
 
 
 def pseudonym(key: bytes, source: str, patient: str) -> str:
@@ -302,15 +344,73 @@ def load_or_create_pseudonym_key(path) -> tuple[bytes, bool]:
 
 @dataclass
 class ExportOptions:
+    """How :func:`export_dataset` writes a dataset.
+
+    Attributes:
+        sizes: sides of the resized square copies, multiples of 16.
+        background_channel: the resized ``mask`` keeps channel 0 (background, "no class" when overlapping).
+        val_fraction, test_fraction: shares of each source's patients (ivdseg export's test default is 0.15;
+            0: no test part).
+        resize: how slices become squares (ivdseg.data.preprocess.RESIZE_MODES).
+        seed, kfold: the split's shuffle and the number of stratified group folds (0: none).
+        keep_unlabelled: keep the slices without any class (the default: a network that never sees an empty slice
+            never learns to predict nothing); False drops them (``ivdseg export --drop-unlabelled``).
+        overlapping: classes may overlap: labels hold one bit per class (at most
+            :data:`ivdseg.data.labels.MAX_OVERLAPPING_CLASSES`), see :mod:`ivdseg.data.labels`.
+        pseudonym_key: None: a fresh random key, used once and forgotten.
+    """
+
     sizes: tuple = ds.DEFAULT_SIZES
     background_channel: bool = True
     val_fraction: float = 0.1
-    test_fraction: float = 0.0  # ivdseg export's default is 0.15; 0: no test part
-    resize: str = "stretch"  # how slices become squares (ivdseg.data.preprocess.RESIZE_MODES)
+    test_fraction: float = 0.0
+    resize: str = "stretch"
     seed: int = 0
     kfold: int = 0
     keep_unlabelled: bool = True
-    pseudonym_key: bytes | None = None  # None: a fresh random key, used once and forgotten
+    overlapping: bool = False
+    pseudonym_key: bytes | None = None
+
+
+def _checked_key(options: ExportOptions, classes: list[str]) -> bytes:
+    """Checks the options against ``classes``; returns the pseudonym key to use."""
+    all_classes = ["background", *classes]
+    if len(set(all_classes)) != len(all_classes):
+        raise IvdsegError(f"Class names must be unique and not 'background': {classes}.")
+    if options.overlapping and len(classes) > MAX_OVERLAPPING_CLASSES:
+        raise IvdsegError(f"An overlapping export holds at most {MAX_OVERLAPPING_CLASSES} classes (one bit each of a "
+                          f"uint8 label), not {len(classes)}.")
+    if options.resize not in RESIZE_MODES:
+        raise IvdsegError(f"The resize mode must be one of {', '.join(RESIZE_MODES)}, not {options.resize!r}.")
+    for s in options.sizes:
+        if int(s) < 16 or int(s) % 16:
+            raise IvdsegError(f"Size {s} is not a multiple of 16; the networks halve it four times.")
+    if options.pseudonym_key is None:
+        return secrets.token_bytes(NEW_KEY_BYTES)
+    if len(options.pseudonym_key) < MIN_KEY_BYTES:  # b"" must not fall back to a random key
+        raise IvdsegError(f"The pseudonym key has {len(options.pseudonym_key)} bytes; it needs at least "
+                          f"{MIN_KEY_BYTES}.")
+    return options.pseudonym_key
+
+
+def _checked_arrays(case: RawCase, num_classes: int, overlapping: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(image, label) of ``case`` as (N, H, W) arrays, label uint8 with no value (or bit) beyond the classes."""
+    image, label = np.asarray(case.image), np.asarray(case.label, np.uint8)
+    where = case.origin or case.patient
+    if image.ndim != 3 or image.shape != label.shape:
+        raise IvdsegError(f"{where}: image {image.shape} and label {label.shape} must be matching (N, H, W) stacks.")
+    if not np.issubdtype(image.dtype, np.number):
+        raise IvdsegError(f"{where}: image is not numeric.")
+    if case.slice_plane not in SLICE_AXES:
+        raise IvdsegError(f"{where}: slice plane {case.slice_plane!r} is not one of {', '.join(SLICE_AXES)}.")
+    if overlapping:
+        stray = int(np.bitwise_or.reduce(label, axis=None) if label.size else 0) >> (num_classes - 1)
+        if stray:
+            raise IvdsegError(f"{where}: label bit {stray.bit_length() + num_classes - 2} is set but the export has "
+                              f"{num_classes - 1} classes (bits 0 to {num_classes - 2}).")
+    elif label.max(initial=0) >= num_classes:
+        raise IvdsegError(f"{where}: label value {label.max()} has no class.")
+    return image, label
 
 
 def export_dataset(cases: Iterable[RawCase], classes: list[str], out, options: ExportOptions | None = None,
@@ -318,10 +418,11 @@ def export_dataset(cases: Iterable[RawCase], classes: list[str], out, options: E
     """Writes the dataset folder (module docstring of :mod:`ivdseg.dataset`) atomically.
 
     Args:
-        cases: RawCases, e.g. from :func:`iter_source_cases` or from Slicer nodes.
+        cases: RawCases, e.g. from :func:`iter_source_cases` or from Slicer nodes; their labels in the encoding
+            ``options.overlapping`` says (class values, or one bit per class).
         classes: output class names without background, e.g. ["intervertebral disc"].
         out: dataset folder to create.
-        options: sizes, split and de-identification settings.
+        options: sizes, split, label encoding and de-identification settings.
         overwrite: replace an existing folder (only once the new one is complete).
         progress: called as progress(done_cases, total_or_0, "export").
 
@@ -329,80 +430,62 @@ def export_dataset(cases: Iterable[RawCase], classes: list[str], out, options: E
         The written dataset, opened.
 
     Raises:
-        IvdsegError: no cases, a class with no voxel anywhere, an unwritable or full destination.
+        IvdsegError: no cases, a class with no voxel anywhere, a label value (or bit) without a class, cases of two
+            slice planes, an unwritable or full destination.
     """
     options = options or ExportOptions()
     all_classes = ["background", *classes]
-    if len(set(all_classes)) != len(all_classes):
-        raise IvdsegError(f"Class names must be unique and not 'background': {classes}.")
-    if options.resize not in RESIZE_MODES:
-        raise IvdsegError(f"The resize mode must be one of {', '.join(RESIZE_MODES)}, not {options.resize!r}.")
-    for s in options.sizes:
-        if int(s) < 16 or int(s) % 16:
-            raise IvdsegError(f"Size {s} is not a multiple of 16; the networks halve it four times.")
-    if options.pseudonym_key is None:
-        key = secrets.token_bytes(NEW_KEY_BYTES)
-    elif len(options.pseudonym_key) < MIN_KEY_BYTES:  # b"" must not fall back to a random key
-        raise IvdsegError(f"The pseudonym key has {len(options.pseudonym_key)} bytes; it needs at least "
-                          f"{MIN_KEY_BYTES}.")
-    else:
-        key = options.pseudonym_key
-    meta_cases: dict[str, dict] = {}
-    sources: dict[str, dict] = {}
-    voxels = np.zeros(len(all_classes), np.int64)
+    key = _checked_key(options, classes)
+    summary = ds.DatasetSummary(all_classes, options.overlapping)
     series_count: dict[str, int] = {}
     raw_order: dict[str, str] = {}  # pseudonym -> source identifier, in memory only (split order)
+    planes: dict[str, str] = {}  # slice plane -> the first source that has it
     with ds.DatasetWriter(out, overwrite=overwrite) as writer:
         for n, case in enumerate(cases):
-            image, label = np.asarray(case.image), np.asarray(case.label, np.uint8)
-            if image.ndim != 3 or image.shape != label.shape:
-                raise IvdsegError(f"{case.origin or case.patient}: image {image.shape} and label {label.shape} "
-                                  "must be matching (N, H, W) stacks.")
-            if label.max(initial=0) >= len(all_classes):
-                raise IvdsegError(f"{case.origin}: label value {label.max()} has no class.")
+            image, label = _checked_arrays(case, len(all_classes), options.overlapping)
+            planes.setdefault(case.slice_plane, case.source)
+            if len(planes) > 1:
+                (a, source_a), (b, source_b) = planes.items()
+                raise IvdsegError(f"Source {source_a!r} gives {a} slices and source {source_b!r} {b} slices; a "
+                                  "dataset holds one slice plane, so export them as two datasets.")
             labelled_values = _labelled_values(case, all_classes)
-            labelled = label.reshape(len(label), -1).any(axis=1)
             if not options.keep_unlabelled:
-                image, label, labelled = image[labelled], label[labelled], labelled[labelled]
+                labelled = label.reshape(len(label), -1).any(axis=1)
+                summary.add_dropped(case.source, int((~labelled).sum()))
+                image, label = image[labelled], label[labelled]
                 if not len(image):
                     continue
             pid = pseudonym(key, case.source, case.patient)
             raw_order[pid] = case.order_key or f"{case.source}\x00{case.patient}"
             k = series_count[pid] = series_count.get(pid, -1) + 1
             case_id = f"{pid}-{k}"
-            if not np.issubdtype(image.dtype, np.number):
-                raise IvdsegError(f"{case.origin}: image is not numeric.")
             ds.save_npz(writer.path("cases", f"{case_id}.npz"), image=image, label=label,
                         pixel_spacing_mm=np.asarray(case.pixel_spacing_mm, np.float64),
                         slice_spacing_mm=np.float64(case.slice_spacing_mm))
             for size in options.sizes:
                 lab_r = resize_stack(label, int(size), is_label=True, mode=options.resize)
+                mask = class_masks(lab_r, len(all_classes), options.overlapping).astype(np.uint8)
                 ds.save_npz(writer.path(str(size), f"{case_id}.npz"),
                             image=resize_stack(image, int(size), mode=options.resize), label=lab_r,
-                            mask=one_hot(lab_r, len(all_classes), background=options.background_channel))
-            counts = np.bincount(label.reshape(-1), minlength=len(all_classes))
-            voxels += counts
-            meta_cases[case_id] = {
-                "patient": pid, "source": case.source, "n_slices": int(len(label)),
-                "labelled_slices": int(labelled.sum()), "shape_hw": list(label.shape[1:]),
-                "classes_present": [c for c in range(1, len(all_classes)) if counts[c]],
-                "labelled_classes": labelled_values,
-            }
-            src = sources.setdefault(case.source, {"patients": set(), "series": 0, "slices": 0, "labelled_slices": 0,
-                                                   "labelled_classes": set()})
-            src["labelled_classes"].update(labelled_values)
-            src["patients"].add(pid)
-            src["series"] += 1
-            src["slices"] += int(len(label))
-            src["labelled_slices"] += int(labelled.sum())
+                            mask=mask if options.background_channel else mask[..., 1:])
+            order = {"slice_order": case.slice_order, "missing_slices": case.missing_slices} if case.slice_order else {}
+            summary.add_case(case_id, pid, case.source, label, labelled_values, **order)
             if progress:
                 progress(n + 1, 0, "export")
-        if not meta_cases:
+        if not summary.cases:
             raise IvdsegError(f"Nothing to export into {out}: no labelled image was found.")
-        empty = [all_classes[c] for c in range(1, len(all_classes)) if voxels[c] == 0]
+        empty = [all_classes[c] for c in range(1, len(all_classes)) if summary.voxels[c] == 0]
         if empty:
             raise IvdsegError(f"Class {empty[0]!r} has no voxel in any case; check the class mapping.")
-        _write_meta(writer, all_classes, options, meta_cases, sources, voxels, raw_order)
+        plane = next(iter(planes))
+        _write_splits(writer, options, summary.cases, raw_order)
+        write_json(writer.path("dataset.json"), {
+            "format": ds.FORMAT, "format_version": ds.FORMAT_VERSION,
+            "classes": all_classes, "overlapping": bool(options.overlapping),
+            "sizes": [int(s) for s in options.sizes], "resize": options.resize,
+            "background_channel": options.background_channel,
+            "slice_plane": plane, "slice_axes": SLICE_AXES[plane], **summary.to_json(),
+        })
     return ds.open_dataset(out)
 
 
@@ -417,7 +500,7 @@ def _labelled_values(case: RawCase, all_classes: list[str]) -> list[int]:
     return sorted(all_classes.index(c) for c in set(case.labelled_classes))
 
 
-def _write_meta(writer, all_classes, options, meta_cases, sources, voxels, raw_order):
+def _write_splits(writer, options, meta_cases, raw_order):
     patient_strata = {m["patient"]: m["source"] for m in meta_cases.values()}
     parts = split_patients(patient_strata, options.val_fraction, options.test_fraction, options.seed, raw_order)
     splits = {"seed": options.seed, "val_fraction": options.val_fraction, "test_fraction": options.test_fraction,
@@ -430,15 +513,3 @@ def _write_meta(writer, all_classes, options, meta_cases, sources, voxels, raw_o
                   if p not in set(parts["test"])}
         splits["folds"] = stratified_group_kfold(strata, options.kfold, options.seed, raw_order)
     write_json(writer.path("splits.json"), splits)
-    write_json(writer.path("dataset.json"), {
-        "format": ds.FORMAT, "format_version": ds.FORMAT_VERSION,
-        "classes": all_classes, "sizes": [int(s) for s in options.sizes], "resize": options.resize,
-        "background_channel": options.background_channel,
-        "slice_plane": "sagittal", "slice_axes": "rows superior->inferior, columns anterior->posterior",
-        "voxels_per_class": {c: int(v) for c, v in zip(all_classes, voxels)},
-        "sources": {name: {"patients": len(s["patients"]), "series": s["series"], "slices": s["slices"],
-                           "labelled_slices": s["labelled_slices"],
-                           "labelled_classes": [all_classes[c] for c in sorted(s["labelled_classes"])]}
-                    for name, s in sources.items()},
-        "cases": meta_cases,
-    })
