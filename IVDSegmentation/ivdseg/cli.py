@@ -49,7 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("export", help="write a de-identified npz dataset from image + label pairs")
     e.add_argument("output", type=Path, help="dataset folder to create")
-    e.add_argument("--spec", type=Path, help="JSON with 'classes' and several 'sources' (see README)")
+    e.add_argument("--spec", type=Path,
+                   help="JSON with 'classes', several 'sources' (kinds slices, volumes, pairs, rle_csv: a Kaggle RLE "
+                        "table such as UW-Madison's train.csv) and 'overlapping' (classes may overlap; see README)")
     e.add_argument("--images", help="glob of images: PNG slices, or NIfTI/NRRD volumes or DICOM folders")
     e.add_argument("--labels", help="label path template: {stem}, {patient}, {name} of the image")
     e.add_argument("--kind", choices=["slices", "volumes"], default="volumes")
@@ -68,7 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="share of each source's patients held out as test (reported, never chosen on); 0: none")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--kfold", type=int, default=0, help="also write k stratified group folds")
-    e.add_argument("--drop-unlabelled", action="store_true", help="drop slices without any label")
+    e.add_argument("--drop-unlabelled", action="store_true",
+                   help="drop the slices without any mask (default: keep them, and the summary counts them). "
+                        "Warning: in the seed's UW-Madison experiments, dropping the slices without any mask made "
+                        "the network overfit: it never learns to predict nothing")
     e.add_argument("--pseudonym-key-file", type=Path,
                    help="file holding the secret key of the pseudonyms (kept outside the dataset)")
     e.add_argument("--overwrite", action="store_true")

@@ -1,4 +1,4 @@
-"""Dataset export: image + label pairs (volumes or 2D slices) -> the de-identified dataset folder.
+"""Dataset export: image + label pairs (volumes or 2D slices) or RLE mask tables -> the de-identified dataset folder.
 
 Two stages, so that the Slicer training panel can feed nodes instead of files:
 ``iter_source_cases(spec)`` reads files into :class:`RawCase` objects, ``export_dataset`` writes them.
@@ -28,7 +28,7 @@ from ivdseg.data.preprocess import RESIZE_MODES, resize_stack
 from ivdseg.data.sample_data import expand
 
 ProgressFn = Callable[[int, int, str], None]
-SOURCE_KINDS = ("slices", "volumes", "pairs")
+SOURCE_KINDS = ("slices", "volumes", "pairs", "rle_csv")
 # How the rows and columns of a case's slices lie; dataset.json and the model card say it.
 SLICE_AXES = {"sagittal": "rows superior->inferior, columns anterior->posterior",
               "as stored": "rows and columns as the source's 2D images store them"}
@@ -53,7 +53,7 @@ class RawCase:
         labelled_classes: the output class names this series' source labels; None: all of them. A class it
             does not label is unknown in it, not background (training masks it out of the loss).
         slice_plane: "sagittal" (spine sources, resliced) or "as stored" (2D images as given, e.g. axial
-            abdominal MRI slices); one dataset holds one plane.
+            abdominal MRI slices of an RLE table); one dataset holds one plane.
         slice_order: how the source ordered the slices, when it says (e.g. "slice number"); written per case.
         missing_slices: slices absent between the first and the last of the series (gaps in the numbering);
             with ``slice_order``, tells training whether neighbours in the stack are neighbours in the body.
@@ -80,39 +80,49 @@ class SourceSpec:
     Attributes:
         name: source name (stratum of the split; must not identify a patient).
         kind: "slices" (2D PNG/.npy files, each one slice), "volumes" (NIfTI, NRRD, DICOM folder: found by the
-            ``images`` glob) or "pairs" (an explicit list, ``pairs``: what the Slicer training panel writes).
+            ``images`` glob), "pairs" (an explicit list, ``pairs``: what the Slicer training panel writes) or
+            "rle_csv" (a table of RLE masks and an image per id: :mod:`ivdseg.data.rle_source`).
         images: glob of image files (or DICOM folders), relative to ``root``.
         labels: label path template relative to ``root``: ``{stem}`` = image name without extension,
             ``{patient}`` = the patient pattern's first group, ``{name}`` = image file name.
-        class_map: output class name -> source label values that form it (e.g. {"disc": [2]}).
+        class_map: output class name -> source label values that form it (e.g. {"disc": [2]}); for "rle_csv",
+            the table's class names instead (e.g. {"large bowel": ["large_bowel"]}).
         patient_pattern: regex searched in the image file name; group 1 is the patient. Default:
             each image is its own patient (DICOM: the PatientID tag).
         root: folder the globs and pair paths are relative to.
         pairs: for kind "pairs": ``{"image": path, "label": path, "patient": id, "order": sort key}`` per series;
             the patient id is used as given (the Slicer side passes a keyed hash, never the DICOM PatientID).
+        table: for kind "rle_csv": the table's settings (:class:`ivdseg.data.rle_source.RleTable`).
     """
 
     name: str
     kind: str
     images: str
     labels: str
-    class_map: dict[str, list[int]]
+    class_map: dict[str, list]
     patient_pattern: str | None = None
     root: Path = field(default_factory=Path)
     pairs: list[dict] = field(default_factory=list)
+    table: object = None
 
     @classmethod
     def from_dict(cls, d: dict, root: Path) -> "SourceSpec":
         if not isinstance(d, dict):
             raise IvdsegError(f"A source in the export spec is {type(d).__name__}, not a JSON object.")
         kind = d.get("kind")
-        needed = {"name", "kind", "classes"} | ({"pairs"} if kind == "pairs" else {"images", "labels"})
+        needed = {"name", "kind", "classes"} | {"pairs": {"pairs"}, "rle_csv": set()}.get(kind, {"images", "labels"})
         missing = needed - set(d)
         if missing:
             raise IvdsegError(f"A source in the export spec lacks {sorted(missing)}.")
         if kind not in SOURCE_KINDS:
             raise IvdsegError(f"Source {d['name']!r}: kind must be one of {', '.join(map(repr, SOURCE_KINDS))}, "
                               f"not {kind!r}.")
+        if kind == "rle_csv":
+            from ivdseg.data.rle_source import RleTable
+
+            table = RleTable.from_dict(d)
+            return cls(name=d["name"], kind=kind, images="", labels="", class_map=table.class_map,
+                       root=root / expand(d.get("root", ".")), table=table)
         classes = d["classes"]
         if not isinstance(classes, dict) or not all(
                 isinstance(values, list) and values and all(isinstance(v, int) and not isinstance(v, bool) for v in values)
@@ -285,8 +295,12 @@ def iter_source_cases(spec: SourceSpec, classes: list[str], overlapping: bool = 
         overlapping: the export keeps overlapping classes: labels hold one bit per class (:mod:`ivdseg.data.labels`).
 
     Raises:
-        IvdsegError: the source finds nothing.
+        IvdsegError: the source finds nothing; an RLE table whose rows are malformed (checked before the first case).
     """
+    if spec.kind == "rle_csv":
+        from ivdseg.data.rle_source import iter_rle_cases
+
+        return iter_rle_cases(spec, classes, overlapping)
     if spec.kind == "pairs":
         if not spec.pairs:
             raise IvdsegError(f"Source {spec.name!r} lists no pairs.")
