@@ -75,7 +75,9 @@ def export(a) -> int:
     options = ExportOptions(sizes=a.sizes, background_channel=not a.no_background_channel,
                             val_fraction=a.val_fraction, test_fraction=a.test_fraction, seed=a.seed, kfold=a.kfold,
                             resize=a.resize, keep_unlabelled=not a.drop_unlabelled, overlapping=overlapping,
-                            pseudonym_key=key)
+                            pseudonym_key=key, table_class_names={
+                                name: values[0] for s in sources if s.kind == "rle_csv"
+                                for name, values in s.class_map.items() if values})
     reporter = Reporter.auto(a.progress)
 
     def cases():

@@ -372,6 +372,8 @@ class ExportOptions:
         overlapping: classes may overlap: labels hold one bit per class (at most
             :data:`ivdseg.data.labels.MAX_OVERLAPPING_CLASSES`), see :mod:`ivdseg.data.labels`.
         pseudonym_key: None: a fresh random key, used once and forgotten.
+        table_class_names: {output class: the class name of an RLE table}, recorded in dataset.json so that a
+            model's predictions are written back with the names the table used (``segment --rle-csv``).
     """
 
     sizes: tuple = ds.DEFAULT_SIZES
@@ -384,6 +386,7 @@ class ExportOptions:
     keep_unlabelled: bool = True
     overlapping: bool = False
     pseudonym_key: bytes | None = None
+    table_class_names: dict = field(default_factory=dict)
 
 
 def _checked_key(options: ExportOptions, classes: list[str]) -> bytes:
@@ -499,6 +502,7 @@ def export_dataset(cases: Iterable[RawCase], classes: list[str], out, options: E
             "sizes": [int(s) for s in options.sizes], "resize": options.resize,
             "background_channel": options.background_channel,
             "slice_plane": plane, "slice_axes": SLICE_AXES[plane], **summary.to_json(),
+            **({"table_class_names": dict(options.table_class_names)} if options.table_class_names else {}),
         })
     return ds.open_dataset(out)
 

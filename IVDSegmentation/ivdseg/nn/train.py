@@ -434,6 +434,8 @@ def _card(cfg, info, train_cases, val_cases, best_epoch, epochs_run, device, sec
         "overlapping": info.overlapping,
         # a labelmap holds one class per voxel: where overlapping classes meet, the first of these wins
         **({"label_priority": list(range(1, info.num_classes))} if info.overlapping else {}),
+        # the class names of the RLE table it was trained from, which segment --rle-csv writes back
+        **({"rle_class_names": meta["table_class_names"]} if meta.get("table_class_names") else {}),
         "normalization": {"method": "percentile", "percentiles": list(DEFAULT_PERCENTILES), "per": "slice",
                           "range": [0.0, 1.0]},
         "slice_plane": meta.get("slice_plane", "sagittal"),
