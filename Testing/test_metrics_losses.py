@@ -33,6 +33,19 @@ def test_bad_inputs():
         metrics.dice_per_class(T + 1, P, 2)
 
 
+def test_class_counts_of_both_encodings():
+    # exclusive: the same as confusion_counts
+    assert metrics.class_counts(T, P, 2).tolist() == metrics.confusion_counts(T, P, 2).tolist()
+    # overlapping: T's class-1 pixels also hold class 2 on the first row (bits 0b11); P has class 2 alone at (1, 2)
+    t_bits = np.where(T == 1, 0b01, 0) | np.array([[0b10, 0b10, 0], [0, 0, 0], [0, 0, 0]])
+    p_bits = np.where(P == 1, 0b01, 0) | np.array([[0b10, 0, 0], [0, 0, 0], [0, 0, 0]])
+    counts = metrics.class_counts(t_bits, p_bits, 3, overlapping=True)
+    assert counts[1].tolist() == [2, 4, 3]  # class 1 exactly as in T and P: Dice 4/7 again
+    assert counts[2].tolist() == [1, 2, 1]  # class 2 counted on its own bit, where class 1 is too
+    assert counts[0].tolist() == [4, 5, 6]  # "no class"
+    assert metrics.dice_from_counts(counts)[2] == pytest.approx(2 / 3)
+
+
 def test_hausdorff_95_known_value():
     a = np.zeros((20, 20), bool)
     a[5:10, 5:10] = True
