@@ -185,6 +185,14 @@ def summarize(pairs, classMap: dict) -> dict:
     return {"patients": len(patients), "series": len(pairs), "seriesPerClass": seriesPerClass}
 
 
+def _checkFractions(valFraction, testFraction) -> None:
+    if not 0.0 < float(valFraction) < 1.0:
+        raise ValueError(f"The validation fraction must lie between 0 and 1, not {valFraction}.")
+    if not 0.0 <= float(testFraction) < 1.0 - float(valFraction):
+        raise ValueError(f"The test fraction {testFraction} with the validation fraction {valFraction} leaves no "
+                         "patient for training; lower one of them.")
+
+
 class ExportJob:
     """An export running in the worker, with the private folder of its input files (removed by finishExport)."""
 
@@ -232,14 +240,34 @@ class TrainingLogic:
             raise ValueError("No (volume, segmentation) pairs to export; add segmentations of your volumes first.")
         if not classMap:
             raise ValueError("Give at least one segment a class name.")
-        if not 0.0 < float(valFraction) < 1.0:
-            raise ValueError(f"The validation fraction must lie between 0 and 1, not {valFraction}.")
-        if not 0.0 <= float(testFraction) < 1.0 - float(valFraction):
-            raise ValueError(f"The test fraction {testFraction} with the validation fraction {valFraction} leaves no "
-                             "patient for training; lower one of them.")
+        _checkFractions(valFraction, testFraction)
+        return self._startExportWorker(lambda tmpdir: writePairs(pairs, classMap, tmpdir), outputFolder, sizes,
+                                       valFraction, testFraction, seed, backgroundChannel, overwrite)
+
+    def startRleExport(self, csvPath, imageFolder, outputFolder, overlapping=True, sizes=(128, 192, 256),
+                       valFraction=0.1, seed=0, backgroundChannel=True, overwrite=False, testFraction=0.15) -> ExportJob:
+        """Starts ``ivdseg export`` of an RLE mask table and its image folder (:mod:`IVDSegmentationLib.rletable`)
+        in the worker; returns at once. Every class of the table is exported; patients are the table's cases, so
+        the days of one case stay in one part of the split.
+
+        Raises:
+            ValueError: an unreadable table or one without classes, a missing image folder, a bad fraction.
+        """
+        from .rletable import rleTableSummary, writeRleSpec
+
+        _checkFractions(valFraction, testFraction)
+        tableClasses = list(rleTableSummary(csvPath)["classes"])
+        return self._startExportWorker(
+            lambda tmpdir: writeRleSpec(csvPath, imageFolder, tableClasses, tmpdir, overlapping), outputFolder, sizes,
+            valFraction, testFraction, seed, backgroundChannel, overwrite)
+
+    def _startExportWorker(self, writeSpec, outputFolder, sizes, valFraction, testFraction, seed, backgroundChannel,
+                           overwrite) -> ExportJob:
+        """``writeSpec(tmpdir)`` writes the export's input into a private temporary folder and returns its spec;
+        then ``ivdseg export`` starts in the worker. The folder goes when the export is finished or fails here."""
         tmpdir = tempfile.mkdtemp(prefix="ivdseg-export-")  # 0700: the volumes are patient data
         try:
-            spec = writePairs(pairs, classMap, tmpdir)
+            spec = writeSpec(tmpdir)
             args = ["export", outputFolder, "--spec", spec, "--sizes", ",".join(str(int(s)) for s in sizes),
                     "--val-fraction", float(valFraction), "--test-fraction", float(testFraction), "--seed", int(seed),
                     "--progress", "jsonl"]
