@@ -42,18 +42,14 @@ class IVDSegmentation(ScriptedLoadableModule):
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
         self.parent.dependencies = []
         self.parent.contributors = ["IVDSegmentation contributors"]
-        self.parent.helpText = _("""
-Segments intervertebral discs in sagittal spine MRI with 2D networks run slice by slice in a background
-process, so Slicer stays responsive and Cancel stops the work at once. Pick a volume (or a series of the
-DICOM database), a model package and a device, then Apply: the result is a segmentation with one segment
-per class of the model, placed beside the volume in the Data module.
-See the <a href="https://github.com/ivdseg/SlicerIVDSegmentation#readme">README</a> for installation,
-the command-line tool, model packages and training.
-""")
-        self.parent.acknowledgementText = _("""
-Built on 3D Slicer's scripted module template and parameter node wrapper. The model card of each model
-package lists the data sets it was trained on, with their licences and citations.
-""")
+        self.parent.helpText = _("""Segments intervertebral discs in sagittal spine MRI with 2D networks run slice by
+slice in a background process, so Slicer stays responsive and Cancel stops the work at once. Pick a volume (or a
+series of the DICOM database), a model package and a device, then Apply: the result is a segmentation with one
+segment per class of the model, placed beside the volume in the Data module. See the
+<a href="https://github.com/ivdseg/SlicerIVDSegmentation#readme">README</a> for installation, the command line,
+model packages and training.""")
+        self.parent.acknowledgementText = _("""Built on 3D Slicer's scripted module template and parameter node
+wrapper. The model card of each package lists the data sets it was trained on, with licences and citations.""")
         # Slicer's terminology lists lack intervertebral disc: load the extension's context once Slicer is up.
         slicer.app.connect("startupCompleted()", self.loadTerminology)
 
@@ -69,9 +65,14 @@ package lists the data sets it was trained on, with their licences and citations
 class TrainingParameters:
     """The Training section's state (IVDSegmentationLib.gui.trainingpanel); widgets bind as "training.<field>".
 
+    trainingSource - the scene's pairs or an RLE mask table (rleTable, rleImageFolder, rleOverlapping);
     excludedSegmentations - the pairs the user unticked; classMapJson - {segment name: class name}.
     """
 
+    trainingSource: Annotated[str, Choice(["scene", "rleTable"])] = "scene"
+    rleTable: pathlib.Path
+    rleImageFolder: pathlib.Path
+    rleOverlapping: bool = True
     excludedSegmentations: list[vtkMRMLSegmentationNode]
     classMapJson: str = ""
     datasetFolder: pathlib.Path

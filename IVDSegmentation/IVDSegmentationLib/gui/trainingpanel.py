@@ -20,7 +20,7 @@ import slicer
 import vtk
 from slicer.i18n import tr as _
 
-from IVDSegmentationLib import dependencies, training
+from IVDSegmentationLib import dependencies, rletable, training
 from IVDSegmentationLib.gui.jobrunner import JobRunner
 from IVDSegmentationLib.logic import PACKAGE_NAME, SegmentationLogic
 
@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 NETWORK_LABELS = {"unet2d": "U-Net 2D", "deeplabv3plus": "DeepLabV3+", "res_se_unet": "Res-SE-U-Net"}
 ACTIVATION_LABELS = {"relu": "ReLU", "swish": "Swish", "mish": "Mish"}
 LOSS_LABELS = {"dice": "Dice", "dice_ce": "Dice + cross-entropy"}
+SOURCE_LABELS = {"scene": "Volumes and segmentations of the scene", "rleTable": "RLE mask table and image folder"}
 POLL_INTERVAL_MS = 250
 BAR_STEPS_PER_EPOCH = 100
 
@@ -82,6 +83,8 @@ class TrainingPanel:
         ui.trainButton.connect("clicked(bool)", self.onStartStop)
         ui.showTrainingLogButton.connect("clicked(bool)", self.onShowLog)
         ui.trainingCollapsibleButton.connect("contentsCollapsed(bool)", self._onCollapsed)
+        ui.rleTablePathLineEdit.connect("currentPathChanged(QString)", self._updateRleSummary)
+        self._rleSummary = None  # (path, summary dict or the reason it could not be read)
         ui.exportProgressBar.hide()
         ui.trainProgressBar.hide()
 
@@ -106,6 +109,7 @@ class TrainingPanel:
                 pack.datasetFolder = base / "dataset"
             if _isUnset(pack.runFolder):
                 pack.runFolder = base / "run"
+            self._updateRleSummary("" if _isUnset(pack.rleTable) else str(pack.rleTable))
             if not self.ui.trainingCollapsibleButton.collapsed:
                 self.refreshPairs()
         self.updateGui()
@@ -131,18 +135,27 @@ class TrainingPanel:
         _relabel(ui.networkComboBox, NETWORK_LABELS)
         _relabel(ui.activationComboBox, ACTIVATION_LABELS)
         _relabel(ui.lossComboBox, LOSS_LABELS)
+        _relabel(ui.trainingSourceComboBox, SOURCE_LABELS)
+        fromTable = self._fromTable
+        for widget in (ui.casesLabel, ui.casesTableWidget, ui.refreshCasesButton, ui.classMapLabel,
+                       ui.classMapTableWidget, ui.casesSummaryLabel):
+            widget.visible = not fromTable
+        ui.rleGroupBox.visible = fromTable
         self._syncTables()
         busy = self._runner.running
         for widget in (ui.casesTableWidget, ui.classMapTableWidget, ui.refreshCasesButton, ui.datasetFolderPathLineEdit,
                        ui.exportSize128CheckBox, ui.exportSize192CheckBox, ui.exportSize256CheckBox,
                        ui.valFractionSpinBox, ui.testFractionSpinBox, ui.seedSpinBox, ui.backgroundChannelCheckBox, ui.networkComboBox,
                        ui.trainSizeComboBox, ui.activationComboBox, ui.epochsSpinBox, ui.trainBatchSizeSpinBox,
-                       ui.learningRateSpinBox, ui.lossComboBox, ui.trainedModelNameLineEdit, ui.runFolderPathLineEdit):
+                       ui.learningRateSpinBox, ui.lossComboBox, ui.trainedModelNameLineEdit, ui.runFolderPathLineEdit,
+                       ui.trainingSourceComboBox, ui.rleGroupBox):
             widget.enabled = not busy
 
         exportProblem = self._exportProblem()
         ui.exportButton.enabled = not busy and not exportProblem
-        ui.exportButton.toolTip = exportProblem or _("Write the ticked cases as a de-identified dataset.")
+        ui.exportButton.toolTip = exportProblem or (
+            _("Write the table's images and masks as a de-identified dataset.") if fromTable
+            else _("Write the ticked cases as a de-identified dataset."))
         ui.exportCancelButton.enabled = self._exporting and not self._runner.job.worker.cancelled
 
         if self._training:
@@ -162,9 +175,14 @@ class TrainingPanel:
         p = self._parameterNode
         if p is None:
             return _("No scene.")
-        if not self._checkedPairs():
+        if self._fromTable:
+            if _isUnset(p.training.rleTable) or not Path(p.training.rleTable).is_file():
+                return _("Choose the RLE table (a CSV file).")
+            if _isUnset(p.training.rleImageFolder) or not Path(p.training.rleImageFolder).is_dir():
+                return _("Choose the folder of the table's images.")
+        elif not self._checkedPairs():
             return _("Tick at least one (image volume, segmentation) pair.")
-        if not self.classMap():
+        elif not self.classMap():
             return _("Give at least one segment a class name.")
         if _isUnset(p.training.datasetFolder):
             return _("Choose a dataset folder.")
@@ -187,6 +205,23 @@ class TrainingPanel:
         if not PACKAGE_NAME.fullmatch(pack.trainedModelName.strip()):
             return _("Name the model with letters, digits, '.', '_' or '-'.")
         return ""
+
+    @property
+    def _fromTable(self) -> bool:
+        return self._parameterNode is not None and self._parameterNode.training.trainingSource == "rleTable"
+
+    def _updateRleSummary(self, path="") -> None:
+        """Reads the chosen table once (ids and classes, not the masks) and shows images, cases and, per class, the
+        images with a mask and the empty ones."""
+        label = self.ui.rleSummaryLabel
+        if not path or not Path(path).is_file():
+            label.text = _("Choose a CSV with the columns id, class, segmentation.") if not path else ""
+            return
+        try:
+            with slicer.util.WaitCursor():
+                label.text = rletable.summaryText(rletable.rleTableSummary(path))
+        except ValueError as exc:
+            label.text = str(exc)
 
     def _exportSizes(self) -> list:
         pack = self._parameterNode.training
@@ -392,13 +427,19 @@ class TrainingPanel:
         if overwrite is None:
             return
         folder.parent.mkdir(parents=True, exist_ok=True)  # the default folder's parent may not exist yet
-        job = training.TrainingLogic(self._workerPython()).startExport(
-            self._checkedPairs(), self.classMap(), folder, sizes=self._exportSizes(), valFraction=pack.valFraction,
-            testFraction=pack.testFraction, seed=pack.seed, backgroundChannel=pack.backgroundChannel,
-            overwrite=overwrite)
+        options = dict(sizes=self._exportSizes(), valFraction=pack.valFraction, testFraction=pack.testFraction,
+                       seed=pack.seed, backgroundChannel=pack.backgroundChannel, overwrite=overwrite)
+        logic = training.TrainingLogic(self._workerPython())
+        if self._fromTable:
+            job = logic.startRleExport(pack.rleTable, pack.rleImageFolder, folder, overlapping=pack.rleOverlapping,
+                                       **options)
+            total = 0  # the series (case-days) are counted by the worker: a busy bar
+        else:
+            job = logic.startExport(self._checkedPairs(), self.classMap(), folder, **options)
+            total = len(self._checkedPairs())
         self._mode, self._lastLog = "export", ""
         bar = self.ui.exportProgressBar
-        bar.setRange(0, len(self._checkedPairs()))
+        bar.setRange(0, total)
         bar.value = 0
         bar.setFormat(_("case %v/%m"))
         bar.show()
