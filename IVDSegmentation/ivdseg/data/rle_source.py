@@ -50,7 +50,7 @@ from typing import Iterator
 
 import numpy as np
 
-from ivdseg.data.export import RawCase, SourceSpec
+from ivdseg.data.sources import RawCase, SourceSpec
 from ivdseg.data.labels import bits_from_masks
 from ivdseg.data.rle import RLE_ORDERS, decode_rle
 from ivdseg.errors import IvdsegError
