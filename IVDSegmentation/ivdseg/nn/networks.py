@@ -14,6 +14,8 @@ from __future__ import annotations
 import keras
 from keras import layers, ops
 
+from ivdseg.nn.encoders import EFFICIENTNET_UNETS  # imports no networks at its top: no cycle
+
 ACTIVATIONS = ("relu", "swish", "mish", "leaky_relu")
 
 
@@ -224,6 +226,7 @@ NETWORKS = {
     "unet2d": build_unet2d,
     "deeplabv3plus": build_deeplabv3plus,
     "res_se_unet": build_res_se_unet,
+    **EFFICIENTNET_UNETS,  # efficientnet_b0_unet ... efficientnet_b7_unet, on keras.applications encoders
 }
 
 
