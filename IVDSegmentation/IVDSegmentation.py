@@ -83,7 +83,7 @@ class TrainingParameters:
     testFraction: Annotated[float, WithinRange(0.0, 0.5)] = 0.15
     seed: Annotated[int, WithinRange(0, 1000000)] = 0
     backgroundChannel: bool = True
-    network: Annotated[str, Choice(["unet2d", "deeplabv3plus", "res_se_unet"])] = "unet2d"
+    network: Annotated[str, Choice(["unet2d", "deeplabv3plus", "res_se_unet", "efficientnet_b0_unet"])] = "unet2d"
     trainSize: Annotated[int, Choice([128, 192, 256])] = 256
     activation: Annotated[str, Choice(["relu", "swish", "mish"])] = "relu"
     epochs: Annotated[int, WithinRange(1, 1000)] = 50

@@ -27,7 +27,8 @@ from IVDSegmentationLib.logic import PACKAGE_NAME, SegmentationLogic
 logger = logging.getLogger(__name__)
 
 # Labels of the parameter pack's choices, in the order of its Choice lists (the GUI connector lists raw choices).
-NETWORK_LABELS = {"unet2d": "U-Net 2D", "deeplabv3plus": "DeepLabV3+", "res_se_unet": "Res-SE-U-Net"}
+NETWORK_LABELS = {"unet2d": "U-Net 2D", "deeplabv3plus": "DeepLabV3+", "res_se_unet": "Res-SE-U-Net",
+                  "efficientnet_b0_unet": "U-Net on EfficientNet-B0"}
 ACTIVATION_LABELS = {"relu": "ReLU", "swish": "Swish", "mish": "Mish"}
 LOSS_LABELS = {"dice": "Dice", "dice_ce": "Dice + cross-entropy"}
 SOURCE_LABELS = {"scene": "Volumes and segmentations of the scene", "rleTable": "RLE mask table and image folder"}
