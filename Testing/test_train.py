@@ -171,7 +171,7 @@ def test_model_card_holds_no_path_of_this_machine(tmp_path, capsys):
                        "--base-filters 4 --dropout 0.0 --loss dice_ce --epochs 1 --batch-size 4 --learning-rate 0.001 "
                        "--steps-per-epoch 1 --patience 15 --keep-best 3 --seed 0 --augmentation standard "
                        "--mixed-precision auto "
-                       "--init-from start-pkg --name ivdseg-model --model-version 1.0.0 --card extract.json")
+                       "--init-from start-pkg --context-slices 0 --name ivdseg-model --model-version 1.0.0 --card extract.json")
     assert f"`{command}`" in markdown
     assert json.loads(card_text)["licence"] == "CC-BY-4.0"
     # the run folder is the user's own: its config may name the dataset
