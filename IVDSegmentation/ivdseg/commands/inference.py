@@ -19,12 +19,14 @@ def check_folder_of(path: Path, option: str):
 
 
 def _open_backend(a, reporter):
-    from ivdseg.inference.backends import load_backend
+    import dataclasses
+
+    from ivdseg.inference.backends import cached_backend
     from ivdseg.models.package import resolve_model
 
-    backend = load_backend(resolve_model(a.model), a.backend, a.device)
+    backend = cached_backend(resolve_model(a.model), a.backend, a.device)
     if getattr(a, "no_tta", False) and (backend.card.get("tta") or {}).get("enabled"):
-        backend.card = {**backend.card, "tta": {**backend.card["tta"], "enabled": False}}
+        backend = dataclasses.replace(backend, card={**backend.card, "tta": {**backend.card["tta"], "enabled": False}})
     reporter.message(f"Model {backend.card['name']} {backend.card['version']} on the {backend.device.upper()} "
                      f"({backend.name}).")
     return backend
@@ -102,7 +104,7 @@ def _segment_to_files(a, reporter, volume, source, output, overlay=None, overwri
 
 def _anchor_mask(a, volume, card):
     """(lumbosacral-disc mask, model name) from the anchor model the card names, or (None, "") without one."""
-    from ivdseg.inference.backends import load_backend
+    from ivdseg.inference.backends import cached_backend
     from ivdseg.inference.levels import level_support
     from ivdseg.inference.segment import segment_volume
     from ivdseg.models.package import resolve_model
@@ -116,7 +118,7 @@ def _anchor_mask(a, volume, card):
     except IvdsegError:
         raise IvdsegError(f"The model {card['name']} names its levels from the anchor model "
                           f"{rule['anchor_model']!r}, which is not installed; reinstall the bundled models.") from None
-    backend = load_backend(package, a.backend, a.device)
+    backend = cached_backend(package, a.backend, a.device)
     value = next((c["value"] for c in backend.card["classes"] if c["name"] == "lumbosacral disc"), None)
     if value is None:
         raise IvdsegError(f"The anchor model {rule['anchor_model']!r} has no 'lumbosacral disc' class.")

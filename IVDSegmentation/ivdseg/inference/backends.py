@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -75,8 +76,13 @@ def _onnx(package: Path, card: dict, device: str) -> Backend:
         raise IvdsegError("--device gpu was asked for but ONNX Runtime has no GPU provider "
                           "(install onnxruntime-gpu or onnxruntime-directml); use --device cpu.")
     providers = (gpu_providers if device != "cpu" else []) + ["CPUExecutionProvider"]
+    options = ort.SessionOptions()
+    threads = int(os.environ.get("IVDSEG_THREADS", "0") or 0)
+    if threads > 0:  # a batch worker pinned to a share of the cores uses that many threads, not every core
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
     try:
-        session = ort.InferenceSession(str(onnx_path), providers=providers)
+        session = ort.InferenceSession(str(onnx_path), sess_options=options, providers=providers)
     except Exception as exc:  # onnxruntime raises its own exception types
         raise IvdsegError(f"{onnx_path} does not load in ONNX Runtime ({exc}).") from None
     name = session.get_inputs()[0].name
@@ -140,6 +146,21 @@ def load_backend(package, backend="auto", device="auto") -> Backend:
     result = _onnx(package, card, device) if backend == "onnx" else _tensorflow(package, card, device)
     result.unpacked = unpacked
     return result
+
+
+_OPEN: dict[tuple, Backend] = {}
+
+
+def cached_backend(package, backend="auto", device="auto") -> Backend:
+    """:func:`load_backend`, opened once per process and kept: a batch worker segments every series of its share
+    with the model it loaded for the first (and an anchor model likewise)."""
+    package = Path(package).resolve()
+    files = [package] if package.is_file() else [package / n for n in ("model.json", "model.onnx", "model.keras")]
+    stamps = tuple(f.stat().st_mtime_ns for f in files if f.exists())  # a package rewritten in place is reopened
+    key = (str(package), stamps, backend, device)
+    if key not in _OPEN:
+        _OPEN[key] = load_backend(package, backend, device)
+    return _OPEN[key]
 
 
 def _nvidia_driver() -> bool:
