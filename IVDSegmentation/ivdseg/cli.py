@@ -13,7 +13,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from ivdseg.commands import inference, keypoints, training
+from ivdseg.commands import batch, inference, keypoints, training
 from ivdseg.errors import IvdsegError, IvdsegWarning
 
 
@@ -275,6 +275,8 @@ def _add_inference_commands(sub):
     r = sub.add_parser("series", help="list the DICOM series of a folder")
     r.add_argument("folder", type=Path)
 
+    _inference_args(batch.add_parser(sub))
+
 
 def _inference_args(g):
     g.add_argument("--model", help="model package folder/.zip or bundled name (default: the bundled disc model)")
@@ -290,7 +292,8 @@ COMMANDS = {"export": training.export, "train": training.train, "crossval": trai
             "evaluate": training.evaluate, "evaluate-levels": training.evaluate_levels, "segment": inference.segment, "demo": inference.demo,
             "series": inference.series, "export-keypoints": keypoints.export_keypoints,
             "train-keypoints": keypoints.train_keypoints, "keypoints": keypoints.keypoints,
-            "serve-keypoints": keypoints.serve_keypoints, "evaluate-keypoints": keypoints.evaluate_keypoints}
+            "serve-keypoints": keypoints.serve_keypoints, "evaluate-keypoints": keypoints.evaluate_keypoints,
+            "batch": batch.batch}
 
 
 def main(argv=None) -> int:

@@ -58,7 +58,8 @@ def _is_dicom_input(path: Path) -> bool:
 
 def _segment_to_files(a, reporter, volume, source, output, overlay=None, overwrite=False):
     """Runs the model on ``volume`` and writes ``output`` (labelmap + .json, or .seg.nrrd) and the overlay; with
-    levels, one label per disc, and the points and the table when asked for."""
+    levels, one label per disc, and the points and the table when asked for. ``source`` is the input's path, or
+    the files of a DICOM series (for a DICOM SEG's references)."""
     from ivdseg.inference.segment import overlay_png, segment_volume, write_result
 
     backend = _open_backend(a, reporter)
@@ -75,7 +76,8 @@ def _segment_to_files(a, reporter, volume, source, output, overlay=None, overwri
             raise IvdsegError(f"--points and --table need disc levels, which the model {backend.card['name']} "
                               f"{backend.card['version']} does not name.")
     result = segment_volume(volume, backend.predict, backend.card, a.batch_size, a.stop.guard(reporter.progress),
-                            source=source, device=backend.device, uncertainty=bool(getattr(a, "table", None)))
+                            source=source if isinstance(source, str) else str(Path(source[0]).parent),
+                            device=backend.device, uncertainty=bool(getattr(a, "table", None)))
     a.stop.check()  # a request that came with the last batch: nothing is written
     labelmap, classes, extra, later = result.labelmap, result.classes, {}, []
     if levels:
@@ -83,7 +85,8 @@ def _segment_to_files(a, reporter, volume, source, output, overlay=None, overwri
     if output.name.lower().endswith(".dcm"):
         from ivdseg.io.dicomseg import write_dicom_seg
 
-        write_dicom_seg(labelmap, classes, Path(source), output, backend.card["name"], backend.card["version"],
+        write_dicom_seg(labelmap, classes, Path(source) if isinstance(source, str) else source, output,
+                        backend.card["name"], backend.card["version"],
                         series_uid=getattr(a, "series", None), overwrite=overwrite,
                         overlapping=labelmap is result.labelmap and result.overlapping)
     elif output.name.lower().endswith(".seg.nrrd"):
