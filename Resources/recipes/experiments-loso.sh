@@ -31,3 +31,8 @@ S2=(--by source --size 256 --epochs 12 --patience 6 --learning-rate 3e-4 --netwo
 ivdseg crossval "$RUNS/ds_disc_v2_pad" -o "$RUNS/cv_pad256" "${S2[@]}" --init-from "$RUNS/cv_pad128" --name pad-256
 ivdseg crossval "$RUNS/ds_disc_v2" -o "$RUNS/cv_baseline256" "${S2[@]}" --init-from "$RUNS/cv_baseline128" \
     --name baseline-256
+ivdseg crossval "$RUNS/ds_spine_v2_pad" -o "$RUNS/cv_pad_context256" "${S2[@]}" --init-from "$RUNS/cv_pad_context128" \
+    --name pad-context-256
+# neighbouring-slice context (2.5D): each slice with one neighbour on each side as input channels, context classes
+ivdseg crossval "$RUNS/ds_spine_v2_pad" -o "$RUNS/cv_pad_context_slices128" "${BASE[@]}" --context-slices 1 \
+    --name pad-context-slices-128
