@@ -183,6 +183,8 @@ class SegmentationLogic:
                 "--device", device, "--batch-size", int(batchSize), "--backend", backend, "--progress", "jsonl"]
         if levels:
             args += ["--levels", "--points", Path(tmpdir) / "discs.mrk.json", "--table", Path(tmpdir) / "discs.csv"]
+        if read_card(modelPath).get("overlapping"):  # classes that overlap come back as bits, one segment each
+            args.append("--label-bits")
         worker = WorkerJob(args, python=self.workerPython)
         return SegmentationJob(worker, tmpdir, volumeNode, modelPath, levels)
 

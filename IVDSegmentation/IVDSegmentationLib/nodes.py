@@ -8,6 +8,7 @@ import numpy as np
 import slicer
 import vtk
 
+from ivdseg.data.labels import class_present
 from ivdseg.models.terminology import segment_descriptions
 
 
@@ -193,7 +194,9 @@ def segmentationFromLabelmap(labels: np.ndarray, volumeNode, card: dict, scene=N
     is left in the scene.
 
     Args:
-        labels: (K, J, I) uint8 labelmap on the volume's voxel grid.
+        labels: (K, J, I) uint8 labelmap on the volume's voxel grid: class values, or, for a card whose classes
+            overlap (``card["overlapping"]``), one bit per class; overlapping segments then share voxels, which
+            Slicer keeps in separate layers.
         volumeNode: the input volume node.
         card: the model card (name, version, classes).
 
@@ -206,6 +209,7 @@ def segmentationFromLabelmap(labels: np.ndarray, volumeNode, card: dict, scene=N
         raise ValueError(f"The result has {labels.shape} voxels but the volume has {expected}.")
     modelName = card["name"]
     segments = segment_descriptions(card["classes"], algorithm_name=f"{card['name']} {card['version']}")
+    card_values = [c["value"] for c in card["classes"]]
     existing = findResultNode(scene, volumeNode, modelName)
     node = existing or scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
     try:
@@ -223,7 +227,11 @@ def segmentationFromLabelmap(labels: np.ndarray, volumeNode, card: dict, scene=N
                 segment = segmentation.GetSegment(segmentId)
                 for key, value in description["tags"].items():
                     segment.SetTag(key, value)  # TerminologyEntry included: the tag SetTerminology writes
-                _setSegmentMask(node, segmentId, labels == description["label_value"], volumeNode)
+                if card.get("overlapping"):
+                    mask = class_present(labels, card_values.index(description["label_value"]) + 1, True)
+                else:
+                    mask = labels == description["label_value"]
+                _setSegmentMask(node, segmentId, mask, volumeNode)
         finally:
             node.EndModify(wasModifying)
         node.SetAttribute(MODEL_ATTRIBUTE, modelName)

@@ -259,6 +259,9 @@ def _add_inference_commands(sub):
     g.add_argument("--rle-csv", type=Path, metavar="OUT.csv",
                    help="also write the masks as a run-length-encoded table (id,class,segmentation; one row per slice "
                         "and class, an empty cell where the class is absent), the layout of the RLE tables export reads")
+    g.add_argument("--label-bits", action="store_true",
+                   help="for a model whose classes overlap: the labelmap keeps one bit per class (bit k = class k + 1) "
+                        "instead of one class per voxel by the card's priority")
     g.add_argument("--levels", "--instances", action="store_true",
                    help="the instances the model's card names: one label per disc, from superior to inferior, named "
                         "by level when the anchor is found; right and left of a paired organ")

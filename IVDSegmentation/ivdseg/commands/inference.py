@@ -97,7 +97,7 @@ def _segment_to_files(a, reporter, volume, source, output, overlay=None, overwri
                        overlapping=labelmap is result.labelmap and result.overlapping)
     else:
         write_result(result, output, backend.card, overwrite=overwrite, labelmap=labelmap, classes=classes,
-                     extra=extra)
+                     extra=extra, bits=bool(getattr(a, "label_bits", False)))
     for write in later:  # the points and the table, once the main output stands
         write()
     if overlay:

@@ -103,17 +103,20 @@ def class_volumes_ml(labelmap: Volume, classes: list[dict], overlapping=False) -
 
 
 def write_result(result: SegmentResult, output, card: dict, overwrite=False, labelmap: Volume | None = None,
-                 classes: list[dict] | None = None, extra: dict | None = None) -> Path:
+                 classes: list[dict] | None = None, extra: dict | None = None, bits=False) -> Path:
     """Writes the labelmap (.nii/.nii.gz/.nrrd) and a ``<output>.json`` sidecar naming the classes.
 
     ``labelmap`` and ``classes`` replace the result's (e.g. one label per disc), ``extra`` adds sidecar entries.
     A labelmap holds one class per voxel: where the classes of an overlapping result meet, the card's
     ``label_priority`` (class values, first wins; default class order) decides, and the sidecar says so and still
-    gives each class's whole volume (a ``.seg.nrrd`` keeps the overlaps)."""
+    gives each class's whole volume (a ``.seg.nrrd`` keeps the overlaps). With ``bits`` an overlapping result is
+    written as it is, one bit per class (:mod:`ivdseg.data.labels`), as the Slicer module reads it."""
     output = Path(output)
     labelmap = labelmap if labelmap is not None else result.labelmap
     classes = classes if classes is not None else result.classes
-    if result.overlapping and labelmap is result.labelmap:
+    if result.overlapping and labelmap is result.labelmap and bits:
+        extra = {**(extra or {}), "overlapping": True, "label_encoding": "one bit per class: bit k is labels[k]"}
+    elif result.overlapping and labelmap is result.labelmap:
         priority = [int(v) for v in card.get("label_priority") or [c["value"] for c in classes]]
         labelmap = Volume(labelmap_by_priority(labelmap.array, len(classes) + 1, priority), labelmap.ijk_to_ras)
         extra = {**(extra or {}), "overlapping": True, "label_priority": priority,
