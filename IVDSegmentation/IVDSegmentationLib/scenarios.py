@@ -225,10 +225,31 @@ def scenarioTrainingPairsAndCurves(testCase):
     np.testing.assert_allclose(slicer.util.arrayFromTableColumn(table, "val_dice"), [0.6, 0.7, 0.8])
 
 
+def scenarioOverlappingSegments(testCase):
+    """A model whose classes overlap (one bit per class in the worker's labelmap): one segment per class, sharing
+    voxels, each exactly its class's mask (Slicer keeps them in separate layers)."""
+    from ivdseg.data.labels import bits_from_masks
+
+    volumeNode, discs = addBlockSpineVolume("Overlap test")
+    masks = np.stack([discs > 0, np.roll(discs > 0, 2, axis=1)], axis=-1)  # the second shares most voxels
+    testCase.assertTrue((masks[..., 0] & masks[..., 1]).any())
+    card = {**_blockCard(), "overlapping": True,
+            "classes": [{"value": 1, "name": "stomach", "color": [1.0, 0.0, 0.0]},
+                        {"value": 2, "name": "large bowel", "color": [0.0, 0.8, 0.0]}]}
+    segNode = segmentationFromLabelmap(bits_from_masks(masks), volumeNode, card)
+    segmentation = segNode.GetSegmentation()
+    testCase.assertEqual(segmentation.GetNumberOfSegments(), 2)
+    for k in range(2):
+        mask = slicer.util.arrayFromSegmentBinaryLabelmap(segNode, segmentation.GetNthSegmentID(k), volumeNode)
+        np.testing.assert_array_equal(mask > 0, masks[..., k])
+    return segNode, masks
+
+
 def runLogicScenarios(testCase, terminologiesLogic):
     """The scenarios that need no optional package."""
     scenarioVolumeGeometryRoundTrip(testCase)
     scenarioSegmentationFromLabelmap(testCase)
+    scenarioOverlappingSegments(testCase)
     scenarioSegmentationReplacesOwnResult(testCase)
     scenarioTerminologyContextLoads(testCase, terminologiesLogic)
     scenarioTrainingPairsAndCurves(testCase)
