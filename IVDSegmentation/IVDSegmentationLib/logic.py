@@ -52,6 +52,14 @@ class ModelInfo:
                    correctable=bool(card.get("keypoint_model")))
 
 
+def _overlapping(modelPath) -> bool:
+    """Whether the model's classes overlap; a card that does not read is the worker's to report."""
+    try:
+        return bool(read_card(modelPath).get("overlapping"))
+    except IvdsegError:
+        return False
+
+
 class SegmentationJob:
     """A running segmentation: the worker plus what finishSegmentation needs to build the result."""
 
@@ -183,7 +191,7 @@ class SegmentationLogic:
                 "--device", device, "--batch-size", int(batchSize), "--backend", backend, "--progress", "jsonl"]
         if levels:
             args += ["--levels", "--points", Path(tmpdir) / "discs.mrk.json", "--table", Path(tmpdir) / "discs.csv"]
-        if read_card(modelPath).get("overlapping"):  # classes that overlap come back as bits, one segment each
+        if _overlapping(modelPath):  # classes that overlap come back as bits, one segment each
             args.append("--label-bits")
         worker = WorkerJob(args, python=self.workerPython)
         return SegmentationJob(worker, tmpdir, volumeNode, modelPath, levels)
