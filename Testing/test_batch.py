@@ -62,8 +62,11 @@ def test_a_bad_series_is_recorded_the_rest_done_and_a_rerun_skips_them(tmp_path,
     for key in ("vol00", "vol02", "vol03"):
         assert (out / f"{key}.nii.gz").is_file() and len(states[key]["sha256"]) == 64
     capsys.readouterr()
-    assert cli.main([str(a) for a in args]) == 0  # nothing left to do: the failed one waits for --retry-failed
-    done = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"done"' in line][-1]
+    # nothing left to do: the failed one waits for --retry-failed, and the exit status still says it failed
+    assert cli.main([str(a) for a in args]) == 3
+    printed = capsys.readouterr().out
+    assert "1 series failed in an earlier run" in printed
+    done = [json.loads(line) for line in printed.splitlines() if '"event": "done"' in line][-1]
     assert (done["done"], done["failed"], done["skipped"]) == (0, 0, 4)
     (source / "vol01.nii.gz").unlink()
     _tree(tmp_path / "fixed", 2)
@@ -218,8 +221,39 @@ class _InProcessPool:
     def as_completed(self, futures):
         return iter(futures)
 
+    def restart(self):
+        pass
+
     def close(self, cancel=False):
         pass
+
+
+class _CrashingPool(_InProcessPool):
+    """A pool whose worker process dies whenever it meets the series ``killer`` (its future and every other one in
+    flight then raise BrokenProcessPool, as a real process pool's do)."""
+
+    workers = 2
+
+    def __init__(self, killer):
+        self.killer, self.restarts, self.batch = killer, 0, []
+
+    def submit(self, item, settings):
+        import concurrent.futures as cf
+
+        future = cf.Future()
+        self.batch.append((future, item))
+        if item["key"] == self.killer:
+            for f, _ in self.batch:
+                if not f.done():
+                    f.set_exception(cf.process.BrokenProcessPool("a worker died"))
+        else:
+            future.set_result({"key": item["key"], "state": "done", "output": item["output"], "sha256": "0" * 64,
+                               "volumes_ml": {}, "patient_id": ""})
+        return future
+
+    def restart(self):
+        self.restarts += 1
+        self.batch = []
 
 
 def test_a_full_disk_fails_the_series_in_flight_and_stops_the_batch(tmp_path, monkeypatch):
@@ -249,3 +283,55 @@ def test_a_full_disk_fails_the_series_in_flight_and_stops_the_batch(tmp_path, mo
     assert not any(p.name.endswith(".nii.gz") for p in out.iterdir())
     with pytest.raises(IvdsegError):
         Journal(out, {"model": "other"})
+
+
+def test_a_full_disk_failure_is_done_again_by_the_rerun_it_asks_for(tmp_path, capsys):
+    source = _tree(tmp_path / "in", 2)
+    out = tmp_path / "out"
+    out.mkdir()
+    journal = Journal(out, {"model": "ivd-disc-2d", "model_version": "2.0.0", "output_format": ".nii.gz",
+                            "levels": False, "pseudonymized": False})
+    journal.record({"key": "vol00", "state": "failed", "reason": "The disk is full.", "disk_full": True})
+    journal.record({"key": "vol01", "state": "failed", "reason": "Not a volume."})
+    assert not journal.failed("vol00") and journal.failed("vol01")
+    assert cli.main([str(a) for a in ["batch", source, "-o", out, "--no-tta", "--progress", "jsonl"]]) == 3
+    done = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"event": "done"' in line][-1]
+    assert (done["done"], done["skipped"]) == (1, 1)  # vol00 done again; vol01 waits for --retry-failed
+    assert _states(out)["vol00"]["state"] == "done"
+
+
+def test_a_journal_line_cut_by_a_kill_is_healed_before_the_next_record(tmp_path):
+    header = {"model": "m", "model_version": "1", "output_format": ".nii.gz", "levels": False, "pseudonymized": False}
+    journal = Journal(tmp_path, header)
+    journal.record({"key": "a", "state": "done", "output": "x", "sha256": "0"})
+    with open(tmp_path / JOURNAL_NAME, "a") as f:
+        f.write('{"key": "b", "state": "do')  # the kill came here
+    journal = Journal(tmp_path, header)
+    assert set(journal.states) == {"a"}
+    journal.record({"key": "c", "state": "failed", "reason": "r"})
+    assert set(read_journal(tmp_path / JOURNAL_NAME)[1]) == {"a", "c"}
+    assert set(Journal(tmp_path, header).states) == {"a", "c"}
+
+
+def test_a_series_that_kills_its_worker_fails_alone_and_the_others_are_done(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    journal = Journal(out, {"model": "m"})
+    items = [{"key": k, "input": k, "output": str(out / f"{k}.nii.gz")} for k in ("a", "b", "c", "d")]
+    pool = _CrashingPool(killer="b")
+    summary = run_batch(items, journal, {}, pool)
+    states = {k: s["state"] for k, s in journal.states.items()}
+    assert states == {"a": "done", "b": "failed", "c": "done", "d": "done"}
+    assert "died" in journal.states["b"]["reason"] and summary.failed == 1 and summary.done == 3
+    assert pool.restarts == 2  # once with the others in flight, once alone: then it is known
+
+
+def test_outputs_inside_the_input_tree_are_not_inputs(tmp_path):
+    from ivdseg.batch.items import find_items
+
+    source = _tree(tmp_path / "data", 1)
+    out = source / "seg"
+    assert cli.main([str(a) for a in ["batch", source, "-o", out, "--no-tta", "--progress", "none"]]) == 0
+    assert [i.key for i in find_items(source, out)] == ["vol00"]
+    relative = find_items(source, out)[0]
+    assert Path(relative.output).is_absolute() and Path(relative.input).is_absolute()

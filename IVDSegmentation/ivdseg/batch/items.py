@@ -63,6 +63,10 @@ def _strip_suffix(name: str) -> str:
     return name
 
 
+def _within(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
 def tree_items(root, outdir, suffix: str) -> list[BatchItem]:
     """Every DICOM series and volume file below ``root``, each with its output in ``outdir``.
 
@@ -71,16 +75,20 @@ def tree_items(root, outdir, suffix: str) -> list[BatchItem]:
     """
     from ivdseg.io.dicom_index import index_folder
 
-    root, outdir = Path(root), Path(outdir)
+    root, outdir = Path(root).resolve(), Path(outdir).resolve()
     if not root.is_dir():
         raise IvdsegError(f"{root} is not a folder; give a folder tree of DICOM series and volumes, or a CSV manifest.")
     items = []
     for series in index_folder(root):
         folder = Path(series.files[0]).parent if series.files else root
+        if series.modality == "SEG" or _within(folder, outdir):  # our own results, when OUTDIR is inside INPUT
+            continue
         items.append(BatchItem(key=series.series_uid, input=str(folder), files=[str(f) for f in series.files],
                                output=str(outdir / f"{_UNSAFE.sub('_', series.series_uid)}{suffix}"),
                                series_uid=series.series_uid, patient_id=series.patient_id))
     for path in _volume_files(root):
+        if _within(path, outdir):
+            continue
         relative = _strip_suffix(path.relative_to(root).as_posix())
         items.append(BatchItem(key=relative, input=str(path), output=str(outdir / f"{relative}{suffix}")))
     if not items:
@@ -94,7 +102,7 @@ def manifest_items(manifest, outdir) -> list[BatchItem]:
     Raises:
         IvdsegError: the file is unreadable, lacks a column, or has a row without an input or an output.
     """
-    manifest, outdir = Path(manifest), Path(outdir)
+    manifest, outdir = Path(manifest).resolve(), Path(outdir).resolve()
     try:
         with open(manifest, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)

@@ -51,6 +51,8 @@ class Journal:
         self.states: dict[str, dict] = {}
         if self.path.exists():
             old_header, self.states = read_journal(self.path)
+            if not overwrite:
+                self._heal()
             differ = [k for k in IDENTITY_KEYS if old_header.get(k) != self.header.get(k)]
             if differ and not overwrite:
                 was = ", ".join(f"{k} {old_header.get(k)!r}" for k in differ)
@@ -71,6 +73,17 @@ class Journal:
         except OSError as exc:
             raise IvdsegError(f"Cannot write the batch journal {self.path} ({exc.strerror}).") from None
 
+    def _heal(self) -> None:
+        """Cuts a last line that a kill or a full disk left unfinished (read_journal ignored it), so that the next
+        record starts on a line of its own."""
+        try:
+            with open(self.path, "rb+") as f:
+                data = f.read()
+                if data and not data.endswith(b"\n"):
+                    f.truncate(data.rfind(b"\n") + 1)
+        except OSError as exc:
+            raise IvdsegError(f"Cannot repair the batch journal {self.path} ({exc.strerror}).") from None
+
     def done(self, key: str) -> bool:
         """Whether ``key`` is done and its output is still the file the journal recorded."""
         state = self.states.get(key)
@@ -80,7 +93,9 @@ class Journal:
         return output.is_file() and sha256_of(output) == state.get("sha256")
 
     def failed(self, key: str) -> bool:
-        return (self.states.get(key) or {}).get("state") == "failed"
+        """Whether ``key`` failed for a reason of its own; a series failed by a full disk is to be done again."""
+        state = self.states.get(key) or {}
+        return state.get("state") == "failed" and not state.get("disk_full")
 
     def record(self, entry: dict) -> None:
         """Appends one series' state (``key`` and ``state`` at least) and flushes it to disk.

@@ -28,7 +28,7 @@ def result_rows(states: dict[str, dict]) -> tuple[list[str], list[dict]]:
         base = {"series": key, "input": state.get("input", ""), "output": state.get("output", ""),
                 "patient": state.get("patient_id", "")}
         table = state.get("table")
-        if table:
+        if table and Path(table).is_file():
             with open(table, newline="", encoding="utf-8") as f:
                 for disc in csv.DictReader(f):
                     for column in disc:

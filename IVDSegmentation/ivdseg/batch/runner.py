@@ -56,13 +56,21 @@ class LocalPool:
     """``workers`` local processes, each pinned to a share of the cores (or a GPU)."""
 
     def __init__(self, workers: int, gpus: int = 0):
+        self.workers, self.gpus = workers, gpus
+        self.executor = self._start()
+
+    def _start(self):
         context = multiprocessing.get_context("spawn")
         slots = context.Queue()
-        for k, cores in enumerate(core_shares(workers)):
-            slots.put((cores, k if k < gpus else None))
-        self.executor = cf.ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_local,
-                                               initargs=(slots,))
-        self.workers = workers
+        for k, cores in enumerate(core_shares(self.workers)):
+            slots.put((cores, k if k < self.gpus else None))
+        return cf.ProcessPoolExecutor(max_workers=self.workers, mp_context=context, initializer=_init_local,
+                                      initargs=(slots,))
+
+    def restart(self) -> None:
+        """A fresh set of workers after one died (a broken pool takes no more work)."""
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        self.executor = self._start()
 
     def submit(self, item: dict, settings: dict):
         return self.executor.submit(run_item, item, settings)
@@ -100,7 +108,16 @@ class DaskPool:
             self.client = Client(scheduler, timeout=timeout_s)
         except (OSError, TimeoutError) as exc:
             raise IvdsegError(f"The Dask scheduler {scheduler} cannot be reached ({exc}); nothing was started.") from None
-        self.workers = max(1, len(self.client.scheduler_info().get("workers", {})))
+        self.requested = workers
+
+    @property
+    def workers(self) -> int:
+        """The workers now connected (jobs of a jobqueue cluster join while the batch runs), at least those asked
+        for: what the batch keeps busy."""
+        return max(1, self.requested, len(self.client.scheduler_info().get("workers", {})))
+
+    def restart(self) -> None:  # Dask replaces lost workers and reschedules their tasks itself
+        pass
 
     def submit(self, item: dict, settings: dict):
         return self.client.submit(run_item, item, settings, key=f"ivdseg-{item['key']}-{time.time_ns()}", pure=False)
@@ -116,12 +133,15 @@ class DaskPool:
             self.cluster.close()
 
 
-def _result_of(future, item: dict) -> dict:
+def _result_of(future, item: dict) -> dict | None:
+    """The worker's result, None when a local worker process died under it (the pool is broken), or a failure."""
     try:
         return future.result()
-    except Exception as exc:  # noqa: BLE001 - a worker that died (memory, a crash): its series failed
+    except cf.process.BrokenProcessPool:
+        return None
+    except Exception as exc:  # noqa: BLE001 - e.g. a Dask worker lost too often: its series failed
         return {"key": item["key"], "state": "failed", "disk_full": False,
-                "reason": f"The worker process died while segmenting it ({type(exc).__name__}: {exc})."}
+                "reason": f"The worker died while segmenting it ({type(exc).__name__}: {exc})."}
 
 
 def run_batch(items: list[dict], journal: Journal, settings: dict, pool, retry_failed=False, progress=None,
@@ -152,11 +172,18 @@ def run_batch(items: list[dict], journal: Journal, settings: dict, pool, retry_f
     total = len(items)
     pending = list(todo)
     in_flight: dict = {}
+    suspects: dict[str, int] = {}  # series in flight when a worker died -> deaths seen; run alone until cleared
 
     def fill():
-        while pending and len(in_flight) < 2 * pool.workers and not summary.stopped and not (stop and stop.requested):
+        limit = 1 if suspects else 2 * pool.workers  # alone, a series that kills its worker names itself
+        while pending and len(in_flight) < limit and not summary.stopped and not (stop and stop.requested):
             item = pending.pop(0)
-            in_flight[pool.submit(item, settings)] = item
+            try:
+                future = pool.submit(item, settings)
+            except cf.process.BrokenProcessPool:  # broke after its last result: start afresh, once
+                pool.restart()
+                future = pool.submit(item, settings)
+            in_flight[future] = item
 
     fill()
     try:
@@ -164,6 +191,23 @@ def run_batch(items: list[dict], journal: Journal, settings: dict, pool, retry_f
             future = next(iter(pool.as_completed(list(in_flight))))
             item = in_flight.pop(future)
             result = _result_of(future, item)
+            if result is None:  # a worker died: every series in flight comes back, the pool starts afresh
+                lost = [item, *in_flight.values()]
+                in_flight.clear()
+                pool.restart()
+                culprit = len(lost) == 1
+                for each in reversed(lost):
+                    suspects[each["key"]] = suspects.get(each["key"], 0) + 1
+                    if culprit and suspects[each["key"]] >= 2:
+                        result = {"key": each["key"], "state": "failed", "disk_full": False,
+                                  "reason": "The worker process died while segmenting it, twice (out of memory?)."}
+                        del suspects[each["key"]]
+                    else:
+                        pending.insert(0, each)
+                if result is None:
+                    fill()
+                    continue
+            suspects.pop(item["key"], None)
             if result["state"] == "done":
                 if patient_of is not None:
                     result["patient_id"] = patient_of(result.get("patient_id", ""))
@@ -174,7 +218,7 @@ def run_batch(items: list[dict], journal: Journal, settings: dict, pool, retry_f
                 if result.get("disk_full"):
                     summary.stopped = (f"The disk is full (writing {item['output']}); the batch stopped. Free space "
                                        "and run the same command again: it does only what is left.")
-            journal.record({**{k: v for k, v in result.items() if k != "disk_full"}, "input": item["input"]})
+            journal.record({**result, "input": item["input"]})
             if progress:
                 progress(summary, total)
             fill()

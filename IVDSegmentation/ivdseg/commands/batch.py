@@ -100,7 +100,10 @@ def batch(a) -> int:
                   results=[str(t) for t in tables])
     if summary.stopped:
         raise IvdsegError(summary.stopped)
-    return 0 if not summary.failed else 3
+    failed = [i.key for i in items if journal.states.get(i.key, {}).get("state") == "failed"]
+    if failed and not summary.failed:
+        reporter.message(f"{len(failed)} series failed in an earlier run; --retry-failed runs them again.")
+    return 3 if failed else 0
 
 
 def add_parser(sub):
