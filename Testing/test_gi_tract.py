@@ -40,6 +40,7 @@ def test_the_card_records_what_inference_must_repeat(gi_model):
     assert card["slice_plane"] == "as stored"
     assert card["label_priority"] == [1, 2, 3]
     assert card["rle_class_names"] == {name: values[0] for name, values in CLASS_MAP.items()}
+    assert card["rle_order"] == "row-major"
     assert "--context-slices 1" in card["training"]["command"]
     assert set(card["validation"]["overall"]["dice"]) == set(CLASS_MAP)
 
@@ -82,3 +83,28 @@ def test_label_bits_keep_the_overlaps_that_a_priority_labelmap_resolves(gi_model
     assert np.array_equal(labelmap_by_priority(bits, 4, [1, 2, 3]), priority)
     sidecars = [json.loads((tmp_path / f"{n}.json").read_text()) for n in ("bits.nrrd", "priority.nrrd")]
     assert "label_encoding" in sidecars[0] and sidecars[1]["label_priority"] == [1, 2, 3]
+
+
+def test_evaluate_refuses_a_model_of_the_other_label_encoding(gi_model, tmp_path, capsys):
+    import shutil
+
+    package, _, _ = gi_model
+    exclusive = tmp_path / "exclusive-model"
+    shutil.copytree(package, exclusive)
+    card = json.loads((exclusive / "model.json").read_text())
+    (exclusive / "model.json").write_text(json.dumps({**card, "overlapping": False}))
+    dataset = package.parent.parent / "ds"
+    capsys.readouterr()
+    assert cli.main([str(a) for a in ["evaluate", exclusive, dataset, "--split", "val"]]) == 2
+    assert "exclusive" in capsys.readouterr().err
+
+
+def test_encoder_weights_need_an_encoder_network(tmp_path):
+    from ivdseg.errors import IvdsegError
+    from ivdseg.nn.train import TrainConfig, check_config
+
+    weights = tmp_path / "efficientnetb0_notop.h5"
+    weights.write_bytes(b"h5")
+    with pytest.raises(IvdsegError, match="takes no --encoder-weights"):
+        check_config(TrainConfig(network="unet2d", encoder_weights=str(weights)))
+    check_config(TrainConfig(network="efficientnet_b0_unet", encoder_weights=str(weights)))

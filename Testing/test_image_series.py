@@ -76,3 +76,11 @@ def test_segment_png_slices_writes_the_rle_table_of_its_labelmap(tmp_path, capsy
     assert cli.main([str(a) for a in ["segment", folder, "-o", tmp_path / "other.nii.gz", "--rle-csv", table]]) != 0
     assert "already exists" in capsys.readouterr().err
     assert not (tmp_path / "other.nii.gz").exists()
+
+
+def test_a_dicom_folder_with_a_thumbnail_stays_dicom(tmp_path):
+    from dicom_builders import _series
+
+    _series(tmp_path / "series")
+    _write(tmp_path / "series" / "thumbnail.png", np.zeros((8, 8), np.uint8))
+    assert not is_image_series(tmp_path / "series")

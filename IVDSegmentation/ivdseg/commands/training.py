@@ -77,7 +77,8 @@ def export(a) -> int:
                             resize=a.resize, keep_unlabelled=not a.drop_unlabelled, overlapping=overlapping,
                             pseudonym_key=key, table_class_names={
                                 name: values[0] for s in sources if s.kind == "rle_csv"
-                                for name, values in s.class_map.items() if values})
+                                for name, values in s.class_map.items() if values},
+                            table_rle_order=next((s.table.rle_order for s in sources if s.kind == "rle_csv"), ""))
     reporter = Reporter.auto(a.progress)
 
     def cases():
@@ -189,6 +190,10 @@ def evaluate(a) -> int:
     if [c["name"] for c in card["classes"]] != info.classes[1:]:
         raise IvdsegError(f"The model's classes {[c['name'] for c in card['classes']]} differ from "
                           f"the dataset's {info.classes[1:]}.")
+    if bool(card.get("overlapping")) != info.overlapping:
+        says = {True: "may overlap (one output each)", False: "are exclusive (one per pixel)"}
+        raise IvdsegError(f"The model's classes {says[bool(card.get('overlapping'))]} but the dataset's "
+                          f"{says[info.overlapping]}; evaluate it on a dataset exported the way it was trained.")
     train_cases, val_cases = info.split_cases(a.fold)
     cases = {"val": val_cases, "test": info.test_cases(), "train": train_cases, "all": sorted(info.cases)}[a.split]
     if not cases:

@@ -105,6 +105,7 @@ class ExportOptions:
     overlapping: bool = False
     pseudonym_key: bytes | None = None
     table_class_names: dict = field(default_factory=dict)
+    table_rle_order: str = ""  # how the RLE table numbered its pixels; recorded with the names
 
 
 def _checked_key(options: ExportOptions, classes: list[str]) -> bytes:
@@ -220,7 +221,8 @@ def export_dataset(cases: Iterable[RawCase], classes: list[str], out, options: E
             "sizes": [int(s) for s in options.sizes], "resize": options.resize,
             "background_channel": options.background_channel,
             "slice_plane": plane, "slice_axes": SLICE_AXES[plane], **summary.to_json(),
-            **({"table_class_names": dict(options.table_class_names)} if options.table_class_names else {}),
+            **({"table_class_names": dict(options.table_class_names),
+                "table_rle_order": options.table_rle_order or "row-major"} if options.table_class_names else {}),
         })
     return ds.open_dataset(out)
 

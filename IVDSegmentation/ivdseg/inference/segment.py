@@ -166,15 +166,16 @@ def summary_text(result: SegmentResult) -> str:
 def rle_table_rows(result: SegmentResult, slice_ids: list[str], card: dict) -> list[tuple[str, str, str]]:
     """The result as rows of an RLE mask table (:mod:`ivdseg.data.rle`, the UW-Madison layout): one row per slice the
     network saw and per class, in slice order, an empty RLE where the class is absent. Class names are those the
-    training table used (the card's ``rle_class_names``), else the card's own."""
+    training table used (the card's ``rle_class_names``), else the card's own, and its pixel order (``rle_order``)."""
     from ivdseg.data.rle import rle_rows
 
     stack = result.mapping.to_stack(result.labelmap.array)
     if len(slice_ids) != len(stack):
         raise ValueError(f"{len(slice_ids)} slice ids for {len(stack)} slices")
     names = card.get("rle_class_names") or {}
+    order = card.get("rle_order", "row-major")
     rows = []
     for sid, labels in zip(slice_ids, stack):
         rows += rle_rows(sid, {names.get(c["name"], c["name"]): class_present(labels, k + 1, True) if result.overlapping
-                               else labels == c["value"] for k, c in enumerate(result.classes)})
+                               else labels == c["value"] for k, c in enumerate(result.classes)}, order)
     return rows

@@ -38,12 +38,26 @@ class ImageSeries:
     files: list[Path]
 
 
+def _is_dicom_file(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            f.seek(128)
+            return f.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
 def is_image_series(path: Path) -> bool:
-    """Whether ``path`` is a 2D image or a folder holding 2D images (and no DICOM or volume file is meant)."""
+    """Whether ``path`` is a 2D image or a folder of 2D images; a folder that also holds DICOM files (a viewer's
+    thumbnails beside a series) is DICOM."""
     path = Path(path)
     if path.is_file():
         return path.suffix.lower() in IMAGE_SUFFIXES
-    return path.is_dir() and any(p.suffix.lower() in IMAGE_SUFFIXES for p in path.iterdir())
+    if not path.is_dir():
+        return False
+    files = [p for p in path.iterdir() if p.is_file()]
+    return (any(p.suffix.lower() in IMAGE_SUFFIXES for p in files)
+            and not any(_is_dicom_file(p) for p in files if p.suffix.lower() not in IMAGE_SUFFIXES))
 
 
 def _natural_key(path: Path):

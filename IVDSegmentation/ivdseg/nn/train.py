@@ -23,7 +23,7 @@ from ivdseg.data import dataset as ds
 from ivdseg.errors import IvdsegError
 from ivdseg.io.atomic import atomic_write, write_json
 from ivdseg.data.preprocess import DEFAULT_PERCENTILES
-from ivdseg.nn.train_data import load_inputs, say_unlabelled, validation_dice
+from ivdseg.nn.train_data import load_inputs, say_context_gaps, say_unlabelled, validation_dice
 from ivdseg.progress import Reporter
 from ivdseg.stop import StopRequest
 
@@ -85,6 +85,9 @@ def check_config(cfg: TrainConfig) -> None:
 
     if not 0 <= cfg.context_slices <= MAX_CONTEXT_SLICES:
         raise IvdsegError(f"--context-slices must lie between 0 and {MAX_CONTEXT_SLICES}, got {cfg.context_slices}.")
+    if cfg.encoder_weights is not None and not cfg.network.startswith("efficientnet_"):
+        raise IvdsegError(f"--network {cfg.network} takes no --encoder-weights; only the networks with a "
+                          "keras.applications encoder (efficientnet_b0_unet ... efficientnet_b7_unet) do.")
     if cfg.encoder_weights is not None and not Path(cfg.encoder_weights).is_file():
         raise IvdsegError(f"--encoder-weights {cfg.encoder_weights} is not a file; name a weights file on this machine "
                           "(nothing is downloaded).")
@@ -93,10 +96,10 @@ def check_config(cfg: TrainConfig) -> None:
 # What a checkpoint's weights depend on: a resumed run must ask for the same, or last.keras is another network.
 RESUME_KEYS = {"size": "--size", "network": "--network", "depth": "--depth", "base_filters": "--base-filters",
                "activation": "--activation", "context_slices": "--context-slices",
-               "classes": "the dataset's classes"}
+               "classes": "the dataset's classes", "overlapping": "the dataset's overlapping classes"}
 
 
-def _resume_state(run_dir: Path, cfg: TrainConfig, classes: list[str]) -> dict:
+def _resume_state(run_dir: Path, cfg: TrainConfig, classes: list[str], overlapping: bool = False) -> dict:
     """The saved state of the run to resume, checked against the requested configuration.
 
     Raises:
@@ -118,7 +121,7 @@ def _resume_state(run_dir: Path, cfg: TrainConfig, classes: list[str]) -> dict:
             and isinstance(state.get("epoch"), int) and isinstance(state.get("best"), list)):
         raise IvdsegError(f"Cannot resume {run_dir}: {path} is not a training state of ivdseg train; "
                           "start afresh with --overwrite.")
-    requested = {**asdict(cfg), "classes": classes}
+    requested = {**asdict(cfg), "classes": classes, "overlapping": overlapping}
     saved = state["config"]
     differ = [k for k in RESUME_KEYS if k in saved and saved[k] != requested[k]]
     if differ:
@@ -304,11 +307,12 @@ def train(dataset_dir, run_dir, cfg: TrainConfig, reporter: Reporter | None = No
     run_dir = Path(run_dir)
     ckpt_dir = run_dir / "checkpoints"
     if resume:
-        state = _resume_state(run_dir, cfg, info.classes)
+        state = _resume_state(run_dir, cfg, info.classes, info.overlapping)
     elif ckpt_dir.exists() and any(ckpt_dir.iterdir()) and not overwrite:
         raise IvdsegError(f"{run_dir} already holds a run; pass --resume to continue it or --overwrite to restart.")
     else:
-        state = {"epoch": 0, "best": [], "config": {**asdict(cfg), "classes": info.classes}}
+        state = {"epoch": 0, "best": [], "config": {**asdict(cfg), "classes": info.classes,
+                                                    "overlapping": info.overlapping}}
 
     import keras
     import tensorflow as tf
@@ -336,9 +340,6 @@ def train(dataset_dir, run_dir, cfg: TrainConfig, reporter: Reporter | None = No
                     cfg.network, input_size=cfg.size, num_classes=info.num_classes, activation=cfg.activation,
                     depth=cfg.depth, base_filters=cfg.base_filters, dropout=cfg.dropout,
                     channels=2 * cfg.context_slices + 1, output="sigmoid" if info.overlapping else "softmax", **extra)
-            except TypeError:
-                raise IvdsegError(f"--network {cfg.network} takes no --encoder-weights; only the networks with a "
-                                  "keras.applications encoder do.") from None
             except ValueError as exc:
                 raise IvdsegError(f"--network {cfg.network} cannot be built with these settings ({exc}).") from None
             if cfg.init_from:
@@ -366,6 +367,7 @@ def train(dataset_dir, run_dir, cfg: TrainConfig, reporter: Reporter | None = No
     steps = cfg.steps_per_epoch or max(1, math.ceil(len(tx) / batch))
     train_known = info.availability(train_cases)
     say_unlabelled(info, train_cases, train_known, ty)
+    say_context_gaps(info, cfg.context_slices)
     train_data = make_dataset(tx, ty, info.num_classes, batch, augment=cfg.augment, seed=cfg.seed, repeat=True,
                               cfg=PRESETS[cfg.augmentation], available=train_known, overlapping=info.overlapping)
     callbacks = _make_callbacks(keras, cfg, run_dir, vx, vy, info.availability(val_cases), info.num_classes,
@@ -435,7 +437,8 @@ def _card(cfg, info, train_cases, val_cases, best_epoch, epochs_run, device, sec
         # a labelmap holds one class per voxel: where overlapping classes meet, the first of these wins
         **({"label_priority": list(range(1, info.num_classes))} if info.overlapping else {}),
         # the class names of the RLE table it was trained from, which segment --rle-csv writes back
-        **({"rle_class_names": meta["table_class_names"]} if meta.get("table_class_names") else {}),
+        **({"rle_class_names": meta["table_class_names"], "rle_order": meta.get("table_rle_order", "row-major")}
+           if meta.get("table_class_names") else {}),
         "normalization": {"method": "percentile", "percentiles": list(DEFAULT_PERCENTILES), "per": "slice",
                           "range": [0.0, 1.0]},
         "slice_plane": meta.get("slice_plane", "sagittal"),

@@ -68,3 +68,18 @@ def say_unlabelled(info, train_cases, known, labels) -> None:
     for c in np.flatnonzero(~seen[1:]) + 1:
         warnings.warn(IvdsegWarning(f"No training slice of this split shows {info.classes[c]!r}; the network cannot learn it "
                          "here, and its Dice will be low or missing."))
+
+
+def say_context_gaps(info, context: int) -> None:
+    """With neighbouring-slice context, says once when some series' slices are not all neighbours (slices dropped
+    by --drop-unlabelled, numbers missing from a series): there the network sees as neighbours slices that are not,
+    while inference always sees whole series."""
+    if context <= 0:
+        return
+    dropped = sum(int(s.get("dropped_unlabelled_slices") or 0) for s in (getattr(info, "sources", None) or {}).values())
+    gaps = sum(1 for meta in info.cases.values() if meta.get("missing_slices"))
+    if dropped or gaps:
+        what = " and ".join(p for p in (f"{dropped} slices were dropped by --drop-unlabelled" if dropped else "",
+                                        f"{gaps} series miss slice numbers" if gaps else "") if p)
+        warnings.warn(IvdsegWarning(f"--context-slices {context}: {what}, so some neighbours the network sees during "
+                                    "training are not neighbours; export without --drop-unlabelled for 2.5D."))
