@@ -289,7 +289,11 @@ def test_a_full_disk_failure_is_done_again_by_the_rerun_it_asks_for(tmp_path, ca
     source = _tree(tmp_path / "in", 2)
     out = tmp_path / "out"
     out.mkdir()
+    from ivdseg.batch.journal import sha256_of
+    from ivdseg.models.package import resolve_model
+
     journal = Journal(out, {"model": "ivd-disc-2d", "model_version": "2.0.0", "output_format": ".nii.gz",
+                            "model_sha256": sha256_of(resolve_model(None) / "model.onnx"),
                             "levels": False, "pseudonymized": False})
     journal.record({"key": "vol00", "state": "failed", "reason": "The disk is full.", "disk_full": True})
     journal.record({"key": "vol01", "state": "failed", "reason": "Not a volume."})
@@ -335,3 +339,16 @@ def test_outputs_inside_the_input_tree_are_not_inputs(tmp_path):
     assert [i.key for i in find_items(source, out)] == ["vol00"]
     relative = find_items(source, out)[0]
     assert Path(relative.output).is_absolute() and Path(relative.input).is_absolute()
+
+
+def test_a_changed_input_is_done_again(tmp_path, capsys):
+    source = _tree(tmp_path / "in", 2)
+    out = tmp_path / "out"
+    args = [str(a) for a in ["batch", source, "-o", out, "--no-tta", "--progress", "jsonl"]]
+    assert cli.main(args) == 0
+    image, _ = synthetic_spine_slices(n_slices=6, height=96, width=80, levels=3, seed=7)
+    write_volume(stack_volume(image, (1.0, 1.0), 3.0), source / "vol01.nii.gz", overwrite=True)
+    capsys.readouterr()
+    assert cli.main(args) == 0
+    done = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"event": "done"' in line][-1]
+    assert (done["done"], done["skipped"]) == (1, 1)

@@ -45,6 +45,14 @@ class BatchItem:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def stamp(self) -> str:
+        """Size and modification time of the input's files: a re-run redoes a series whose input changed."""
+        paths = [Path(f) for f in self.files] or [Path(self.input)]
+        if len(paths) == 1 and paths[0].is_dir():
+            paths = sorted(p for p in paths[0].rglob("*") if p.is_file())
+        stats = [p.stat() for p in paths if p.exists()]
+        return f"{len(stats)}:{sum(s.st_size for s in stats)}:{max((s.st_mtime_ns for s in stats), default=0)}"
+
 
 def _volume_files(root: Path) -> list[Path]:
     out = []

@@ -20,7 +20,7 @@ from ivdseg.errors import IvdsegError
 JOURNAL_NAME = "batch-journal.jsonl"
 FORMAT = "ivdseg-batch-journal"
 # The header entries a re-run must repeat: the outputs of another model, format or naming are another batch.
-IDENTITY_KEYS = ("model", "model_version", "output_format", "levels", "pseudonymized")
+IDENTITY_KEYS = ("model", "model_version", "model_sha256", "output_format", "levels", "pseudonymized")
 
 
 def sha256_of(path) -> str:
@@ -84,10 +84,13 @@ class Journal:
         except OSError as exc:
             raise IvdsegError(f"Cannot repair the batch journal {self.path} ({exc.strerror}).") from None
 
-    def done(self, key: str) -> bool:
-        """Whether ``key`` is done and its output is still the file the journal recorded."""
+    def done(self, key: str, stamp: str | None = None) -> bool:
+        """Whether ``key`` is done, from the same input (``stamp``, when the record has one), and its output is still
+        the file the journal recorded."""
         state = self.states.get(key)
         if not state or state.get("state") != "done":
+            return False
+        if stamp is not None and state.get("input_stamp") not in (None, stamp):
             return False
         output = Path(state.get("output", ""))
         return output.is_file() and sha256_of(output) == state.get("sha256")

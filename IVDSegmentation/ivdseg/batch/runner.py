@@ -165,7 +165,7 @@ def run_batch(items: list[dict], journal: Journal, settings: dict, pool, retry_f
     summary = BatchSummary()
     todo = []
     for item in items:
-        if journal.done(item["key"]) or (journal.failed(item["key"]) and not retry_failed):
+        if journal.done(item["key"], item.get("stamp")) or (journal.failed(item["key"]) and not retry_failed):
             summary.skipped += 1
         else:
             todo.append(item)
@@ -218,7 +218,7 @@ def run_batch(items: list[dict], journal: Journal, settings: dict, pool, retry_f
                 if result.get("disk_full"):
                     summary.stopped = (f"The disk is full (writing {item['output']}); the batch stopped. Free space "
                                        "and run the same command again: it does only what is left.")
-            journal.record({**result, "input": item["input"]})
+            journal.record({**result, "input": item["input"], "input_stamp": item.get("stamp")})
             if progress:
                 progress(summary, total)
             fill()

@@ -70,7 +70,12 @@ def batch(a) -> int:
         key, _ = load_or_create_pseudonym_key(a.pseudonymize)
         patient_of = lambda patient: pseudonym(key, a.source_name, patient) if patient else ""  # noqa: E731
     a.output.mkdir(exist_ok=True)
-    journal = Journal(a.output, {"model": card["name"], "model_version": card["version"], "output_format": suffix,
+    from ivdseg.batch.journal import sha256_of
+
+    weights = next((package / n for n in ("model.onnx", "model.keras") if (package / n).is_file()), package)
+    journal = Journal(a.output, {"model": card["name"], "model_version": card["version"],
+                                 "model_sha256": sha256_of(weights) if weights.is_file() else "",
+                                 "output_format": suffix,
                                  "levels": bool(a.levels), "pseudonymized": bool(a.pseudonymize)},
                       overwrite=a.overwrite)
     settings = {"model": str(package), "backend": a.backend, "device": a.device, "batch_size": a.batch_size,
@@ -87,7 +92,7 @@ def batch(a) -> int:
     reporter.message(f"{len(items)} series, model {card['name']} {card['version']}, {where}.")
     progress = _Progress(reporter)
     try:
-        summary = run_batch([i.to_dict() for i in items], journal, settings, pool, retry_failed=a.retry_failed,
+        summary = run_batch([{**i.to_dict(), "stamp": i.stamp()} for i in items], journal, settings, pool, retry_failed=a.retry_failed,
                             progress=progress, stop=a.stop, patient_of=patient_of)
     finally:
         progress.close()
