@@ -159,7 +159,8 @@ class KeypointPredictor:
         x = np.concatenate([image, hint_channels(hints_rc, self.shape, self.sigma)], axis=-1)[None]
         heatmaps = np.asarray(self.backend.predict(x.astype(np.float32)))[0]
         points_in, peaks = decode_heatmaps(heatmaps)
-        points = box.to_image(points_in)
+        # a peak in the letterbox's padding lies outside the picture: the nearest pixel of the picture is meant
+        points = np.clip(box.to_image(points_in), 0.0, np.array(box.image_hw, float) - 1.0)
         for k, point in fixed.items():  # a point the user placed stays exactly there
             points[k], peaks[k] = point, 1.0
         return points, peaks
