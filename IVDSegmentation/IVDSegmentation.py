@@ -65,9 +65,8 @@ wrapper. The model card of each package lists the data sets it was trained on, w
 class TrainingParameters:
     """The Training section's state (IVDSegmentationLib.gui.trainingpanel); widgets bind as "training.<field>".
 
-    trainingSource - the scene's pairs or an RLE mask table (rleTable, rleImageFolder, rleOverlapping);
-    excludedSegmentations - the pairs the user unticked; classMapJson - {segment name: class name}.
-    """
+    trainingSource - scene pairs or an RLE table (rleTable, rleImageFolder, rleOverlapping); excludedSegmentations -
+    the pairs the user unticked; classMapJson - {segment name: class name}; contextSlices - 2.5D neighbours."""
 
     trainingSource: Annotated[str, Choice(["scene", "rleTable"])] = "scene"
     rleTable: pathlib.Path
@@ -90,6 +89,7 @@ class TrainingParameters:
     trainBatchSize: Annotated[int, WithinRange(1, 256)] = 8
     learningRate: Annotated[float, WithinRange(0.00001, 1.0)] = 0.001
     loss: Annotated[str, Choice(["dice", "dice_ce"])] = "dice_ce"
+    contextSlices: Annotated[int, WithinRange(0, 4)] = 0
     trainedModelName: str = "my-model"
     runFolder: pathlib.Path
     trainingChart: vtkMRMLPlotChartNode

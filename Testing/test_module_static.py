@@ -127,6 +127,17 @@ def test_ui_parses_and_has_the_panel_widgets():
         assert name in widgets, f"{UI_FILE.name} has no widget {name}"
 
 
+def test_form_and_grid_cells_hold_one_item_each():
+    """Two items in one cell of a form or grid layout are drawn on top of each other (Qt Designer never writes it;
+    an edit by hand can)."""
+    for layout in _ui_root().iter("layout"):
+        if layout.get("class") not in ("QFormLayout", "QGridLayout"):
+            continue
+        cells = [(item.get("row"), item.get("column")) for item in layout.findall("item")]
+        doubled = sorted({c for c in cells if cells.count(c) > 1})
+        assert not doubled, f"{layout.get('name')}: cells {doubled} hold two items"
+
+
 def test_ui_object_names_are_unique():
     names = [w.get("name") for w in _ui_root().iter("widget")]
     assert len(names) == len(set(names))

@@ -148,7 +148,8 @@ class TrainingPanel:
                        ui.exportSize128CheckBox, ui.exportSize192CheckBox, ui.exportSize256CheckBox,
                        ui.valFractionSpinBox, ui.testFractionSpinBox, ui.seedSpinBox, ui.backgroundChannelCheckBox, ui.networkComboBox,
                        ui.trainSizeComboBox, ui.activationComboBox, ui.epochsSpinBox, ui.trainBatchSizeSpinBox,
-                       ui.learningRateSpinBox, ui.lossComboBox, ui.trainedModelNameLineEdit, ui.runFolderPathLineEdit,
+                       ui.learningRateSpinBox, ui.lossComboBox, ui.contextSlicesSpinBox, ui.trainedModelNameLineEdit,
+                       ui.runFolderPathLineEdit,
                        ui.trainingSourceComboBox, ui.rleGroupBox):
             widget.enabled = not busy
 
@@ -506,7 +507,7 @@ class TrainingPanel:
             raise ValueError(problem)
         pack = p.training
         name, runFolder = pack.trainedModelName.strip(), Path(pack.runFolder)
-        extraArgs = ["--model-version", self._freeVersion(name)]
+        extraArgs = ["--model-version", self._freeVersion(name), "--context-slices", int(pack.contextSlices)]
         checkpoints = runFolder / "checkpoints"
         if checkpoints.is_dir() and any(checkpoints.iterdir()):
             if not slicer.util.confirmOkCancelDisplay(
