@@ -201,7 +201,7 @@ def test_an_unreachable_scheduler_starts_nothing(tmp_path, capsys):
     assert code == 2
     err = capsys.readouterr().err
     assert "cannot be reached" in err and "nothing was started" in err and len(err.strip().splitlines()) == 1
-    assert not (tmp_path / "out" / "vol00.nii.gz").exists()
+    assert not (tmp_path / "out").exists()  # nothing written: no folder, no journal
 
 
 class _InProcessPool:

@@ -67,7 +67,7 @@ def run_item(item: dict, settings: dict) -> dict:
         {"key", "state": "done", "output", "sha256", "seconds", "slices", "volumes_ml", "table", "patient_id"} or
         {"key", "state": "failed", "reason": one sentence, "disk_full": bool}.
     """
-    from ivdseg.batch.journal import sha256_of
+    from ivdseg.batch.journal import file_stamp, sha256_of
     from ivdseg.commands.inference import _segment_to_files
     from ivdseg.progress import Reporter
     from ivdseg.stop import StopRequest
@@ -94,6 +94,7 @@ def run_item(item: dict, settings: dict) -> dict:
             source = item["input"]
         result = _segment_to_files(a, Reporter("none"), volume, source, output, None, overwrite=True)
         return {"key": item["key"], "state": "done", "output": str(output), "sha256": sha256_of(output),
+                "output_stamp": file_stamp(output),
                 "seconds": round(time.perf_counter() - t0, 2), "slices": result.slices,
                 "volumes_ml": result.volumes_ml, "table": str(a.table) if a.table and a.table.exists() else None,
                 "patient_id": item.get("patient_id", ""), "device": result.device}

@@ -69,19 +69,16 @@ def batch(a) -> int:
 
         key, _ = load_or_create_pseudonym_key(a.pseudonymize)
         patient_of = lambda patient: pseudonym(key, a.source_name, patient) if patient else ""  # noqa: E731
-    a.output.mkdir(exist_ok=True)
     from ivdseg.batch.journal import sha256_of
 
     weights = next((package / n for n in ("model.onnx", "model.keras") if (package / n).is_file()), package)
-    journal = Journal(a.output, {"model": card["name"], "model_version": card["version"],
-                                 "model_sha256": sha256_of(weights) if weights.is_file() else "",
-                                 "output_format": suffix,
-                                 "levels": bool(a.levels), "pseudonymized": bool(a.pseudonymize)},
-                      overwrite=a.overwrite)
+    header = {"model": card["name"], "model_version": card["version"],
+              "model_sha256": sha256_of(weights) if weights.is_file() else "", "output_format": suffix,
+              "levels": bool(a.levels), "pseudonymized": bool(a.pseudonymize)}
     settings = {"model": str(package), "backend": a.backend, "device": a.device, "batch_size": a.batch_size,
                 "levels": bool(a.levels), "no_tta": a.no_tta}
     reporter = Reporter.auto(a.progress)
-    if a.scheduler:
+    if a.scheduler:  # reached before anything is written: a scheduler out of reach leaves no folder or journal
         pool = DaskPool(a.scheduler, workers=a.workers or 1)
         where = f"{pool.workers} Dask worker(s) of {a.scheduler}"
     else:
@@ -89,11 +86,17 @@ def batch(a) -> int:
         workers = a.workers or max(1, gpus)
         pool = LocalPool(workers, gpus=gpus)
         where = f"{workers} local worker(s)" + (", one per GPU" if gpus else "")
+    try:
+        a.output.mkdir(exist_ok=True)
+        journal = Journal(a.output, header, overwrite=a.overwrite)
+    except BaseException:
+        pool.close(cancel=True)
+        raise
     reporter.message(f"{len(items)} series, model {card['name']} {card['version']}, {where}.")
     progress = _Progress(reporter)
     try:
-        summary = run_batch([{**i.to_dict(), "stamp": i.stamp()} for i in items], journal, settings, pool, retry_failed=a.retry_failed,
-                            progress=progress, stop=a.stop, patient_of=patient_of)
+        summary = run_batch([{**i.to_dict(), "stamp": i.stamp()} for i in items], journal, settings, pool,
+                            retry_failed=a.retry_failed, progress=progress, stop=a.stop, patient_of=patient_of)
     finally:
         progress.close()
     tables = write_results(a.output, journal.states)

@@ -76,7 +76,7 @@ def say_context_gaps(info, context: int) -> None:
     while inference always sees whole series."""
     if context <= 0:
         return
-    dropped = sum(int(s.get("dropped_unlabelled_slices") or 0) for s in (getattr(info, "sources", None) or {}).values())
+    dropped = sum(int(s.get("dropped_unlabelled_slices") or 0) for s in info.sources.values())
     gaps = sum(1 for meta in info.cases.values() if meta.get("missing_slices"))
     if dropped or gaps:
         what = " and ".join(p for p in (f"{dropped} slices were dropped by --drop-unlabelled" if dropped else "",
