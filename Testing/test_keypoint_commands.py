@@ -147,11 +147,12 @@ def test_train_keypoints_writes_a_package_with_its_correction_tables(tmp_path, c
     write_dataset(tmp_path / "ds", NAMES, samples, (64, 32), val_fraction=0.25, test_fraction=0.25)
     assert main(["train-keypoints", str(tmp_path / "ds"), "-o", str(tmp_path / "run"), "--epochs", "2",
                  "--depth", "2", "--base-filters", "4", "--mode", "prompt", "--plane", "image", "--name", "dots",
-                 "--progress", "jsonl"]) == 0
+                 "--hints-every-scale", "--progress", "jsonl"]) == 0
     events = [line for line in capsys.readouterr().out.splitlines() if '"epoch"' in line]
     assert len(events) == 2 and "val_mre0" in events[0]
     card = read_card(tmp_path / "run" / "model")
     assert card["task"] == "keypoints" and card["keypoints"] == NAMES and card["training"]["mode"] == "prompt"
+    assert card["architecture"]["hints"] == "every_scale" and "--hints-every-scale" in card["training"]["command"]
     for part in ("validation", "test"):
         entry = card[part]["per_source"]["s"]
         assert entry["unit"] == "px" and len(entry["model"]) == len(entry["manual"]) == 4
@@ -166,11 +167,13 @@ def test_train_keypoints_writes_a_package_with_its_correction_tables(tmp_path, c
                  str(tmp_path / "card.json")]) == 2  # refused before any training, nothing written
     assert "--card" in capsys.readouterr().err and not (tmp_path / "run4").exists()
     common = [str(tmp_path / "ds"), "--epochs", "1", "--base-filters", "4", "--mode", "revise", "--progress", "none",
-              "--init-from", str(tmp_path / "run" / "model")]
+              "--init-from", str(tmp_path / "run" / "model"), "--hints-every-scale"]
     assert main(["train-keypoints", "-o", str(tmp_path / "run2"), "--depth", "2", *common]) == 0
     assert read_card(tmp_path / "run2" / "model")["training"]["init_from"] == "model"
     assert main(["train-keypoints", "-o", str(tmp_path / "run3"), "--depth", "3", *common]) == 2
     assert "another network shape" in capsys.readouterr().err and not (tmp_path / "run3" / "model").exists()
+    assert main(["train-keypoints", "-o", str(tmp_path / "run5"), "--depth", "2", *common[:-1]]) == 2  # hints at input only
+    assert "--hints-every-scale" in capsys.readouterr().err and not (tmp_path / "run5" / "model").exists()
 
 
 def json_text(run) -> str:

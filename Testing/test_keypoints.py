@@ -54,6 +54,33 @@ def test_the_keypoint_network_takes_the_image_and_one_hint_per_keypoint():
         KEYPOINT_NETWORKS["keypoint_unet"](input_size=32, num_keypoints=0)
 
 
+def test_hints_at_every_scale_reach_each_deeper_stage_pooled_to_its_resolution():
+    pytest.importorskip("keras")
+    from ivdseg.nn.networks import KEYPOINT_NETWORKS
+
+    build = KEYPOINT_NETWORKS["keypoint_unet"]
+    model = build(input_size=(64, 32), num_keypoints=5, depth=3, base_filters=4, hints_every_scale=True)
+    assert model.input_shape == (None, 64, 32, 6) and model.output_shape == (None, 64, 32, 5)
+    for stage in (1, 2, 3):  # the pooled image + 5 hints join the stage's own features
+        concat = model.get_layer(f"side_stage{stage}_concat")
+        assert concat.output.shape[1:3] == (64 // 2**stage, 32 // 2**stage)
+        assert concat.output.shape[-1] == 4 * 2 ** (stage - 1) + 6
+    assert model.count_params() > build(input_size=(64, 32), num_keypoints=5, depth=3, base_filters=4).count_params()
+    x = np.zeros((1, 64, 32, 6), np.float32)
+    hinted = x.copy()
+    hinted[0, 60, 2, 1] = 1.0  # one hint pixel in a corner
+    side = keras_submodel(model, "side_stage3_concat")
+    assert not np.allclose(side(hinted)[..., -5:], side(x)[..., -5:])  # the bottleneck sees the hint itself
+    plain = build(input_size=32, num_keypoints=5, depth=2, base_filters=4, hints=False, hints_every_scale=True)
+    assert not [layer for layer in plain.layers if layer.name.startswith("side_")]  # no hints: nothing to feed
+
+
+def keras_submodel(model, layer_name):
+    import keras
+
+    return keras.Model(model.input, model.get_layer(layer_name).output)
+
+
 def _bar_task(n, seed, size=48, step=8):
     """Three points in a vertical line (rows r0, r0 + step, r0 + 2 step) on a vertical bar: the image gives the
     column, never the rows, so only a hint can tell where the line sits; a hint on one point fixes the others."""

@@ -130,6 +130,8 @@ def _add_keypoint_commands(sub):
     t.add_argument("--sigma", type=float, default=3.0, help="heatmap and hint Gaussian, input pixels")
     t.add_argument("--depth", type=int, default=5)
     t.add_argument("--base-filters", type=int, default=16)
+    t.add_argument("--hints-every-scale", action="store_true",
+                   help="also feed the hints, max-pooled, to every deeper stage of the U-Net (not only its input)")
     t.add_argument("--worst-of", type=int, default=1, help="revise: hint one of the N worst points, at random")
     t.add_argument("--max-rounds", type=int, default=2, help="revise: correction rounds per batch, 0..N")
     t.add_argument("--prompt-share", type=float, default=0.5, help="prompt: share of samples given hints")

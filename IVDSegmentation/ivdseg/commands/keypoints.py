@@ -71,7 +71,8 @@ def train_keypoints(a) -> int:
     keras.utils.set_random_seed(a.seed)
     names, shape = ds.meta["keypoints"], tuple(ds.meta["input_shape"])
     try:
-        model = build_keypoint_unet(shape, len(names), depth=a.depth, base_filters=a.base_filters)
+        model = build_keypoint_unet(shape, len(names), depth=a.depth, base_filters=a.base_filters,
+                                    hints_every_scale=a.hints_every_scale)
     except ValueError as exc:
         raise IvdsegError(str(exc)) from None
     if a.init_from:
@@ -84,11 +85,13 @@ def train_keypoints(a) -> int:
                   on_epoch=lambda r: reporter.emit("epoch", epochs=a.epochs, **r),
                   validation=(val["image"][..., None], val["points"]), should_stop=lambda: a.stop.requested)
     best = next((r for r in reversed(history) if r.get("best")), {})  # the epoch whose weights fit() kept
-    trained, model = model, build_keypoint_unet(shape, len(names), depth=a.depth, base_filters=a.base_filters)
+    trained, model = model, build_keypoint_unet(shape, len(names), depth=a.depth, base_filters=a.base_filters,
+                                                hints_every_scale=a.hints_every_scale)
     model.set_weights(trained.get_weights())  # the package holds the network, not the optimizer's state
     card = {
         "task": "keypoints", "name": a.name, "version": a.model_version, "network": "keypoint_unet",
-        "architecture": {"depth": a.depth, "base_filters": a.base_filters, "activation": "leaky_relu"},
+        "architecture": {"depth": a.depth, "base_filters": a.base_filters, "activation": "leaky_relu",
+                         "hints": "every_scale" if a.hints_every_scale else "input"},
         "input_shape": list(shape), "channels": 1, "normalization": ds.meta["normalization"],
         "resize": "letterbox", "slice_plane": a.plane, "keypoints": names, "hint_sigma_px": a.sigma,
         "parameters": int(model.count_params()),
@@ -124,7 +127,8 @@ def _init_from(model, package, names):
     weights, own = source.get_weights(), model.get_weights()
     if card.get("keypoints") != names or [w.shape for w in weights] != [w.shape for w in own]:
         raise IvdsegError(f"--init-from {package} has other keypoints or another network shape; give a package "
-                          "trained on this dataset with the same --depth and --base-filters.")
+                          "trained on this dataset with the same --depth, --base-filters and "
+                          "--hints-every-scale.")
     model.set_weights(weights)
 
 
@@ -136,6 +140,7 @@ def _options(a) -> list[str]:
         out += [f"--worst-of {a.worst_of}", f"--max-rounds {a.max_rounds}"]
     else:
         out += [f"--prompt-share {a.prompt_share}"]
+    out += ["--hints-every-scale"] if a.hints_every_scale else []
     out += [f"--init-from {Path(a.init_from).name}"] if a.init_from else []  # the name only: no local path
     return out + (["--no-augment"] if a.no_augment else [])
 

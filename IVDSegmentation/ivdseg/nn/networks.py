@@ -72,14 +72,18 @@ def _double_conv(x, filters, activation, name):
     return _conv_bn_act(x, filters, activation, f"{name}_b")
 
 
-def _encoder_decoder(inputs, block, depth, base_filters, dropout):
-    """Shared U shape: ``block(x, filters, name)`` is the per-stage block."""
+def _encoder_decoder(inputs, block, depth, base_filters, dropout, side=None):
+    """Shared U shape: ``block(x, filters, name)`` is the per-stage block. ``side``, when given, is a tensor at the
+    input's resolution that is max-pooled to every deeper stage's resolution and concatenated to its input."""
     skips = []
     x = inputs
     for i in range(depth):
         x = block(x, base_filters * 2**i, f"encoder_stage{i}")
         skips.append(x)
         x = layers.MaxPooling2D(2, name=f"encoder_stage{i}_pool")(x)
+        if side is not None:
+            side = layers.MaxPooling2D(2, name=f"side_stage{i + 1}_pool")(side)
+            x = layers.Concatenate(name=f"side_stage{i + 1}_concat")([x, side])
     x = block(x, base_filters * 2**depth, "bottleneck")
     if dropout:
         x = layers.Dropout(dropout, name="bottleneck_dropout")(x)
@@ -232,7 +236,7 @@ NETWORKS = {
 
 # ---------------------------------------------------------------- keypoints (interactive correction)
 def build_keypoint_unet(input_size=256, num_keypoints=5, channels=1, activation="leaky_relu", depth=4,
-                        base_filters=16, dropout=0.0, hints=True) -> keras.Model:
+                        base_filters=16, dropout=0.0, hints=True, hints_every_scale=False) -> keras.Model:
     """Hint-conditioned keypoint U-Net: the image plus one hint channel per keypoint in, one heatmap per keypoint out.
 
     A hint channel holds a Gaussian at the point the user fixed and zeros otherwise
@@ -244,6 +248,9 @@ def build_keypoint_unet(input_size=256, num_keypoints=5, channels=1, activation=
         channels: image channels.
         activation: leaky ReLU by default (what the seed design settled on), or any of :data:`ACTIVATIONS`.
         hints: add the K hint channels to the input.
+        hints_every_scale: also feed the input (image and hints), max-pooled, to every deeper stage: a hint then
+            reaches the coarse stages, whose receptive field spans the whole spine, directly, rather than only
+            through the convolutions of the first stages (as Kim et al. 2022 bring hints into intermediate features).
 
     Returns:
         keras.Model (B, H, W, channels + K) -> (B, H, W, K), sigmoid heatmaps (float32).
@@ -257,7 +264,8 @@ def build_keypoint_unet(input_size=256, num_keypoints=5, channels=1, activation=
         _check_size(side, 2**depth, "keypoint_unet")
     inputs = keras.Input((h, w, channels + (num_keypoints if hints else 0)), name="image")
     x = _encoder_decoder(
-        inputs, lambda t, f, n: _double_conv(t, f, activation, n), depth, base_filters, dropout
+        inputs, lambda t, f, n: _double_conv(t, f, activation, n), depth, base_filters, dropout,
+        side=inputs if hints and hints_every_scale else None,
     )
     # A heatmap is almost all background: starting its logits at -4 (sigmoid 0.018) spares the first epochs the
     # climb down from 0.5 everywhere (the prior initialisation of focal-loss detectors).
