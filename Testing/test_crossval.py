@@ -76,9 +76,19 @@ def test_folds_that_cannot_be_made_are_one_sentence(sources, by, folds, message,
         plan_folds(info, by, folds)
 
 
-def test_crossval_by_source_end_to_end_then_resume(three_sources, tmp_path, capsys):
-    out = tmp_path / "loso"
+@pytest.fixture(scope="module")
+def loso(three_sources, tmp_path_factory):
+    """A finished leave-one-source-out run (seed 0), shared by the tests that read it; none of them changes it."""
+    out = tmp_path_factory.mktemp("loso") / "seed0"
     assert cli.main(["crossval", str(three_sources.root), "-o", str(out), "--by", "source", *TINY]) == 0
+    return out
+
+
+def test_crossval_by_source_end_to_end_then_resume(three_sources, loso, tmp_path, capsys):
+    import shutil
+
+    out = tmp_path / "loso"
+    shutil.copytree(loso, out)
     table = json.loads((out / "crossval.json").read_text())
     assert table["complete"] and [f["name"] for f in table["folds"]] == ["without-alpha", "without-beta",
                                                                          "without-gamma"]
@@ -116,12 +126,11 @@ def test_crossval_by_patient_end_to_end(three_sources, tmp_path):
     assert spread["mean"] == pytest.approx(np.mean(dice), abs=1e-4) and spread["n"] == 2
 
 
-def test_a_second_stage_starts_each_fold_from_its_own_fold_of_the_first(three_sources, tmp_path, capsys,
+def test_a_second_stage_starts_each_fold_from_its_own_fold_of_the_first(three_sources, loso, tmp_path, capsys,
                                                                         monkeypatch):
     from ivdseg.nn import train as train_module
 
-    stage1 = tmp_path / "stage1"
-    assert cli.main(["crossval", str(three_sources.root), "-o", str(stage1), *TINY]) == 0
+    stage1 = loso
     starts = {}
     real_train = train_module.train
 
@@ -134,7 +143,7 @@ def test_a_second_stage_starts_each_fold_from_its_own_fold_of_the_first(three_so
     assert cli.main(["crossval", str(three_sources.root), "-o", str(stage2), "--init-from", str(stage1), *TINY]) == 0
     assert starts == {f: str(stage1 / f / "model") for f in ("without-alpha", "without-beta", "without-gamma")}
     table = json.loads((stage2 / "crossval.json").read_text())
-    assert table["complete"] and table["init_from_crossval"] == "stage1"
+    assert table["complete"] and table["init_from_crossval"] == loso.name
     capsys.readouterr()
     # One package for every fold could have seen the held-out patients; folds that differ cannot be matched.
     assert cli.main(["crossval", str(three_sources.root), "-o", str(tmp_path / "x"), "--init-from",
@@ -147,15 +156,14 @@ def test_a_second_stage_starts_each_fold_from_its_own_fold_of_the_first(three_so
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
 
 
-def test_the_card_of_a_final_training_keeps_the_cross_validation(three_sources, tmp_path, capsys):
-    out = tmp_path / "loso"
-    assert cli.main(["crossval", str(three_sources.root), "-o", str(out), *TINY]) == 0
+def test_the_card_of_a_final_training_keeps_the_cross_validation(three_sources, loso, tmp_path, capsys):
+    out = loso
     run = tmp_path / "final"
     assert cli.main(["train", str(three_sources.root), "-o", str(run), "--crossval", str(out / "crossval.json"),
                      *TINY]) == 0
     card = json.loads((run / "model" / "model.json").read_text())
     assert [f["name"] for f in card["crossval"]["folds"]] == ["without-alpha", "without-beta", "without-gamma"]
-    assert str(tmp_path) not in json.dumps(card["crossval"])
+    assert str(out.parent) not in json.dumps(card["crossval"])
     assert card["test"]["overall"]["patients"] == 3  # the dataset's test patients, scored once
     markdown = (run / "model" / "MODEL_CARD.md").read_text()
     assert "Leave one source out" in markdown and "## Test" in markdown
@@ -165,3 +173,61 @@ def test_the_card_of_a_final_training_keeps_the_cross_validation(three_sources, 
                      str(tmp_path / "not-crossval.json"), *TINY]) == 2
     assert "is not the crossval.json" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_an_ensemble_of_two_seeds_is_cross_validated_fold_by_fold(three_sources, loso, tmp_path, capsys):
+    """Each fold's package averages the same fold's models of both runs (checked on the saved package and its ONNX
+    copy), is scored on that fold's held-out patients, and the tables are those of a cross-validation."""
+    from ivdseg.models.package import load_package
+
+    seed1 = tmp_path / "seed1"
+    assert cli.main(["crossval", str(three_sources.root), "-o", str(seed1), "--seed", "1", *TINY]) == 0
+    out = tmp_path / "ensemble"
+    assert cli.main(["ensemble", str(three_sources.root), "-o", str(out), "--crossvals", str(loso), str(seed1),
+                     "--progress", "none"]) == 0
+    table = json.loads((out / "crossval.json").read_text())
+    assert table["complete"] and table["config"]["network"] == "ensemble of 2"
+    assert table["config"]["members"] == ["seed0", "seed1"] and "mean ± sd" in (out / "crossval.md").read_text()
+    x = np.random.default_rng(0).random((2, 64, 64, 1), dtype=np.float32)
+    for fold in table["folds"]:
+        assert fold["held_out"]["overall"]["patients"] == fold["patients"]["held_out"] == 2
+        model, card = load_package(out / fold["package"])  # safe mode
+        assert card["network"] == "ensemble" and [m["seed"] for m in card["ensemble"]] == [0, 1]
+        assert card["test"]["overall"]["dice"] == fold["held_out"]["overall"]["dice"]
+        members = [load_package(run / fold["name"] / "model")[0] for run in (loso, seed1)]
+        mean = np.mean([np.asarray(m(x, training=False)) for m in members], axis=0)
+        np.testing.assert_allclose(np.asarray(model(x, training=False)), mean, atol=1e-5)
+        if (out / fold["package"] / "model.onnx").is_file():
+            import onnxruntime as ort
+
+            session = ort.InferenceSession(str(out / fold["package"] / "model.onnx"),
+                                           providers=["CPUExecutionProvider"])
+            onnx_out = session.run(None, {session.get_inputs()[0].name: x})[0]
+            np.testing.assert_allclose(onnx_out, mean, atol=1e-4)
+    # one package of a fold against a dataset: the --members form, scored on the dataset's own parts
+    package = tmp_path / "pair"
+    assert cli.main(["ensemble", str(three_sources.root), "-o", str(package), "--progress", "none", "--members",
+                     str(loso / "without-alpha" / "model"), str(seed1 / "without-alpha" / "model")]) == 0
+    card = json.loads((package / "model.json").read_text())
+    assert card["test"]["overall"]["patients"] == 3 and "validation" in card and "## Ensemble" in (
+        package / "MODEL_CARD.md").read_text()
+    capsys.readouterr()
+    # refusals: one member, folds that are not these, an occupied folder, members of another input
+    assert cli.main(["ensemble", str(three_sources.root), "-o", str(tmp_path / "a"), "--crossvals", str(loso)]) == 2
+    assert "at least two" in capsys.readouterr().err
+    assert cli.main(["ensemble", str(three_sources.root), "-o", str(tmp_path / "b"), "--by", "patient", "--folds",
+                     "2", "--crossvals", str(loso), str(seed1)]) == 2
+    assert f"--crossvals {loso} has no fold 'fold-0'" in capsys.readouterr().err
+    assert cli.main(["ensemble", str(three_sources.root), "-o", str(out), "--crossvals", str(loso), str(seed1)]) == 2
+    assert "already holds a cross-validation" in capsys.readouterr().err
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(seed1 / "without-alpha" / "model", other)
+    wider = {**json.loads((other / "model.json").read_text()), "input_size": 128}
+    (other / "model.json").write_text(json.dumps(wider))
+    assert cli.main(["ensemble", str(three_sources.root), "-o", str(tmp_path / "c"), "--members",
+                     str(loso / "without-alpha" / "model"), str(other)]) == 2
+    err = capsys.readouterr().err
+    assert "differs from" in err and "'input_size'" in err and err.count("\n") == 1
+    assert not any((tmp_path / n).exists() for n in ("a", "b", "c"))

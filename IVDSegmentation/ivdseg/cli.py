@@ -99,6 +99,25 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--val-fraction", type=float, default=0.15,
                    help="with --by patient: share of the other folds' patients that validates each fold")
     _training_args(x)
+    n = sub.add_parser("ensemble", help="average trained models into one package, or cross-validate that average")
+    n.add_argument("dataset", type=Path, help="the dataset the members were trained on (its validation patients "
+                                              "choose the post-processing, its held-out patients score it)")
+    n.add_argument("-o", "--output", type=Path, required=True,
+                   help="the ensemble's package folder (--members) or cross-validation folder (--crossvals)")
+    members = n.add_mutually_exclusive_group(required=True)
+    members.add_argument("--members", nargs="+", metavar="PKG", help="model packages of the same input and classes")
+    members.add_argument("--crossvals", nargs="+", type=Path, metavar="CV",
+                         help="ivdseg crossval folders of the same folds (e.g. one recipe, other seeds): each "
+                              "fold's models are averaged and scored on that fold's held-out patients")
+    n.add_argument("--by", choices=["source", "patient"], default="source", help="with --crossvals: their --by")
+    n.add_argument("--folds", type=int, default=5, help="with --crossvals --by patient: their --folds")
+    n.add_argument("--seed", type=int, default=0, help="with --crossvals --by patient: their --seed")
+    n.add_argument("--val-fraction", type=float, default=0.15, help="with --crossvals --by patient: theirs")
+    n.add_argument("--name", default="ivdseg-ensemble")
+    n.add_argument("--model-version", default="1.0.0")
+    n.add_argument("--batch-size", type=int, default=16)
+    n.add_argument("--overwrite", action="store_true")
+    n.add_argument("--progress", choices=["auto", "jsonl", "text", "none"], default="auto")
     _add_evaluate(sub)
     _add_inference_commands(sub)
     _add_keypoint_commands(sub)
@@ -294,6 +313,7 @@ def _inference_args(g):
 
 
 COMMANDS = {"export": training.export, "train": training.train, "crossval": training.crossval,
+            "ensemble": training.ensemble,
             "evaluate": training.evaluate, "evaluate-levels": training.evaluate_levels, "segment": inference.segment, "demo": inference.demo,
             "series": inference.series, "export-keypoints": keypoints.export_keypoints,
             "train-keypoints": keypoints.train_keypoints, "keypoints": keypoints.keypoints,

@@ -177,6 +177,58 @@ def crossval_summary(table: dict, path) -> dict:
         raise IvdsegError(f"--crossval {path} is not the crossval.json of ivdseg crossval.") from None
 
 
+def check_model_fits(card: dict, info) -> None:
+    """Raises IvdsegError unless the model segments the dataset's classes in the dataset's encoding."""
+    if [c["name"] for c in card["classes"]] != info.classes[1:]:
+        raise IvdsegError(f"The model's classes {[c['name'] for c in card['classes']]} differ from "
+                          f"the dataset's {info.classes[1:]}.")
+    if bool(card.get("overlapping")) != info.overlapping:
+        says = {True: "may overlap (one output each)", False: "are exclusive (one per pixel)"}
+        raise IvdsegError(f"The model's classes {says[bool(card.get('overlapping'))]} but the dataset's "
+                          f"{says[info.overlapping]}; evaluate it on a dataset exported the way it was trained.")
+
+
+def ensemble(a) -> int:
+    """``ivdseg ensemble DATASET -o OUT --members PKG PKG ...``: one package averaging the members, its
+    post-processing chosen on the dataset's validation patients and its test patients scored once; or with
+    ``--crossvals CV CV ...``: the cross-validation of that ensemble, fold by fold."""
+    from ivdseg.data import dataset as ds
+    from ivdseg.progress import Reporter
+
+    check_batch_size(a)
+    reporter = Reporter.auto(a.progress)
+    if a.crossvals:
+        from ivdseg.eval.crossval import ensemble_crossval
+
+        table = ensemble_crossval(a.dataset, a.output, a.crossvals, a.by, a.folds, a.seed, a.val_fraction, a.name,
+                                  reporter, a.stop, a.overwrite, a.batch_size)
+        if reporter.mode == "text":
+            reporter.message((a.output / "crossval.md").read_text(encoding="utf-8"))
+        return 0 if table["complete"] else 3
+    from ivdseg.models.ensemble import ensemble_card, ensemble_network, load_members
+    from ivdseg.models.package import resolve_model
+    from ivdseg.nn.train import score_and_package
+
+    if (a.output / "model.json").exists() and not a.overwrite:
+        raise IvdsegError(f"{a.output} already holds a model package; pass --overwrite to replace it.")
+    check_folder_of(a.output, "the package")
+    info = ds.open_dataset(a.dataset)
+    packages = [resolve_model(m) for m in a.members]
+    models, cards = load_members(packages)
+    check_model_fits(cards[0], info)
+    train_cases, val_cases = info.split_cases(None)
+    if not val_cases:
+        raise IvdsegError(f"{a.dataset} has no validation patients to choose the ensemble's post-processing on.")
+    card = ensemble_card(cards, a.name, a.model_version,
+                         f"ivdseg ensemble DATASET -o OUT --members ({len(packages)} packages)")
+    score_and_package(ensemble_network(models), card, info, val_cases, info.test_cases(), "splits.json", a.output,
+                      reporter, a.batch_size)
+    reporter.emit("done", package=str(a.output), members=len(packages),
+                  val_dice=card["validation"]["overall"]["mean_dice"],
+                  test_dice=card["test"]["overall"]["mean_dice"] if "test" in card else None)
+    return 0
+
+
 def evaluate(a) -> int:
     from ivdseg.data import dataset as ds
     from ivdseg.eval.evaluate import evaluate_cases
@@ -187,13 +239,7 @@ def evaluate(a) -> int:
         check_folder_of(a.json, "--json")
     info = ds.open_dataset(a.dataset)
     model, card = load_package(resolve_model(a.model))
-    if [c["name"] for c in card["classes"]] != info.classes[1:]:
-        raise IvdsegError(f"The model's classes {[c['name'] for c in card['classes']]} differ from "
-                          f"the dataset's {info.classes[1:]}.")
-    if bool(card.get("overlapping")) != info.overlapping:
-        says = {True: "may overlap (one output each)", False: "are exclusive (one per pixel)"}
-        raise IvdsegError(f"The model's classes {says[bool(card.get('overlapping'))]} but the dataset's "
-                          f"{says[info.overlapping]}; evaluate it on a dataset exported the way it was trained.")
+    check_model_fits(card, info)
     train_cases, val_cases = info.split_cases(a.fold)
     cases = {"val": val_cases, "test": info.test_cases(), "train": train_cases, "all": sorted(info.cases)}[a.split]
     if not cases:

@@ -122,14 +122,14 @@ def _table(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _fold_starts(init_from, plan) -> dict[str, str]:
+def _fold_starts(init_from, plan, option="--init-from") -> dict[str, str]:
     """{fold name: package} of an earlier cross-validation folder whose folds are those of ``plan``."""
     earlier = Path(init_from)
     table_path = earlier / "crossval.json"
     if not table_path.is_file():
-        raise IvdsegError(f"--init-from {init_from}: cross-validation starts each fold from the same fold of an "
-                          "earlier ivdseg crossval folder; a single model package may have been trained on the "
-                          "patients a fold holds out.")
+        raise IvdsegError(f"{option} {init_from}: each fold takes the model of the same fold of an earlier ivdseg "
+                          "crossval folder; a single model package may have been trained on the patients a fold "
+                          "holds out.")
     try:
         table = json.loads(table_path.read_text(encoding="utf-8"))
         folds = {f["name"]: f for f in table["folds"]}
@@ -140,12 +140,12 @@ def _fold_starts(init_from, plan) -> dict[str, str]:
         old = folds.get(fold["name"])
         counts = {part: len(fold[part]) for part in ("train", "val", "held_out")}
         if old is None or old.get("patients") != counts:
-            raise IvdsegError(f"--init-from {init_from} has no fold {fold['name']!r} with these patients "
+            raise IvdsegError(f"{option} {init_from} has no fold {fold['name']!r} with these patients "
                               f"({counts['train']} training, {counts['val']} validation, {counts['held_out']} held "
                               "out); run it on the same dataset with the same --by, --folds and --seed.")
         package = earlier / old["package"]
         if not (package / "model.json").is_file():
-            raise IvdsegError(f"--init-from {init_from}: the package of fold {fold['name']!r} is missing.")
+            raise IvdsegError(f"{option} {init_from}: the package of fold {fold['name']!r} is missing.")
         starts[fold["name"]] = str(package)
     return starts
 
@@ -203,18 +203,26 @@ def crossval(dataset_dir, out_dir, cfg, by="source", folds=5, val_fraction=0.15,
         if stop is not None and stop.requested:  # stopped inside the fold: resume continues it from its checkpoint
             reporter.message(f"Stopped in fold {fold['name']}; --resume continues it.")
             break
-        card = json.loads((package / "model.json").read_text(encoding="utf-8"))
-        result = {"name": fold["name"], "held_out_source": fold.get("held_out_source"),
-                  "patients": {part: len(fold[part]) for part in ("train", "val", "held_out")},
-                  "held_out": card["test"], "validation": card["validation"]["overall"],
-                  "package": str(package.relative_to(out_dir))}
+        result = _fold_result(fold, package, out_dir)
         write_json(done, result)
         results.append(result)
+    config = {k: v for k, v in asdict(cfg).items() if k not in ("card_extra", "init_from")}
+    extra = {"init_from_crossval": Path(cfg.init_from).name} if cfg.init_from else {}
+    return _write_tables(out_dir, dataset_dir, info, by, config, results, len(plan), reporter, extra)
+
+
+def _fold_result(fold, package, out_dir) -> dict:
+    card = json.loads((package / "model.json").read_text(encoding="utf-8"))
+    return {"name": fold["name"], "held_out_source": fold.get("held_out_source"),
+            "patients": {part: len(fold[part]) for part in ("train", "val", "held_out")},
+            "held_out": card["test"], "validation": card["validation"]["overall"],
+            "package": str(package.relative_to(out_dir))}
+
+
+def _write_tables(out_dir, dataset_dir, info, by, config, results, planned, reporter, extra) -> dict:
     classes = info.classes[1:]
-    table = {"by": by, "dataset_name": Path(dataset_dir).name, "classes": classes,
-             "config": {k: v for k, v in asdict(cfg).items() if k not in ("card_extra", "init_from")},
-             **({"init_from_crossval": Path(cfg.init_from).name} if cfg.init_from else {}),
-             "folds": results, "summary": summarize(results, classes), "complete": len(results) == len(plan)}
+    table = {"by": by, "dataset_name": Path(dataset_dir).name, "classes": classes, "config": config, **extra,
+             "folds": results, "summary": summarize(results, classes), "complete": len(results) == planned}
     write_json(out_dir / "crossval.json", table)
     markdown = _table(table)
     atomic_write(out_dir / "crossval.md", lambda temp: Path(temp).write_text(markdown, encoding="utf-8"),
@@ -222,3 +230,48 @@ def crossval(dataset_dir, out_dir, cfg, by="source", folds=5, val_fraction=0.15,
     reporter.emit("done", crossval=str(out_dir / "crossval.json"), folds=len(results), complete=table["complete"],
                   mean_dice={c: table["summary"]["overall"][c]["mean"] for c in classes})
     return table
+
+
+def ensemble_crossval(dataset_dir, out_dir, members, by="source", folds=5, seed=0, val_fraction=0.15, name="ensemble",
+                      reporter=None, stop=None, overwrite=False, batch_size=16) -> dict:
+    """The cross-validation of an ensemble: each fold's package is the average of the same fold's packages of the
+    earlier cross-validations ``members`` (e.g. one recipe trained with other seeds), its post-processing chosen on
+    the fold's validation patients, and it is scored on the fold's held-out patients, which chose nothing. Writes
+    the same folders and tables as :func:`crossval`; the members' folds must be those of the plan (same dataset,
+    ``by``, ``folds``, ``seed``).
+
+    Raises:
+        IvdsegError: fewer than two members, a member without these folds or with a fold unfinished, members that
+            cannot be averaged (other input, classes or normalisation), an occupied folder without ``overwrite``.
+    """
+    from ivdseg.models.ensemble import ensemble_card, ensemble_network, load_members
+    from ivdseg.nn.train import score_and_package
+    from ivdseg.progress import Reporter
+
+    reporter = reporter or Reporter("jsonl")
+    if len(members) < 2:
+        raise IvdsegError("An ensemble needs at least two cross-validation folders.")
+    info = ds.open_dataset(dataset_dir)
+    plan = plan_folds(info, by, folds, seed, val_fraction)
+    starts = [_fold_starts(member, plan, "--crossvals") for member in members]
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        raise IvdsegError(f"{out_dir} already holds a cross-validation; pass --overwrite to start afresh.")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = []
+    for fold in plan:
+        if stop is not None and stop.requested:
+            break
+        models, cards = load_members([start[fold["name"]] for start in starts])
+        reporter.message(f"Fold {fold['name']}: the average of {len(models)} models.")
+        card = ensemble_card(cards, f"{name}-{fold['name']}", "1.0.0",
+                             f"ivdseg ensemble DATASET -o OUT --crossvals ({len(members)} folders) --by {by}")
+        package = score_and_package(ensemble_network(models), card, info, info.cases_of(fold["val"]),
+                                    info.cases_of(fold["held_out"]), f"cross-validation by {by}, fold {fold['name']}",
+                                    out_dir / fold["name"] / "model", reporter, batch_size)
+        result = _fold_result(fold, package, out_dir)
+        write_json(out_dir / fold["name"] / "held_out.json", result)
+        results.append(result)
+    config = {"network": f"ensemble of {len(members)}", "size": cards[0]["input_size"] if results else None,
+              "members": [Path(m).name for m in members], "seed": seed}
+    return _write_tables(out_dir, dataset_dir, info, by, config, results, len(plan), reporter, {})

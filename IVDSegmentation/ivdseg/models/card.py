@@ -89,6 +89,11 @@ def render(card: dict) -> str:
              f"{t.get('epochs_run')} epochs (best {t.get('best_epoch')}), on the {str(t.get('device')).upper()} "
              f"in {t.get('seconds')} s" + (f", initialised from {t['init_from']}" if t.get("init_from") else ""),
              f"- command: `{t.get('command', '')}`", ""]
+    if card.get("ensemble"):
+        lines += ["## Ensemble", "", f"The average of {len(card['ensemble'])} models' probabilities:", ""]
+        lines += [f"- {m['name']} {m['version']} ({m['network']}, seed {m.get('seed')}, best epoch "
+                  f"{m.get('best_epoch')}, validation Dice {m.get('validation_mean_dice')})" for m in card["ensemble"]]
+        lines.append("")
     if "test" in card:
         lines += ["## Test (native resolution; these patients chose nothing)", ""]
         lines += _dice_table(card["test"], classes) + [""]

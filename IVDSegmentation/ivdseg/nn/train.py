@@ -388,23 +388,31 @@ def train(dataset_dir, run_dir, cfg: TrainConfig, reporter: Reporter | None = No
                  time.perf_counter() - t0, command)
     card["training"]["test_patients"] = len({info.cases[c]["patient"] for c in test_cases})
     card["architecture"]["parameters"] = int(best.count_params())
-    from ivdseg.eval.evaluate import choose_postprocessing, predict_cases, score_predictions
-
     split = (patients or {}).get("split") or (f"fold {cfg.fold}" if cfg.fold is not None else "splits.json")
-    predictions = predict_cases(best, card, info, val_cases, cfg.batch_size, reporter.progress)
-    card["postprocessing"] = choose_postprocessing(predictions, info, card)
-    card["validation"] = score_predictions(predictions, info, card)
-    card["validation"]["split"] = f"{split}: validation patients (they chose the checkpoint and the post-processing)"
-    if test_cases:  # scored once, after every choice is made
-        card["test"] = score_predictions(predict_cases(best, card, info, test_cases, cfg.batch_size,
-                                                       reporter.progress), info, card)
-        card["test"]["split"] = f"{split}: test patients (chose nothing)"
     extra = {"training_log.csv": run_dir / "log.csv"} if (run_dir / "log.csv").exists() else {}
-    package = _save_with_onnx(best, card, run_dir / "model", extra, reporter)
+    package = score_and_package(best, card, info, val_cases, test_cases, split, run_dir / "model", reporter,
+                                cfg.batch_size, extra)
     reporter.emit("done", package=str(package), best_epoch=best_epoch, epochs_run=state["epoch"],
                   val_dice=card["validation"]["overall"]["mean_dice"],
                   test_dice=card["test"]["overall"]["mean_dice"] if "test" in card else None, stopped=bool(stopped))
     return package
+
+
+def score_and_package(model, card, info, val_cases, test_cases, split, folder, reporter, batch_size=16,
+                      extra=None) -> Path:
+    """Chooses the post-processing on the validation cases and scores them, scores the test cases once (after every
+    choice), and writes the package (Keras + ONNX) with those figures in its card."""
+    from ivdseg.eval.evaluate import choose_postprocessing, predict_cases, score_predictions
+
+    predictions = predict_cases(model, card, info, val_cases, batch_size, reporter.progress)
+    card["postprocessing"] = choose_postprocessing(predictions, info, card)
+    card["validation"] = score_predictions(predictions, info, card)
+    card["validation"]["split"] = f"{split}: validation patients (they chose the checkpoint and the post-processing)"
+    if test_cases:  # scored once, after every choice is made
+        card["test"] = score_predictions(predict_cases(model, card, info, test_cases, batch_size,
+                                                       reporter.progress), info, card)
+        card["test"]["split"] = f"{split}: test patients (chose nothing)"
+    return _save_with_onnx(model, card, folder, extra or {}, reporter)
 
 
 def _save_with_onnx(model, card, folder, extra, reporter):

@@ -1,0 +1,85 @@
+"""Ensembles: segmentation packages of one recipe (trainings with other seeds, the folds of a cross-validation)
+averaged into one network.
+
+The ensemble is itself a Keras model: the members, each wrapped as a sub-model, read the same input and a Keras
+``Average`` layer averages their probabilities. So it saves, loads in safe mode, exports to ONNX and runs through
+every backend, test-time augmentation and post-processing like any package; it costs the members' summed inference
+time, and its package holds every member's weights.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ivdseg.errors import IvdsegError
+
+# What inference repeats from a card: members that differ in any of these cannot share one input or one output.
+MUST_AGREE = ("input_size", "channels", "context_slices", "overlapping", "normalization", "slice_plane",
+              "slice_axes", "preprocessing", "classes", "label_priority", "rle_class_names", "rle_order")
+
+
+def check_members(cards: list[dict], names: list[str]) -> None:
+    """Raises IvdsegError, naming the first disagreement, unless the cards can be averaged into one network."""
+    if len(cards) < 2:
+        raise IvdsegError("An ensemble needs at least two model packages.")
+    for card, name in zip(cards, names):
+        if card.get("task", "segmentation") != "segmentation":
+            raise IvdsegError(f"{name} is a {card['task']} package; only segmentation packages can be averaged.")
+    for key in MUST_AGREE:
+        for card, name in zip(cards[1:], names[1:]):
+            if card.get(key) != cards[0].get(key):
+                raise IvdsegError(f"{name} differs from {names[0]} in {key!r} ({card.get(key)!r} against "
+                                  f"{cards[0].get(key)!r}); only models trained for the same input and classes "
+                                  "can be averaged.")
+
+
+def ensemble_network(models):
+    """One keras.Model averaging the members' outputs (each member a named sub-model reading the shared input)."""
+    import keras
+
+    inputs = keras.Input(tuple(models[0].input_shape[1:]), name="image")
+    outputs = [keras.Model(m.input, m.output, name=f"member_{i}")(inputs) for i, m in enumerate(models)]
+    mean = keras.layers.Average(name="ensemble_mean", dtype="float32")(outputs)
+    return keras.Model(inputs, mean, name="ensemble")
+
+
+def _same_or_none(cards, key):
+    values = [card.get(key) for card in cards]
+    return values[0] if all(v == values[0] for v in values) else None
+
+
+def ensemble_card(cards: list[dict], name: str, version: str, command: str) -> dict:
+    """The card of the averaged network: what inference repeats (shared by every member), the members, and the
+    training data of the first member (the members of one recipe share it). Test-time augmentation is kept only
+    when every member enables the same; post-processing is chosen again on the validation patients."""
+    card = {key: cards[0][key] for key in MUST_AGREE if key in cards[0]}
+    first = cards[0].get("training", {})
+    card.update({
+        "name": name, "version": version, "network": "ensemble",
+        "architecture": {"members": len(cards),
+                         "parameters": sum(int(c.get("architecture", {}).get("parameters", 0)) for c in cards)},
+        "ensemble": [{"name": c["name"], "version": c["version"], "network": c["network"],
+                      "seed": c.get("training", {}).get("seed"), "best_epoch": c.get("training", {}).get("best_epoch"),
+                      "validation_mean_dice": c.get("validation", {}).get("overall", {}).get("mean_dice")}
+                     for c in cards],
+        "training": {"sources": first.get("sources", {}), "train_patients": first.get("train_patients"),
+                     "val_patients": first.get("val_patients"), "test_patients": first.get("test_patients"),
+                     "ensemble_of": len(cards), "command": command},
+        "licence": _same_or_none(cards, "licence") or "unspecified",
+        "citations": cards[0].get("citations", []),
+    })
+    tta = _same_or_none(cards, "tta")
+    if tta is not None:
+        card["tta"] = tta
+    return card
+
+
+def load_members(packages) -> tuple[list, list[dict]]:
+    """(models, cards) of the member packages, each loaded safely; refuses members that cannot be averaged."""
+    from ivdseg.models.package import load_package, read_card
+
+    names = [str(p) for p in packages]
+    cards = [read_card(Path(p)) for p in packages]
+    check_members(cards, names)
+    models = [load_package(Path(p))[0] for p in packages]
+    return models, cards
