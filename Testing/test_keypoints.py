@@ -107,9 +107,9 @@ def test_the_simulated_user_teaches_a_hint_to_move_the_other_points(mode):
     from ivdseg.nn.networks import KEYPOINT_NETWORKS
 
     keras.utils.set_random_seed(0)
-    images, points = _bar_task(160, seed=1)
+    images, points = _bar_task(96, seed=1)
     model = KEYPOINT_NETWORKS["keypoint_unet"](input_size=48, num_keypoints=3, depth=3, base_filters=8)
-    cfg = KeypointTrainConfig(mode=mode, epochs=40, batch_size=16, learning_rate=3e-3, max_rounds=1,
+    cfg = KeypointTrainConfig(mode=mode, epochs=30, batch_size=16, learning_rate=3e-3, max_rounds=1,
                               prompt_share=0.7, sigma_px=3.0)
     losses = [r["loss"] for r in fit(model, images, points, cfg)]
     assert losses[-1] < 0.6 * losses[0]  # (Gaussian targets: binary cross-entropy has a floor above 0)
