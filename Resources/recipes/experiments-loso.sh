@@ -36,3 +36,9 @@ ivdseg crossval "$RUNS/ds_spine_v2_pad" -o "$RUNS/cv_pad_context256" "${S2[@]}" 
 # neighbouring-slice context (2.5D): each slice with one neighbour on each side as input channels, context classes
 ivdseg crossval "$RUNS/ds_spine_v2_pad" -o "$RUNS/cv_pad_context_slices128" "${BASE[@]}" --context-slices 1 \
     --name pad-context-slices-128
+# repeats of the "aspect kept" 128 px row with other seeds (the folds are the same), then the ensemble of two runs
+for seed in 0 1; do
+    ivdseg crossval "$RUNS/ds_disc_v2_pad" -o "$RUNS/cv_pad128_seed$seed" "${BASE[@]}" --seed $seed --name pad-128-seed$seed
+done
+[ -f "$RUNS/cv_pad128_ens01/crossval.json" ] || ivdseg ensemble "$RUNS/ds_disc_v2_pad" -o "$RUNS/cv_pad128_ens01" \
+    --crossvals "$RUNS/cv_pad128_seed0" "$RUNS/cv_pad128_seed1" --by source --name pad-128-ensemble --overwrite
