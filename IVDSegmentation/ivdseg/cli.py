@@ -107,8 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     members = n.add_mutually_exclusive_group(required=True)
     members.add_argument("--members", nargs="+", metavar="PKG", help="model packages of the same input and classes")
     members.add_argument("--crossvals", nargs="+", type=Path, metavar="CV",
-                         help="ivdseg crossval folders of the same folds (e.g. one recipe, other seeds): each "
-                              "fold's models are averaged and scored on that fold's held-out patients")
+                         help="ivdseg crossval folders of the same folds (by source: e.g. one recipe, other seeds; "
+                              "by patient: the same --seed, which deals the folds): each fold's models are averaged "
+                              "and scored on that fold's held-out patients")
     n.add_argument("--by", choices=["source", "patient"], default="source", help="with --crossvals: their --by")
     n.add_argument("--folds", type=int, default=5, help="with --crossvals --by patient: their --folds")
     n.add_argument("--seed", type=int, default=0, help="with --crossvals --by patient: their --seed")
@@ -150,7 +151,7 @@ def _add_keypoint_commands(sub):
     t.add_argument("--depth", type=int, default=5)
     t.add_argument("--base-filters", type=int, default=16)
     t.add_argument("--hints-every-scale", action="store_true",
-                   help="also feed the hints, max-pooled, to every deeper stage of the U-Net (not only its input)")
+                   help="also feed the input (image and hints), max-pooled, to every deeper stage of the U-Net")
     t.add_argument("--worst-of", type=int, default=1, help="revise: hint one of the N worst points, at random")
     t.add_argument("--max-rounds", type=int, default=2, help="revise: correction rounds per batch, 0..N")
     t.add_argument("--prompt-share", type=float, default=0.5, help="prompt: share of samples given hints")

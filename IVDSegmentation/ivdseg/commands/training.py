@@ -200,27 +200,45 @@ def ensemble(a) -> int:
     if a.crossvals:
         from ivdseg.eval.crossval import ensemble_crossval
 
+        if a.folds < 2:
+            raise IvdsegError(f"--folds must be at least 2, got {a.folds}.")
+        if not 0.0 < a.val_fraction < 1.0:
+            raise IvdsegError(f"--val-fraction must lie strictly between 0 and 1, got {a.val_fraction}.")
         table = ensemble_crossval(a.dataset, a.output, a.crossvals, a.by, a.folds, a.seed, a.val_fraction, a.name,
-                                  reporter, a.stop, a.overwrite, a.batch_size)
+                                  reporter, a.stop, a.overwrite, a.batch_size, a.model_version)
         if reporter.mode == "text":
             reporter.message((a.output / "crossval.md").read_text(encoding="utf-8"))
         return 0 if table["complete"] else 3
-    from ivdseg.models.ensemble import ensemble_card, ensemble_network, load_members
+    from ivdseg.models.ensemble import dropped_entries, ensemble_card, ensemble_network, load_members, read_members
     from ivdseg.models.package import resolve_model
     from ivdseg.nn.train import score_and_package
 
-    if (a.output / "model.json").exists() and not a.overwrite:
-        raise IvdsegError(f"{a.output} already holds a model package; pass --overwrite to replace it.")
+    if a.output.is_file() or a.output.is_dir() and any(a.output.iterdir()) and not (
+            (a.output / "model.json").is_file() and a.overwrite):
+        raise IvdsegError(f"{a.output} already holds a model package; pass --overwrite to replace it."
+                          if (a.output / "model.json").is_file() else
+                          f"{a.output} exists and is not a model package; choose a new folder.")
     check_folder_of(a.output, "the package")
     info = ds.open_dataset(a.dataset)
     packages = [resolve_model(m) for m in a.members]
-    models, cards = load_members(packages)
+    cards = read_members(packages)
     check_model_fits(cards[0], info)
+    for package, member in zip(packages, cards):  # a member of another split may have trained on the test patients
+        if not str(member.get("validation", {}).get("split", "")).startswith("splits.json") or \
+                member.get("training", {}).get("test_patients") != len(info.splits.get("test", [])):
+            raise IvdsegError(f"{package} was not trained on this dataset's own split (splits.json); its ensemble "
+                              "could not be scored on test patients that chose nothing.")
     train_cases, val_cases = info.split_cases(None)
     if not val_cases:
         raise IvdsegError(f"{a.dataset} has no validation patients to choose the ensemble's post-processing on.")
+    models, cards = load_members(packages)
     card = ensemble_card(cards, a.name, a.model_version,
                          f"ivdseg ensemble DATASET -o OUT --members ({len(packages)} packages)")
+    card["training"]["test_patients"] = len(info.splits.get("test", []))
+    dropped = dropped_entries(cards, card)
+    if dropped:
+        reporter.message("The ensemble's card leaves out what its members' cards disagree on or chose alone: "
+                         + ", ".join(dropped) + ".")
     score_and_package(ensemble_network(models), card, info, val_cases, info.test_cases(), "splits.json", a.output,
                       reporter, a.batch_size)
     reporter.emit("done", package=str(a.output), members=len(packages),

@@ -122,8 +122,9 @@ def _table(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _fold_starts(init_from, plan, option="--init-from") -> dict[str, str]:
-    """{fold name: package} of an earlier cross-validation folder whose folds are those of ``plan``."""
+def _fold_starts(init_from, plan, option="--init-from", by=None, seed=None) -> dict[str, str]:
+    """{fold name: package} of an earlier cross-validation folder whose folds are those of ``plan`` (made ``by``
+    the same grouping and, by patient, dealt with the same ``seed``: fold sizes alone cannot tell two deals apart)."""
     earlier = Path(init_from)
     table_path = earlier / "crossval.json"
     if not table_path.is_file():
@@ -135,6 +136,15 @@ def _fold_starts(init_from, plan, option="--init-from") -> dict[str, str]:
         folds = {f["name"]: f for f in table["folds"]}
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
         raise IvdsegError(f"{table_path} is not the crossval.json of ivdseg crossval.") from None
+    if by is not None and table.get("by") != by:
+        raise IvdsegError(f"{option} {init_from} was cross-validated by {table.get('by')}, this run is by {by}.")
+    if by == "patient" and (table.get("config") or {}).get("seed") != seed:
+        raise IvdsegError(f"{option} {init_from} dealt its patient folds with --seed "
+                          f"{(table.get('config') or {}).get('seed')}, this run with {seed}: its folds hold other "
+                          "patients, so each fold's model may have been trained on the patients this fold holds out.")
+    if not table.get("complete", True):
+        raise IvdsegError(f"{option} {init_from} is unfinished ({len(folds)} of {len(plan)} folds); finish it with "
+                          "ivdseg crossval --resume first.")
     starts = {}
     for fold in plan:
         old = folds.get(fold["name"])
@@ -178,7 +188,7 @@ def crossval(dataset_dir, out_dir, cfg, by="source", folds=5, val_fraction=0.15,
     check_config(cfg)
     info = ds.open_dataset(dataset_dir)
     plan = plan_folds(info, by, folds, cfg.seed, val_fraction)
-    starts = _fold_starts(cfg.init_from, plan) if cfg.init_from else {}
+    starts = _fold_starts(cfg.init_from, plan, by=by, seed=cfg.seed) if cfg.init_from else {}
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not (resume or overwrite):
         raise IvdsegError(f"{out_dir} already holds a cross-validation; pass --resume to continue it or --overwrite "
@@ -233,28 +243,36 @@ def _write_tables(out_dir, dataset_dir, info, by, config, results, planned, repo
 
 
 def ensemble_crossval(dataset_dir, out_dir, members, by="source", folds=5, seed=0, val_fraction=0.15, name="ensemble",
-                      reporter=None, stop=None, overwrite=False, batch_size=16) -> dict:
+                      reporter=None, stop=None, overwrite=False, batch_size=16, version="1.0.0") -> dict:
     """The cross-validation of an ensemble: each fold's package is the average of the same fold's packages of the
     earlier cross-validations ``members`` (e.g. one recipe trained with other seeds), its post-processing chosen on
     the fold's validation patients, and it is scored on the fold's held-out patients, which chose nothing. Writes
-    the same folders and tables as :func:`crossval`; the members' folds must be those of the plan (same dataset,
-    ``by``, ``folds``, ``seed``).
+    the same folders and tables as :func:`crossval`; the members' folds must be those of the plan (same dataset and
+    ``by``; by patient also the same ``folds`` and ``seed``, which deals the folds: runs with other seeds can be
+    averaged only by source).
 
     Raises:
         IvdsegError: fewer than two members, a member without these folds or with a fold unfinished, members that
             cannot be averaged (other input, classes or normalisation), an occupied folder without ``overwrite``.
     """
-    from ivdseg.models.ensemble import ensemble_card, ensemble_network, load_members
+    import keras
+
+    from ivdseg.commands.training import check_model_fits
+    from ivdseg.models.ensemble import ensemble_card, ensemble_network, load_members, read_members
     from ivdseg.nn.train import score_and_package
     from ivdseg.progress import Reporter
 
     reporter = reporter or Reporter("jsonl")
     if len(members) < 2:
         raise IvdsegError("An ensemble needs at least two cross-validation folders.")
+    out_dir = Path(out_dir)
+    if out_dir.resolve() in {Path(m).resolve() for m in members}:
+        raise IvdsegError(f"{out_dir} is one of the members; write the ensemble to a folder of its own.")
     info = ds.open_dataset(dataset_dir)
     plan = plan_folds(info, by, folds, seed, val_fraction)
-    starts = [_fold_starts(member, plan, "--crossvals") for member in members]
-    out_dir = Path(out_dir)
+    starts = [_fold_starts(member, plan, "--crossvals", by, seed) for member in members]
+    for fold in plan:  # every fold's members checked before anything is written
+        check_model_fits(read_members([start[fold["name"]] for start in starts])[0], info)
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise IvdsegError(f"{out_dir} already holds a cross-validation; pass --overwrite to start afresh.")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -262,10 +280,13 @@ def ensemble_crossval(dataset_dir, out_dir, members, by="source", folds=5, seed=
     for fold in plan:
         if stop is not None and stop.requested:
             break
+        keras.backend.clear_session()  # the previous fold's networks
         models, cards = load_members([start[fold["name"]] for start in starts])
         reporter.message(f"Fold {fold['name']}: the average of {len(models)} models.")
-        card = ensemble_card(cards, f"{name}-{fold['name']}", "1.0.0",
-                             f"ivdseg ensemble DATASET -o OUT --crossvals ({len(members)} folders) --by {by}")
+        card = ensemble_card(cards, f"{name}-{fold['name']}", version,
+                             f"ivdseg ensemble DATASET -o OUT --crossvals ({len(members)} folders) --by {by}"
+                             + (f" --folds {folds} --seed {seed}" if by == "patient" else ""))
+        card["training"]["test_patients"] = len(fold["held_out"])
         package = score_and_package(ensemble_network(models), card, info, info.cases_of(fold["val"]),
                                     info.cases_of(fold["held_out"]), f"cross-validation by {by}, fold {fold['name']}",
                                     out_dir / fold["name"] / "model", reporter, batch_size)

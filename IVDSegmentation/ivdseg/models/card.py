@@ -85,9 +85,11 @@ def render(card: dict) -> str:
              f"- sources: {t.get('sources', {})}",
              f"- {t.get('train_patients')} training patients, {t.get('val_patients')} validation patients, "
              f"{t.get('test_patients', 0)} test patients (split by patient, within each source)",
-             f"- loss {t.get('loss')}, {t.get('optimizer')} lr {t.get('learning_rate')}, batch {t.get('batch_size')}, "
-             f"{t.get('epochs_run')} epochs (best {t.get('best_epoch')}), on the {str(t.get('device')).upper()} "
-             f"in {t.get('seconds')} s" + (f", initialised from {t['init_from']}" if t.get("init_from") else ""),
+             *([] if card.get("ensemble") else [  # an ensemble's members were trained; it was not
+                 f"- loss {t.get('loss')}, {t.get('optimizer')} lr {t.get('learning_rate')}, batch "
+                 f"{t.get('batch_size')}, {t.get('epochs_run')} epochs (best {t.get('best_epoch')}), on the "
+                 f"{str(t.get('device')).upper()} in {t.get('seconds')} s"
+                 + (f", initialised from {t['init_from']}" if t.get("init_from") else "")]),
              f"- command: `{t.get('command', '')}`", ""]
     if card.get("ensemble"):
         lines += ["## Ensemble", "", f"The average of {len(card['ensemble'])} models' probabilities:", ""]

@@ -18,16 +18,30 @@ MUST_AGREE = ("input_size", "channels", "context_slices", "overlapping", "normal
               "slice_axes", "preprocessing", "classes", "label_priority", "rle_class_names", "rle_order")
 
 
+# Descriptive entries kept from the members when they all say the same (the data licences above all).
+KEPT_WHEN_EQUAL = ("description", "intended_use", "limitations", "training_data_licences", "keypoint_model")
+# Entries of a card's "instances" that were chosen on one member's validation discs, not the ensemble's.
+PER_MODEL_INSTANCE_KEYS = ("review_threshold", "review_chosen_on")
+
+
+def _agreeing(card: dict, key: str):
+    """What inference makes of ``key``: a card written before ``context_slices`` existed means 0."""
+    value = card.get(key)
+    return (value or 0) if key == "context_slices" else value
+
+
 def check_members(cards: list[dict], names: list[str]) -> None:
     """Raises IvdsegError, naming the first disagreement, unless the cards can be averaged into one network."""
     if len(cards) < 2:
         raise IvdsegError("An ensemble needs at least two model packages.")
+    if len({str(n) for n in names}) < len(names):
+        raise IvdsegError("The same model package is named twice; an ensemble averages different models.")
     for card, name in zip(cards, names):
         if card.get("task", "segmentation") != "segmentation":
             raise IvdsegError(f"{name} is a {card['task']} package; only segmentation packages can be averaged.")
     for key in MUST_AGREE:
         for card, name in zip(cards[1:], names[1:]):
-            if card.get(key) != cards[0].get(key):
+            if _agreeing(card, key) != _agreeing(cards[0], key):
                 raise IvdsegError(f"{name} differs from {names[0]} in {key!r} ({card.get(key)!r} against "
                                   f"{cards[0].get(key)!r}); only models trained for the same input and classes "
                                   "can be averaged.")
@@ -43,9 +57,17 @@ def ensemble_network(models):
     return keras.Model(inputs, mean, name="ensemble")
 
 
-def _same_or_none(cards, key):
-    values = [card.get(key) for card in cards]
+def _same_or_none(cards, key, pick=lambda v: v):
+    values = [pick(card.get(key)) for card in cards]
     return values[0] if all(v == values[0] for v in values) else None
+
+
+def _instances(cards):
+    """The members' named-instance rules (disc levels) when they agree, without what each member chose alone."""
+    def rules(value):
+        return {name: {k: v for k, v in spec.items() if k not in PER_MODEL_INSTANCE_KEYS}
+                for name, spec in (value or {}).items()} or None
+    return _same_or_none(cards, "instances", rules)
 
 
 def ensemble_card(cards: list[dict], name: str, version: str, command: str) -> dict:
@@ -68,18 +90,39 @@ def ensemble_card(cards: list[dict], name: str, version: str, command: str) -> d
         "licence": _same_or_none(cards, "licence") or "unspecified",
         "citations": cards[0].get("citations", []),
     })
-    tta = _same_or_none(cards, "tta")
-    if tta is not None:
-        card["tta"] = tta
+    for key in KEPT_WHEN_EQUAL:
+        value = _same_or_none(cards, key)
+        if value is not None:
+            card[key] = value
+    instances = _instances(cards)
+    if instances:
+        card["instances"] = instances
+    # the same augmentation in every member (its figures were each member's own, so they are not copied)
+    tta = _same_or_none(cards, "tta", lambda t: {k: (t or {}).get(k) for k in ("enabled", "scales")})
+    if tta and tta["enabled"]:
+        card["tta"] = {**tta, "chosen_by": "every member's own validation"}
     return card
+
+
+def dropped_entries(cards: list[dict], card: dict) -> list[str]:
+    """What the members' cards hold and the ensemble's does not (said to the user, not silently lost)."""
+    said = set(card) | {"format", "format_version", "architecture", "training", "validation", "test", "backends",
+                        "postprocessing", "crossval", "reproduce", "inference_time", "test_without_tta"}
+    return sorted({key for c in cards for key in c} - said)
+
+
+def read_members(packages) -> list[dict]:
+    """The member packages' cards, checked to be averageable (before any network is loaded)."""
+    from ivdseg.models.package import read_card
+
+    cards = [read_card(Path(p)) for p in packages]
+    check_members(cards, [str(Path(p).resolve()) for p in packages])
+    return cards
 
 
 def load_members(packages) -> tuple[list, list[dict]]:
     """(models, cards) of the member packages, each loaded safely; refuses members that cannot be averaged."""
-    from ivdseg.models.package import load_package, read_card
+    from ivdseg.models.package import load_package
 
-    names = [str(p) for p in packages]
-    cards = [read_card(Path(p)) for p in packages]
-    check_members(cards, names)
-    models = [load_package(Path(p))[0] for p in packages]
-    return models, cards
+    cards = read_members(packages)
+    return [load_package(Path(p))[0] for p in packages], cards
