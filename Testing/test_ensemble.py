@@ -7,24 +7,12 @@ import json
 
 import numpy as np
 import pytest
-from test_crossval import TINY, _dataset
+from test_crossval import TINY, loso, three_sources  # noqa: F401 - the same module fixtures, made for this file
 
 from ivdseg import cli
 from ivdseg.errors import IvdsegError
 
 pytest.importorskip("keras")
-
-
-@pytest.fixture(scope="module")
-def three_sources(tmp_path_factory):
-    return _dataset(tmp_path_factory.mktemp("ens") / "ds", {"alpha": 3, "beta": 3, "gamma": 3}, test_fraction=0.3)
-
-
-@pytest.fixture(scope="module")
-def loso(three_sources, tmp_path_factory):
-    out = tmp_path_factory.mktemp("loso") / "seed0"
-    assert cli.main(["crossval", str(three_sources.root), "-o", str(out), "--by", "source", *TINY]) == 0
-    return out
 
 
 def test_an_ensemble_of_two_seeds_is_cross_validated_fold_by_fold(three_sources, loso, tmp_path, capsys):

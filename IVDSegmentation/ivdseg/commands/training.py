@@ -209,15 +209,15 @@ def ensemble(a) -> int:
         if reporter.mode == "text":
             reporter.message((a.output / "crossval.md").read_text(encoding="utf-8"))
         return 0 if table["complete"] else 3
-    from ivdseg.models.ensemble import dropped_entries, ensemble_card, ensemble_network, load_members, read_members
+    from ivdseg.models.ensemble import ensemble_card, ensemble_network, load_networks, read_members, say_dropped
     from ivdseg.models.package import resolve_model
     from ivdseg.nn.train import score_and_package
 
-    if a.output.is_file() or a.output.is_dir() and any(a.output.iterdir()) and not (
-            (a.output / "model.json").is_file() and a.overwrite):
-        raise IvdsegError(f"{a.output} already holds a model package; pass --overwrite to replace it."
-                          if (a.output / "model.json").is_file() else
-                          f"{a.output} exists and is not a model package; choose a new folder.")
+    if (a.output / "model.json").is_file():
+        if not a.overwrite:
+            raise IvdsegError(f"{a.output} already holds a model package; pass --overwrite to replace it.")
+    elif a.output.is_file() or a.output.is_dir() and any(a.output.iterdir()):
+        raise IvdsegError(f"{a.output} exists and is not a model package; choose a new folder.")
     check_folder_of(a.output, "the package")
     info = ds.open_dataset(a.dataset)
     packages = [resolve_model(m) for m in a.members]
@@ -228,18 +228,14 @@ def ensemble(a) -> int:
                 member.get("training", {}).get("test_patients") != len(info.splits.get("test", [])):
             raise IvdsegError(f"{package} was not trained on this dataset's own split (splits.json); its ensemble "
                               "could not be scored on test patients that chose nothing.")
-    train_cases, val_cases = info.split_cases(None)
+    _, val_cases = info.split_cases(None)
     if not val_cases:
         raise IvdsegError(f"{a.dataset} has no validation patients to choose the ensemble's post-processing on.")
-    models, cards = load_members(packages)
     card = ensemble_card(cards, a.name, a.model_version,
                          f"ivdseg ensemble DATASET -o OUT --members ({len(packages)} packages)")
     card["training"]["test_patients"] = len(info.splits.get("test", []))
-    dropped = dropped_entries(cards, card)
-    if dropped:
-        reporter.message("The ensemble's card leaves out what its members' cards disagree on or chose alone: "
-                         + ", ".join(dropped) + ".")
-    score_and_package(ensemble_network(models), card, info, val_cases, info.test_cases(), "splits.json", a.output,
+    say_dropped(cards, card, reporter)
+    score_and_package(ensemble_network(load_networks(packages)), card, info, val_cases, info.test_cases(), "splits.json", a.output,
                       reporter, a.batch_size)
     reporter.emit("done", package=str(a.output), members=len(packages),
                   val_dice=card["validation"]["overall"]["mean_dice"],

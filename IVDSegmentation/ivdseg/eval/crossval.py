@@ -258,7 +258,7 @@ def ensemble_crossval(dataset_dir, out_dir, members, by="source", folds=5, seed=
     import keras
 
     from ivdseg.commands.training import check_model_fits
-    from ivdseg.models.ensemble import ensemble_card, ensemble_network, load_members, read_members
+    from ivdseg.models.ensemble import ensemble_card, ensemble_network, load_networks, read_members, say_dropped
     from ivdseg.nn.train import score_and_package
     from ivdseg.progress import Reporter
 
@@ -271,8 +271,10 @@ def ensemble_crossval(dataset_dir, out_dir, members, by="source", folds=5, seed=
     info = ds.open_dataset(dataset_dir)
     plan = plan_folds(info, by, folds, seed, val_fraction)
     starts = [_fold_starts(member, plan, "--crossvals", by, seed) for member in members]
-    for fold in plan:  # every fold's members checked before anything is written
-        check_model_fits(read_members([start[fold["name"]] for start in starts])[0], info)
+    packages = {fold["name"]: [start[fold["name"]] for start in starts] for fold in plan}
+    cards = {name: read_members(fold_packages) for name, fold_packages in packages.items()}
+    for fold_cards in cards.values():  # every fold's members checked before anything is written
+        check_model_fits(fold_cards[0], info)
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise IvdsegError(f"{out_dir} already holds a cross-validation; pass --overwrite to start afresh.")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -281,18 +283,19 @@ def ensemble_crossval(dataset_dir, out_dir, members, by="source", folds=5, seed=
         if stop is not None and stop.requested:
             break
         keras.backend.clear_session()  # the previous fold's networks
-        models, cards = load_members([start[fold["name"]] for start in starts])
-        reporter.message(f"Fold {fold['name']}: the average of {len(models)} models.")
-        card = ensemble_card(cards, f"{name}-{fold['name']}", version,
+        reporter.message(f"Fold {fold['name']}: the average of {len(members)} models.")
+        card = ensemble_card(cards[fold["name"]], f"{name}-{fold['name']}", version,
                              f"ivdseg ensemble DATASET -o OUT --crossvals ({len(members)} folders) --by {by}"
                              + (f" --folds {folds} --seed {seed}" if by == "patient" else ""))
         card["training"]["test_patients"] = len(fold["held_out"])
-        package = score_and_package(ensemble_network(models), card, info, info.cases_of(fold["val"]),
+        if not results:
+            say_dropped(cards[fold["name"]], card, reporter)
+        package = score_and_package(ensemble_network(load_networks(packages[fold["name"]])), card, info, info.cases_of(fold["val"]),
                                     info.cases_of(fold["held_out"]), f"cross-validation by {by}, fold {fold['name']}",
                                     out_dir / fold["name"] / "model", reporter, batch_size)
         result = _fold_result(fold, package, out_dir)
         write_json(out_dir / fold["name"] / "held_out.json", result)
         results.append(result)
-    config = {"network": f"ensemble of {len(members)}", "size": cards[0]["input_size"] if results else None,
+    config = {"network": f"ensemble of {len(members)}", "size": cards[plan[0]["name"]][0]["input_size"],
               "members": [Path(m).name for m in members], "seed": seed}
     return _write_tables(out_dir, dataset_dir, info, by, config, results, len(plan), reporter, {})

@@ -105,10 +105,18 @@ def ensemble_card(cards: list[dict], name: str, version: str, command: str) -> d
 
 
 def dropped_entries(cards: list[dict], card: dict) -> list[str]:
-    """What the members' cards hold and the ensemble's does not (said to the user, not silently lost)."""
+    """What the members' cards hold and the ensemble's does not."""
     said = set(card) | {"format", "format_version", "architecture", "training", "validation", "test", "backends",
                         "postprocessing", "crossval", "reproduce", "inference_time", "test_without_tta"}
     return sorted({key for c in cards for key in c} - said)
+
+
+def say_dropped(cards: list[dict], card: dict, reporter) -> None:
+    """Tells the user what the ensemble's card leaves out, rather than losing it silently."""
+    dropped = dropped_entries(cards, card)
+    if dropped:
+        reporter.message("The ensemble's card leaves out what its members' cards disagree on or chose alone: "
+                         + ", ".join(dropped) + ".")
 
 
 def read_members(packages) -> list[dict]:
@@ -120,9 +128,8 @@ def read_members(packages) -> list[dict]:
     return cards
 
 
-def load_members(packages) -> tuple[list, list[dict]]:
-    """(models, cards) of the member packages, each loaded safely; refuses members that cannot be averaged."""
+def load_networks(packages) -> list:
+    """The members' networks, each loaded safely (their cards checked first by :func:`read_members`)."""
     from ivdseg.models.package import load_package
 
-    cards = read_members(packages)
-    return [load_package(Path(p))[0] for p in packages], cards
+    return [load_package(Path(p))[0] for p in packages]
