@@ -69,3 +69,34 @@ def test_a_coarser_matrix_loses_the_fine_detail():
     never = AugmentConfig(downsample_probability=0.0, downsample=(2.0, 2.0))
     np.testing.assert_array_equal(_lower_resolution(tf, image, tf.constant([0, 1], tf.int64), SIZE, never).numpy(),
                                   image.numpy())
+
+
+# ---------------------------------------------------------------- how batches draw on the sources
+def test_source_shares_follow_the_chosen_power_of_each_source_s_slice_count():
+    from ivdseg.nn.augment import source_shares
+
+    sources = ["spider"] * 400 + ["lumbar"] * 100 + ["vesal"] * 4
+    assert source_shares(sources, "slices") == pytest.approx({"spider": 400 / 504, "lumbar": 100 / 504,
+                                                              "vesal": 4 / 504})
+    assert source_shares(sources, "sqrt") == pytest.approx({"spider": 20 / 32, "lumbar": 10 / 32, "vesal": 2 / 32})
+    assert source_shares(sources, "equal") == pytest.approx({"spider": 1 / 3, "lumbar": 1 / 3, "vesal": 1 / 3})
+
+
+def _drawn_share_of_the_small_source(mix, draws=1600):
+    """Share of slices of the small source (label value 1, 10 of 100 slices) among ``draws`` training slices."""
+    from ivdseg.nn.augment import make_dataset
+
+    labels = np.zeros((100, 16, 16), np.uint8)
+    labels[:10] = 1  # the small source's slices are all class 1, the large one's all background
+    images = np.zeros((100, 16, 16), np.float32)
+    data = make_dataset(images, labels, 2, batch_size=draws, augment=False, repeat=True, mix=mix)
+    _, y = next(iter(data))
+    return float(np.asarray(y)[:, 0, 0, 1].mean())
+
+
+def test_a_mix_draws_each_source_with_its_share_and_without_it_every_slice_alike():
+    groups = np.array(["small"] * 10 + ["large"] * 90)
+    assert _drawn_share_of_the_small_source(None) == pytest.approx(0.1, abs=0.03)
+    assert _drawn_share_of_the_small_source((groups, {"small": 0.5, "large": 0.5})) == pytest.approx(0.5, abs=0.05)
+    with pytest.raises(ValueError, match="a share for every group"):
+        _drawn_share_of_the_small_source((groups, {"small": 1.0}))

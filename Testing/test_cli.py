@@ -326,7 +326,8 @@ def test_reproduce_command_has_no_path_and_parses_back_to_the_same_settings():
 
     cfg = TrainConfig(network="res_se_unet", size=192, activation="mish", depth=3, base_filters=8, dropout=0.1,
                       epochs=7, learning_rate=3e-4, steps_per_epoch=20, fold=2, augment=False,
-                      init_from="/home/jane.doe/models/ivd-disc-2d", name="my model", version="2.0.0")
+                      source_sampling="sqrt", init_from="/home/jane.doe/models/ivd-disc-2d", name="my model",
+                      version="2.0.0")
     command = reproduce_command(cfg, "/home/jane.doe/card.json")
     assert "/" not in command and "jane" not in command
     assert command.startswith("ivdseg train DATASET -o RUN --network res_se_unet --size 192 ")
@@ -337,6 +338,14 @@ def test_reproduce_command_has_no_path_and_parses_back_to_the_same_settings():
                         batch_size=args.batch_size, learning_rate=args.learning_rate,
                         steps_per_epoch=args.steps_per_epoch, patience=args.patience, keep_best=args.keep_best,
                         seed=args.seed, fold=args.fold, augment=not args.no_augment,
-                        mixed_precision=args.mixed_precision, init_from=args.init_from, name=args.name,
+                        source_sampling=args.source_sampling, mixed_precision=args.mixed_precision, init_from=args.init_from, name=args.name,
                         version=args.model_version)
     assert again == TrainConfig(**{**cfg.__dict__, "init_from": "ivd-disc-2d"})
+
+
+def test_a_source_sampling_the_command_line_does_not_offer_is_refused_in_one_sentence():
+    from ivdseg.errors import IvdsegError
+    from ivdseg.nn.train import TrainConfig, check_config
+
+    with pytest.raises(IvdsegError, match="--source-sampling must be one of slices, sqrt, equal, got 'uniform'"):
+        check_config(TrainConfig(source_sampling="uniform"))

@@ -102,7 +102,10 @@ def test_crossval_by_source_end_to_end_then_resume(three_sources, loso, tmp_path
     summary = table["summary"]["per_source"]
     assert set(summary) == {"alpha", "beta", "gamma"} and summary["alpha"]["intervertebral disc"]["n"] == 1
     markdown = (out / "crossval.md").read_text()
-    assert markdown.count("| without-") == 3 and "mean ± sd" in markdown
+    assert markdown.count("| without-") == 3 and "mean ± sd" in markdown and "predicted / true size" in markdown
+    for fold in table["folds"]:
+        ratio = fold["held_out"]["overall"]["volume_ratio"]["intervertebral disc"]
+        assert f"| {fold['name']} | {fold['held_out_source']} | 2 | " in markdown and f"{ratio:.2f} |" in markdown
     # Resume keeps every finished fold: nothing is trained again.
     stamps = {f: (out / f / "model" / "model.keras").stat().st_mtime_ns for f in ("without-alpha", "without-beta")}
     (out / "without-gamma" / "held_out.json").unlink()

@@ -71,6 +71,7 @@ def test_a_source_that_lacks_a_class_records_it_and_its_slices_mark_it_unknown(t
     assert known.shape == (18, 3)
     assert known[:9].tolist() == [[False, True, False]] * 9  # background is unknown where a class is
     assert known[9:].all()
+    assert info.slice_sources(order).tolist() == ["discs"] * 9 + ["full"] * 9  # the same order, slice by slice
     with pytest.raises(IvdsegError, match="'canal' is not among the output classes"):
         export_dataset([case("c", "x", ("canal",))], list(both), tmp_path / "e", ExportOptions(sizes=(32,)))
 

@@ -21,6 +21,14 @@ def test_dice_and_iou_known_values():
     assert dice[0] == pytest.approx(8 / 11)
 
 
+def test_volume_ratio_known_values():
+    ratio = metrics.volume_ratio_from_counts(metrics.confusion_counts(T, P, 3))
+    assert ratio[1] == pytest.approx(3 / 4)  # 3 voxels drawn where there are 4: 25 % short
+    assert ratio[0] == pytest.approx(6 / 5)
+    assert math.isnan(ratio[2])  # no truth: no size to compare with
+    assert metrics.volume_ratio_from_counts(metrics.confusion_counts(P, T, 2))[1] == pytest.approx(4 / 3)
+
+
 def test_empty_class_is_nan_and_perfect_is_one():
     d = metrics.dice_per_class(T, T, 3)
     assert d[1] == 1.0 and math.isnan(d[2])

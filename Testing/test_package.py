@@ -57,6 +57,17 @@ def test_a_measured_inference_time_goes_into_the_card_and_its_markdown(package):
         update_card(path / "missing", {"x": 1})
 
 
+def test_the_card_says_how_large_each_class_is_drawn_and_older_cards_still_render():
+    from ivdseg.models.card import render
+
+    scores = {"dice": {"intervertebral disc": 0.8}, "dice_patient_mean": {"intervertebral disc": 0.79},
+              "patients": 3, "volume_ratio": {"intervertebral disc": 1.234}}
+    old = {k: v for k, v in scores.items() if k != "volume_ratio"}  # a card written before the figure existed
+    markdown = render({**CARD, "test": {"overall": scores, "per_source": {"site": old}}})
+    assert "| all sources (pooled) | 3 | 0.8000 | 0.7900 | 1.23 |" in markdown
+    assert "| site | 3 | 0.8000 | 0.7900 | n/a |" in markdown and "predicted / true size" in markdown
+
+
 def test_missing_card(package):
     path, _ = package
     (path / "model.json").unlink()

@@ -170,9 +170,34 @@ def test_model_card_holds_no_path_of_this_machine(tmp_path, capsys):
     assert command == ("ivdseg train DATASET -o RUN --network unet2d --size 32 --activation relu --depth 2 "
                        "--base-filters 4 --dropout 0.0 --loss dice_ce --epochs 1 --batch-size 4 --learning-rate 0.001 "
                        "--steps-per-epoch 1 --patience 15 --keep-best 3 --seed 0 --augmentation standard "
-                       "--mixed-precision auto "
+                       "--source-sampling slices --mixed-precision auto "
                        "--init-from start-pkg --context-slices 0 --name ivdseg-model --model-version 1.0.0 --card extract.json")
     assert f"`{command}`" in markdown
     assert json.loads(card_text)["licence"] == "CC-BY-4.0"
+    assert json.loads(card_text)["training"]["source_shares"] == {"site": 1.0}
     # the run folder is the user's own: its config may name the dataset
     assert json.loads((home / "run" / "config.json").read_text())["dataset"] == str(home / "ds")
+
+
+def test_batches_can_draw_each_source_alike_and_the_card_says_the_shares(tmp_path, capsys):
+    """A small source beside a large one: with --source-sampling equal each gets half of the training draws, and
+    the card records the sampling and the shares (a tiny real training, in this process)."""
+    from ivdseg import cli
+    from ivdseg.data.export import ExportOptions, RawCase, export_dataset
+
+    rng = np.random.default_rng(1)
+    cases = []
+    for i, (source, slices) in enumerate([("large", 6)] * 4 + [("small", 1)] * 4):
+        label = np.zeros((slices, 32, 32), np.uint8)
+        label[:, 10:14, 8:24] = 1
+        cases.append(RawCase(patient=f"p{i}", source=source, label=label,
+                             image=rng.random((slices, 32, 32), dtype=np.float32) + label))
+    export_dataset(cases, ["intervertebral disc"], tmp_path / "ds", ExportOptions(sizes=(32,)))
+    code = cli.main([str(a) for a in ["train", tmp_path / "ds", "-o", tmp_path / "run", "--size", "32", "--depth",
+                                      "2", "--base-filters", "4", "--epochs", "1", "--steps-per-epoch", "2",
+                                      "--batch-size", "4", "--source-sampling", "equal", "--progress", "text"]])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert "Training batches draw on the sources large 50%, small 50% (--source-sampling equal)." in out.out + out.err
+    training = json.loads((tmp_path / "run" / "model" / "model.json").read_text())["training"]
+    assert training["source_sampling"] == "equal" and training["source_shares"] == {"large": 0.5, "small": 0.5}

@@ -156,6 +156,8 @@ def test_score_predictions_exclusive_dataset_by_hand(tmp_path):
     overall = result["overall"]
     assert overall["dice"] == {"a": 0.8, "b": 0.0}  # a: 2 x 2 / (2 + 3)
     assert result["per_source"]["s2"]["dice"]["b"] is None
+    assert overall["volume_ratio"] == {"a": 1.5, "b": 0.0}  # a: 3 voxels drawn for 2; b: none drawn for 1
+    assert result["per_source"]["s2"]["volume_ratio"] == {"a": 1.0, "b": None}
     hd_a = 2 / math.sqrt(48)  # p1, class a: 2 mm over the diagonal of (2 x 2, 4, 4) mm
     uw = overall["uw_madison"]
     # (slice, class) pairs: p1 a: 1, 0; p1 b: 1 (both empty), 0; p2 a: 1 -> 3/5. (case, class): hd_a, 1, 0

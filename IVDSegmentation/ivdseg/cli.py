@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ivdseg.commands import batch, inference, keypoints, training
 from ivdseg.errors import IvdsegError, IvdsegWarning
+from ivdseg.nn.augment import SOURCE_SAMPLING
 
 
 class _Parser(argparse.ArgumentParser):
@@ -230,6 +231,10 @@ def _training_args(t):
     t.add_argument("--no-augment", action="store_true")
     t.add_argument("--augmentation", choices=["standard", "scanner"], default="standard",
                    help="scanner: also bias fields, coarser in-plane resolution, wider gamma/contrast/noise")
+    t.add_argument("--source-sampling", choices=list(SOURCE_SAMPLING), default="slices",
+                   help="how training batches draw on the dataset's sources: slices (every slice alike), sqrt (a "
+                        "source in proportion to the square root of its slice count: a small source drawn more "
+                        "often), equal (every source alike)")
     t.add_argument("--mixed-precision", choices=["auto", "on", "off"], default="auto")
     t.add_argument("--init-from", help="model package whose weights start training (fine-tuning); for crossval, the "
                                        "folder of an earlier crossval with the same folds: each fold starts from "

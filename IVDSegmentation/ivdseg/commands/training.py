@@ -123,7 +123,8 @@ def _train_config(a):
                       base_filters=a.base_filters, dropout=a.dropout, loss=a.loss, epochs=a.epochs,
                       batch_size=a.batch_size, learning_rate=a.learning_rate, steps_per_epoch=a.steps_per_epoch,
                       patience=a.patience, keep_best=a.keep_best, seed=a.seed, fold=getattr(a, "fold", None),
-                      augment=not a.no_augment, augmentation=a.augmentation, mixed_precision=a.mixed_precision,
+                      augment=not a.no_augment, augmentation=a.augmentation, source_sampling=a.source_sampling,
+                      mixed_precision=a.mixed_precision,
                       init_from=a.init_from, name=a.name, version=a.model_version,
                       context_slices=a.context_slices, encoder_weights=a.encoder_weights)
     check_config(cfg)
@@ -246,6 +247,7 @@ def ensemble(a) -> int:
 def evaluate(a) -> int:
     from ivdseg.data import dataset as ds
     from ivdseg.eval.evaluate import evaluate_cases
+    from ivdseg.models.card import size_text
     from ivdseg.models.package import load_package, resolve_model
 
     check_batch_size(a)
@@ -275,13 +277,15 @@ def evaluate(a) -> int:
     rows = [("all", result["overall"])] + list(result["per_source"].items())
     names = info.classes[1:]
     widths = [max(len(n), 8) for n in names]
-    print(f"{'source':<24}{'patients':>9}  " + "  ".join(f"{n:>{w}}" for n, w in zip(names, widths)))
+    print(f"{'source':<24}{'patients':>9}  " + "  ".join(f"{n:>{w}}" for n, w in zip(names, widths))
+          + "  predicted/true size")
     for source, s in rows:
         vals = "  ".join(f"{s['dice'][n]:>{w}.4f}" if s["dice"][n] is not None else f"{'n/a':>{w}}"
                          for n, w in zip(names, widths))
-        print(f"{source:<24}{s['patients']:>9}  {vals}")
+        print(f"{source:<24}{s['patients']:>9}  {vals}  {size_text(s, names)}")
     print(f"Dice per class at native resolution on the {a.split} split"
-          + (f" of fold {a.fold}" if a.fold is not None else "") + ".")
+          + (f" of fold {a.fold}" if a.fold is not None else "")
+          + "; size: predicted over true voxels (above 1: drawn too large).")
     _print_uw_madison(rows, names, widths)
     if a.json:
         from ivdseg.io.atomic import write_json

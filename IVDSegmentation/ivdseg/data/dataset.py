@@ -93,6 +93,11 @@ class DatasetInfo:
             rows.append(np.repeat(known[None], int(self.cases[case]["n_slices"]), axis=0))
         return np.concatenate(rows) if rows else np.zeros((0, self.num_classes), bool)
 
+    def slice_sources(self, case_ids) -> np.ndarray:
+        """(N,) the source of each slice of ``case_ids``, in :func:`load_resized`'s order."""
+        names = [np.full(int(self.cases[c]["n_slices"]), self.cases[c]["source"], dtype=object) for c in case_ids]
+        return np.concatenate(names).astype(str) if names else np.zeros(0, str)
+
     def unlabelled_by_source(self) -> dict[str, list[str]]:
         """{source: names of the classes it does not label}, for the sources that lack any."""
         out: dict[str, set] = {}

@@ -26,6 +26,7 @@ from ivdseg.data import dataset as ds
 from ivdseg.data.splits import split_patients, stratified_group_kfold
 from ivdseg.errors import IvdsegError
 from ivdseg.io.atomic import atomic_write, write_json
+from ivdseg.models.card import size_text
 
 BY = ("source", "patient")
 
@@ -105,12 +106,12 @@ def _table(result: dict) -> str:
     lines = [f"# Cross-validation by {result['by']}: {result['dataset_name']}", "",
              f"Network {result['config']['network']}, {result['config']['size']} px; Dice at native resolution on "
              "held-out patients that chose nothing.", "",
-             "| fold | held-out source | patients | " + " | ".join(classes) + " |",
-             "|---|---|---|" + "---|" * len(classes)]
+             "| fold | held-out source | patients | " + " | ".join(classes) + " | predicted / true size |",
+             "|---|---|---|" + "---|" * len(classes) + "---|"]
     for fold in result["folds"]:
         for source, s in fold["held_out"]["per_source"].items():
             lines.append(f"| {fold['name']} | {source} | {s['patients']} | "
-                         + " | ".join(fmt(s["dice"].get(c)) for c in classes) + " |")
+                         + " | ".join(fmt(s["dice"].get(c)) for c in classes) + f" | {size_text(s, classes)} |")
     lines += ["", "| source | folds | " + " | ".join(f"{c} mean ± sd" for c in classes) + " |",
               "|---|---|" + "---|" * len(classes)]
     for source, scores in [*result["summary"]["per_source"].items(), ("all (pooled per fold)",

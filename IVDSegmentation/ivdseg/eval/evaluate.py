@@ -21,7 +21,7 @@ import numpy as np
 from ivdseg.data import dataset as ds
 from ivdseg.inference.predict import predict_stack
 from ivdseg.eval.metrics import (class_counts, dice_from_counts, iou_from_counts, uw_madison_case,
-                                 uw_madison_score)
+                                 uw_madison_score, volume_ratio_from_counts)
 from ivdseg.inference.postprocess import apply_card
 
 SPACING_KINDS = ("mm", "mm_in_plane", "voxels")  # how a case's distances were measured (see the module docstring)
@@ -98,13 +98,15 @@ def _summary(counts: np.ndarray, per_patient: list[np.ndarray], class_names: lis
              uw: _UwTally | None = None) -> dict:
     dice = dice_from_counts(counts)
     iou = iou_from_counts(counts)
-    out = {"dice": {}, "iou": {}, "dice_patient_mean": {}, "patients": len(per_patient)}
+    ratio = volume_ratio_from_counts(counts)
+    out = {"dice": {}, "iou": {}, "volume_ratio": {}, "dice_patient_mean": {}, "patients": len(per_patient)}
     pat = np.array([dice_from_counts(c) for c in per_patient]) if per_patient else np.zeros((0, len(class_names)))
     for c, name in enumerate(class_names):
         if c == 0:
             continue
         out["dice"][name] = None if np.isnan(dice[c]) else round(float(dice[c]), 4)
         out["iou"][name] = None if np.isnan(iou[c]) else round(float(iou[c]), 4)
+        out["volume_ratio"][name] = None if np.isnan(ratio[c]) else round(float(ratio[c]), 3)
         vals = pat[:, c][~np.isnan(pat[:, c])] if len(pat) else []
         out["dice_patient_mean"][name] = round(float(np.mean(vals)), 4) if len(vals) else None
     fg = [v for v in out["dice"].values() if v is not None]
@@ -188,8 +190,8 @@ def evaluate_cases(model, card: dict, info: ds.DatasetInfo, case_ids, batch_size
 
     Returns:
         {"overall": summary, "per_source": {source: summary}} where a summary has per-class pooled
-        "dice" and "iou", "dice_patient_mean" (mean over patients), "mean_dice" (foreground), "patients" and
-        "uw_madison" (:meth:`_UwTally.summary`: "score", "dice_2d", "hausdorff_norm", "cases", "spacing",
+        "dice", "iou" and "volume_ratio" (predicted / true voxels), "dice_patient_mean" (mean over patients),
+        "mean_dice" (foreground), "patients" and "uw_madison" (:meth:`_UwTally.summary`: "score", "dice_2d", "hausdorff_norm", "cases", "spacing",
         "per_class").
     """
     predictions = predict_cases(model, card, info, case_ids, batch_size, progress)

@@ -7,14 +7,21 @@ def _fmt(v):
     return "n/a" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
 
 
+def size_text(summary: dict, classes: list[str]) -> str:
+    """Predicted over true size of each class of an evaluation summary, e.g. "1.21" (20 % too large); "n/a" where
+    unknown (no truth, or a card written before the figure existed)."""
+    ratios = summary.get("volume_ratio", {})
+    return ", ".join("n/a" if ratios.get(c) is None else f"{ratios[c]:.2f}" for c in classes)
+
+
 def _dice_table(validation: dict, classes: list[str]) -> list[str]:
-    rows = ["| source | patients | " + " | ".join(f"Dice {c}" for c in classes) + " | mean over patients |",
-            "|---|---|" + "---|" * len(classes) + "---|"]
+    rows = ["| source | patients | " + " | ".join(f"Dice {c}" for c in classes) + " | mean over patients "
+            "| predicted / true size |", "|---|---|" + "---|" * len(classes) + "---|---|"]
     items = [("all sources (pooled)", validation["overall"])] + list(validation.get("per_source", {}).items())
     for name, s in items:
         pat = ", ".join(_fmt(s["dice_patient_mean"].get(c)) for c in classes)
         rows.append(f"| {name} | {s['patients']} | " + " | ".join(_fmt(s["dice"].get(c)) for c in classes)
-                    + f" | {pat} |")
+                    + f" | {pat} | {size_text(s, classes)} |")
     return rows
 
 

@@ -39,6 +39,20 @@ PRESETS = {
 }
 
 
+# How training batches draw on the sources of a dataset: the power of each source's slice count that its share
+# follows. "slices": every slice alike (a source's share is its share of the slices); "sqrt": a small source drawn
+# more often than its size says, a large one still the most; "equal": every source alike.
+SOURCE_SAMPLING = {"slices": 1.0, "sqrt": 0.5, "equal": 0.0}
+
+
+def source_shares(sources, sampling: str = "slices") -> dict[str, float]:
+    """{source: share of the training slices drawn from it} under ``sampling`` (:data:`SOURCE_SAMPLING`), for the
+    sources of the slices ``sources`` (N,); shares sum to 1."""
+    names, counts = np.unique(np.asarray(sources, str), return_counts=True)
+    weights = counts.astype(np.float64) ** SOURCE_SAMPLING[sampling]
+    return {str(name): float(w) for name, w in zip(names, weights / weights.sum())}
+
+
 def _affine_matrix(tf, seed, size, cfg: AugmentConfig):
     """Projective-transform vector mapping output to input pixel coordinates (rotation, scale, shift)."""
     u = tf.random.stateless_uniform([6], seed=seed)
@@ -124,7 +138,7 @@ def _lower_resolution(tf, image, seed, size, cfg):
 
 def make_dataset(images: np.ndarray, labels: np.ndarray, num_classes: int, batch_size: int,
                  augment=True, shuffle=True, seed=0, repeat=False, cfg: AugmentConfig = AugmentConfig(),
-                 available: np.ndarray | None = None, overlapping=False):
+                 available: np.ndarray | None = None, overlapping=False, mix: tuple | None = None):
     """Builds the training or validation ``tf.data.Dataset``.
 
     Args:
@@ -140,6 +154,9 @@ def make_dataset(images: np.ndarray, labels: np.ndarray, num_classes: int, batch
             the channels of the others become -1, which the losses of :mod:`ivdseg.nn.losses` leave out.
             None: every class is labelled everywhere.
         overlapping: labels hold class bits; the target is multi-hot (channel 0: no class) instead of one-hot.
+        mix: (groups (N,), {group: share}): with ``repeat`` and ``shuffle``, each slice is drawn from its group
+            (e.g. its source) with that group's share, each group shuffled and repeated on its own
+            (:func:`source_shares`); None: every slice alike.
 
     Returns:
         Dataset of (image (B, S, S, K) float32, one-hot or multi-hot (B, S, S, num_classes) float32).
@@ -155,12 +172,23 @@ def make_dataset(images: np.ndarray, labels: np.ndarray, num_classes: int, batch
         available = np.ones((n, num_classes), bool)
     if available.shape != (n, num_classes):
         raise ValueError(f"available {available.shape} must be (N, C) = {(n, num_classes)}")
-    data = tf.data.Dataset.from_tensor_slices((images.astype(np.float32), labels.astype(np.uint8),
-                                               available.astype(bool)))
-    if repeat:
-        data = data.repeat()
-    if shuffle:
-        data = data.shuffle(min(n, 2048), seed=seed, reshuffle_each_iteration=True)
+    arrays = (images.astype(np.float32), labels.astype(np.uint8), available.astype(bool))
+    if mix is not None and repeat and shuffle:
+        groups, shares = np.asarray(mix[0]), mix[1]
+        if groups.shape != (n,) or set(groups.tolist()) != set(shares):
+            raise ValueError("mix must give a group for every slice and a share for every group")
+        parts = []
+        for k, name in enumerate(shares):
+            rows = np.flatnonzero(groups == name)
+            parts.append(tf.data.Dataset.from_tensor_slices(tuple(a[rows] for a in arrays)).repeat()
+                         .shuffle(min(len(rows), 2048), seed=seed + k, reshuffle_each_iteration=True))
+        data = tf.data.Dataset.sample_from_datasets(parts, weights=list(shares.values()), seed=seed)
+    else:
+        data = tf.data.Dataset.from_tensor_slices(arrays)
+        if repeat:
+            data = data.repeat()
+        if shuffle:
+            data = data.shuffle(min(n, 2048), seed=seed, reshuffle_each_iteration=True)
     if augment:
         seeds = tf.data.Dataset.random(seed=seed).batch(2)
         data = tf.data.Dataset.zip((data, seeds)).map(

@@ -47,6 +47,7 @@ class TrainConfig:
     fold: int | None = None
     augment: bool = True
     augmentation: str = "standard"  # the preset of ivdseg.nn.augment.PRESETS: "standard" or "scanner"
+    source_sampling: str = "slices"  # how batches draw on the sources: ivdseg.nn.augment.SOURCE_SAMPLING
     mixed_precision: str = "auto"  # auto: on when a GPU is used
     init_from: str | None = None  # a model package whose weights start the training (fine-tuning)
     context_slices: int = 0  # neighbouring slices on each side fed as extra channels (2.5D); the card records it
@@ -75,10 +76,13 @@ def check_config(cfg: TrainConfig) -> None:
         raise IvdsegError(f"--dropout must lie in [0, 1), got {cfg.dropout}.")
     if cfg.size < 16 or cfg.size % 16:
         raise IvdsegError(f"--size must be a multiple of 16 (the networks halve it four times), got {cfg.size}.")
-    from ivdseg.nn.augment import PRESETS
+    from ivdseg.nn.augment import PRESETS, SOURCE_SAMPLING
 
     if cfg.augmentation not in PRESETS:
         raise IvdsegError(f"--augmentation must be one of {', '.join(PRESETS)}, got {cfg.augmentation!r}.")
+    if cfg.source_sampling not in SOURCE_SAMPLING:
+        raise IvdsegError(f"--source-sampling must be one of {', '.join(SOURCE_SAMPLING)}, "
+                          f"got {cfg.source_sampling!r}.")
     if cfg.fold is not None and cfg.fold < 0:
         raise IvdsegError(f"--fold counts from 0, got {cfg.fold}.")
     from ivdseg.data.preprocess import MAX_CONTEXT_SLICES
@@ -319,7 +323,7 @@ def train(dataset_dir, run_dir, cfg: TrainConfig, reporter: Reporter | None = No
 
     from ivdseg.nn import losses
     from ivdseg.nn import networks
-    from ivdseg.nn.augment import PRESETS, make_dataset
+    from ivdseg.nn.augment import PRESETS, make_dataset, source_shares
     from ivdseg.models.package import check_keras_file, load_keras_model, load_package, resolve_model
 
     keras.utils.set_random_seed(cfg.seed)
@@ -368,8 +372,14 @@ def train(dataset_dir, run_dir, cfg: TrainConfig, reporter: Reporter | None = No
     train_known = info.availability(train_cases)
     say_unlabelled(info, train_cases, train_known, ty)
     say_context_gaps(info, cfg.context_slices)
+    slice_sources = info.slice_sources(train_cases)
+    shares = source_shares(slice_sources, cfg.source_sampling)
+    if cfg.source_sampling != "slices":
+        reporter.message("Training batches draw on the sources " + ", ".join(
+            f"{name} {share:.0%}" for name, share in shares.items()) + f" (--source-sampling {cfg.source_sampling}).")
     train_data = make_dataset(tx, ty, info.num_classes, batch, augment=cfg.augment, seed=cfg.seed, repeat=True,
-                              cfg=PRESETS[cfg.augmentation], available=train_known, overlapping=info.overlapping)
+                              cfg=PRESETS[cfg.augmentation], available=train_known, overlapping=info.overlapping,
+                              mix=(slice_sources, shares) if cfg.source_sampling != "slices" else None)
     callbacks = _make_callbacks(keras, cfg, run_dir, vx, vy, info.availability(val_cases), info.num_classes,
                                 reporter, state, steps, stop, overlapping=info.overlapping)
 
@@ -386,6 +396,7 @@ def train(dataset_dir, run_dir, cfg: TrainConfig, reporter: Reporter | None = No
     best = load_keras_model(ckpt_dir / best_name)
     card = _card(cfg, info, train_cases, val_cases, best_epoch, state["epoch"], device,
                  time.perf_counter() - t0, command)
+    card["training"]["source_shares"] = {name: round(share, 4) for name, share in shares.items()}
     card["training"]["test_patients"] = len({info.cases[c]["patient"] for c in test_cases})
     card["architecture"]["parameters"] = int(best.count_params())
     split = (patients or {}).get("split") or (f"fold {cfg.fold}" if cfg.fold is not None else "splits.json")
@@ -458,6 +469,7 @@ def _card(cfg, info, train_cases, val_cases, best_epoch, epochs_run, device, sec
             "val_patients": patients(val_cases), "loss": cfg.loss, "optimizer": "Adam",
             "learning_rate": cfg.learning_rate, "batch_size": cfg.batch_size, "epochs_run": epochs_run,
             "best_epoch": best_epoch, "augmentation": cfg.augmentation if cfg.augment else "none",
+            "source_sampling": cfg.source_sampling,
             "seed": cfg.seed, "device": device,
             "seconds": round(seconds, 1), "init_from": Path(cfg.init_from).name if cfg.init_from else None,
             "command": command,
