@@ -192,7 +192,7 @@ def test_batches_can_draw_each_source_alike_and_the_card_says_the_shares(tmp_pat
         label[:, 10:14, 8:24] = 1
         cases.append(RawCase(patient=f"p{i}", source=source, label=label,
                              image=rng.random((slices, 32, 32), dtype=np.float32) + label))
-    export_dataset(cases, ["intervertebral disc"], tmp_path / "ds", ExportOptions(sizes=(32,)))
+    export_dataset(cases, ["intervertebral disc"], tmp_path / "ds", ExportOptions(sizes=(32,), test_fraction=0.25))
     code = cli.main([str(a) for a in ["train", tmp_path / "ds", "-o", tmp_path / "run", "--size", "32", "--depth",
                                       "2", "--base-filters", "4", "--epochs", "1", "--steps-per-epoch", "2",
                                       "--batch-size", "4", "--source-sampling", "equal", "--progress", "text"]])
@@ -201,3 +201,21 @@ def test_batches_can_draw_each_source_alike_and_the_card_says_the_shares(tmp_pat
     assert "Training batches draw on the sources large 50%, small 50% (--source-sampling equal)." in out.out + out.err
     training = json.loads((tmp_path / "run" / "model" / "model.json").read_text())["training"]
     assert training["source_sampling"] == "equal" and training["source_shares"] == {"large": 0.5, "small": 0.5}
+
+    # the test patients scored again as the package ships, with its test-time augmentation, into the card
+    from ivdseg.models.package import read_card, update_card
+
+    package = tmp_path / "run" / "model"
+    trained = read_card(package)["test"]
+    update_card(package, {"tta": {"enabled": True, "scales": [0.9, 1.0, 1.1]}})
+    assert cli.main([str(a) for a in ["evaluate", package, tmp_path / "ds", "--split", "test", "--record"]]) == 0
+    card = read_card(package)
+    assert card["test_without_tta"] == {**trained, "split": "the same test patients without test-time augmentation"}
+    assert card["test"]["split"] == ("splits.json: test patients (chose nothing), with the test-time augmentation the "
+                                     "validation patients chose")
+    assert card["test"]["per_source"].keys() == trained["per_source"].keys()
+    assert cli.main([str(a) for a in ["evaluate", package, tmp_path / "ds", "--split", "test", "--record"]]) == 0
+    assert read_card(package)["test_without_tta"] == card["test_without_tta"]  # a second record keeps them
+    capsys.readouterr()
+    assert cli.main([str(a) for a in ["evaluate", package, tmp_path / "ds", "--split", "val", "--record"]]) == 2
+    assert "--record writes the test figures into the card; pass --split test" in capsys.readouterr().err

@@ -258,6 +258,9 @@ def _add_evaluate(sub):
     v.add_argument("--choose-tta", action="store_true",
                    help="with --split val: compare test-time augmentation (in-plane scales) with none and write the "
                         "choice into the model's card (enabled only if it raises validation Dice)")
+    v.add_argument("--record", action="store_true",
+                   help="with --split test: write these figures into the model's card as its test figures, as "
+                        "shipped (with the card's test-time augmentation); the figures without it are kept beside them")
 
     lv = sub.add_parser("evaluate-levels", help="level accuracy and disc-centre error of segment --levels on a "
                                                 "dataset whose labels say the levels")

@@ -261,6 +261,11 @@ def evaluate(a) -> int:
     if not cases:
         raise IvdsegError(f"{a.dataset} has no {a.split} patients; re-export it with --test-fraction to hold some out."
                           if a.split == "test" else f"{a.dataset} has no {a.split} patients.")
+    if a.record and (a.split != "test" or a.fold is not None or a.choose_tta):
+        raise IvdsegError("--record writes the test figures into the card; pass --split test, without --fold or "
+                          "--choose-tta.")
+    if a.record and not resolve_model(a.model).is_dir():
+        raise IvdsegError(f"--record writes into a package folder's card; {a.model} is a .zip: unpack it first.")
     if a.choose_tta:
         if a.split != "val":
             raise IvdsegError("--choose-tta chooses on the validation patients; pass --split val.")
@@ -291,7 +296,25 @@ def evaluate(a) -> int:
         from ivdseg.io.atomic import write_json
 
         write_json(a.json, result)
+    if a.record:
+        _record_test(resolve_model(a.model), card, result)
     return 0
+
+
+def _record_test(package, card: dict, result: dict) -> None:
+    """Writes ``result`` (the test patients scored as the package ships, with its test-time augmentation) into the
+    card's "test" entry; the training's own figures, made without the augmentation, stay as "test_without_tta"."""
+    from ivdseg.models.package import update_card
+
+    tta = (card.get("tta") or {}).get("enabled", False)
+    earlier = card.get("test_without_tta") or card.get("test") if tta else None
+    where = str((card.get("test") or {}).get("split", "test patients (chose nothing)")).split(", with the ")[0]
+    entry = {**result, "split": where + (", with the test-time augmentation the validation patients chose" if tta
+                                         else "")}
+    update_card(package, {"test": entry, **({"test_without_tta": {**earlier, "split": "the same test patients "
+                                                                   "without test-time augmentation"}} if earlier else {})})
+    print("Written into the card as its test figures" + (" (the figures without test-time augmentation kept "
+                                                        "beside them)." if earlier else "."))
 
 
 def _print_uw_madison(rows, names, widths) -> None:
@@ -377,4 +400,22 @@ def evaluate_levels(a) -> int:
         from ivdseg.io.atomic import write_json
 
         write_json(a.json, result)
+    if a.record:
+        _record_test(resolve_model(a.model), card, result)
     return 0
+
+
+def _record_test(package, card: dict, result: dict) -> None:
+    """Writes ``result`` (the test patients scored as the package ships, with its test-time augmentation) into the
+    card's "test" entry; the training's own figures, made without the augmentation, stay as "test_without_tta"."""
+    from ivdseg.models.package import update_card
+
+    tta = (card.get("tta") or {}).get("enabled", False)
+    earlier = card.get("test_without_tta") or card.get("test") if tta else None
+    where = str((card.get("test") or {}).get("split", "test patients (chose nothing)")).split(", with the ")[0]
+    entry = {**result, "split": where + (", with the test-time augmentation the validation patients chose" if tta
+                                         else "")}
+    update_card(package, {"test": entry, **({"test_without_tta": {**earlier, "split": "the same test patients "
+                                                                   "without test-time augmentation"}} if earlier else {})})
+    print("Written into the card as its test figures" + (" (the figures without test-time augmentation kept "
+                                                        "beside them)." if earlier else "."))
