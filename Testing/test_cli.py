@@ -291,6 +291,7 @@ def _saved_config(**changes):
                                              "--network unet2d, --depth 4"),
     ({"base_filters": 8}, "--base-filters 8"),
     ({"activation": "mish"}, "--activation mish"),
+    ({"source_sampling": "equal"}, "trained with --source-sampling equal but this run asks for --source-sampling slices"),
     ({"classes": ["background", "vertebra"]}, "the dataset's classes ['background', 'vertebra']"),
 ])
 def test_resume_refuses_a_different_configuration(dataset, tmp_path, capsys, changes, words):

@@ -179,11 +179,21 @@ def test_model_card_holds_no_path_of_this_machine(tmp_path, capsys):
     assert json.loads((home / "run" / "config.json").read_text())["dataset"] == str(home / "ds")
 
 
-def test_batches_can_draw_each_source_alike_and_the_card_says_the_shares(tmp_path, capsys):
+def test_batches_can_draw_each_source_alike_and_the_card_says_the_shares(tmp_path, capsys, monkeypatch):
     """A small source beside a large one: with --source-sampling equal each gets half of the training draws, and
     the card records the sampling and the shares (a tiny real training, in this process)."""
     from ivdseg import cli
     from ivdseg.data.export import ExportOptions, RawCase, export_dataset
+    from ivdseg.nn import augment
+
+    mixes = []
+
+    def recording(*args, **kwargs):  # the training's input pipeline, as train() builds it
+        mixes.append(kwargs.get("mix"))
+        return make_dataset(*args, **kwargs)
+
+    make_dataset = augment.make_dataset
+    monkeypatch.setattr(augment, "make_dataset", recording)
 
     rng = np.random.default_rng(1)
     cases = []
@@ -201,6 +211,10 @@ def test_batches_can_draw_each_source_alike_and_the_card_says_the_shares(tmp_pat
     assert "Training batches draw on the sources large 50%, small 50% (--source-sampling equal)." in out.out + out.err
     training = json.loads((tmp_path / "run" / "model" / "model.json").read_text())["training"]
     assert training["source_sampling"] == "equal" and training["source_shares"] == {"large": 0.5, "small": 0.5}
+    groups, shares = mixes[0]
+    assert shares == {"large": 0.5, "small": 0.5} and sorted(set(groups)) == ["large", "small"]
+    # the split is stratified by source, so both keep as many training patients: one slice against six each
+    assert list(groups).count("small") * 6 == list(groups).count("large")
 
     # the test patients scored again as the package ships, with its test-time augmentation, into the card
     from ivdseg.models.package import read_card, update_card

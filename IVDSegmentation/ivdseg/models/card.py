@@ -97,6 +97,8 @@ def render(card: dict) -> str:
                  f"{t.get('batch_size')}, {t.get('epochs_run')} epochs (best {t.get('best_epoch')}), on the "
                  f"{str(t.get('device')).upper()} in {t.get('seconds')} s"
                  + (f", initialised from {t['init_from']}" if t.get("init_from") else "")]),
+             *([f"- batches drawn from the sources ({t.get('source_sampling', 'slices')}): " + ", ".join(
+                 f"{name} {share:.0%}" for name, share in t["source_shares"].items())] if t.get("source_shares") else []),
              f"- command: `{t.get('command', '')}`", ""]
     if card.get("ensemble"):
         lines += ["## Ensemble", "", f"The average of {len(card['ensemble'])} models' probabilities:", ""]

@@ -97,9 +97,12 @@ def check_config(cfg: TrainConfig) -> None:
                           "(nothing is downloaded).")
 
 
-# What a checkpoint's weights depend on: a resumed run must ask for the same, or last.keras is another network.
+# What a checkpoint's weights depend on: a resumed run must ask for the same, or last.keras is another network;
+# and how its batches were drawn, which the card states for the whole run (a state saved before a key existed is
+# not checked for it).
 RESUME_KEYS = {"size": "--size", "network": "--network", "depth": "--depth", "base_filters": "--base-filters",
                "activation": "--activation", "context_slices": "--context-slices",
+               "source_sampling": "--source-sampling",
                "classes": "the dataset's classes", "overlapping": "the dataset's overlapping classes"}
 
 
