@@ -400,8 +400,6 @@ def evaluate_levels(a) -> int:
         from ivdseg.io.atomic import write_json
 
         write_json(a.json, result)
-    if a.record:
-        _record_test(resolve_model(a.model), card, result)
     return 0
 
 
