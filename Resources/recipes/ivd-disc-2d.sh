@@ -15,6 +15,7 @@
 #    patients are scored once, by the final package, into its card.
 # 4. Test-time augmentation, enabled only if the validation patients gain from it; the test patients scored again
 #    as shipped; the inference time of a 67-slice volume on this machine, into the card.
+# 5. The review threshold of the disc levels (below).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 RUNS=${1:-runs}
@@ -34,3 +35,11 @@ ivdseg evaluate "$RUNS/ss_sqrt256/model" "$RUNS/ds_disc_v2_pad" --split val --ch
 # the test patients scored once more, as shipped (with the test-time augmentation if the validation chose it)
 ivdseg evaluate "$RUNS/ss_sqrt256/model" "$RUNS/ds_disc_v2_pad" --split test --record
 python Testing/benchmarks/bench_segment.py --model "$RUNS/ss_sqrt256/model" --record
+# 5. The review threshold of the disc levels, chosen on the validation patients as the model ships (test-time
+#    augmentation averages probabilities, so it changes the uncertainty the threshold is compared with), then the
+#    levels reported once on the test patients (the dataset of Resources/recipes/ivd-lumbosacral-2d.sh).
+[ -d "$RUNS/ds_lumbosacral" ] || { python Resources/recipes/derive_lumbosacral_labels.py "$RUNS/lumbosacral_data" &&
+    ivdseg export "$RUNS/ds_lumbosacral" --spec "$RUNS/lumbosacral_data/spec.json" --sizes 128 --val-fraction 0.15 \
+        --test-fraction 0.15 --seed 0 --resize pad; }
+ivdseg evaluate-levels "$RUNS/ds_lumbosacral" --split val --choose-review-threshold --model "$RUNS/ss_sqrt256/model"
+ivdseg evaluate-levels "$RUNS/ds_lumbosacral" --split test --model "$RUNS/ss_sqrt256/model" --json "$RUNS/levels_test.json"
