@@ -42,14 +42,15 @@ for seed in 0 1; do
 done
 [ -f "$RUNS/cv_pad128_ens01/crossval.json" ] || ivdseg ensemble "$RUNS/ds_disc_v2_pad" -o "$RUNS/cv_pad128_ens01" \
     --crossvals "$RUNS/cv_pad128_seed0" "$RUNS/cv_pad128_seed1" --by source --name pad-128-ensemble --overwrite
-# how batches draw on the sources: first trained on all three sources' training patients, so that each source's
-# validation patients say which sampling fits every source (the mean of the three sources' validation Dice chooses);
-# then the chosen one cross-validated by source, both stages
+# how batches draw on the sources: trained on all three sources' training patients, so that each source's validation
+# patients say which sampling fits every source (the mean of the three sources' validation Dice chooses); the chosen
+# one then through the 256 px stage (against the bundled 2.0.0) and cross-validated by source at 128 px
 ONE=(--size 128 --epochs 25 --patience 25 --network unet2d --progress jsonl --seed 0)
 for s in slices sqrt equal; do
     [ -f "$RUNS/ss_${s}128/model/model.json" ] || ivdseg train "$RUNS/ds_disc_v2_pad" -o "$RUNS/ss_${s}128" "${ONE[@]}" \
         --source-sampling $s --name ss-$s-128 --overwrite
 done
+[ -f "$RUNS/ss_sqrt256/model/model.json" ] || ivdseg train "$RUNS/ds_disc_v2_pad" -o "$RUNS/ss_sqrt256" \
+    --size 256 --epochs 12 --patience 6 --learning-rate 3e-4 --network unet2d --progress jsonl \
+    --init-from "$RUNS/ss_sqrt128/model" --source-sampling sqrt --name ss-sqrt-256 --overwrite
 ivdseg crossval "$RUNS/ds_disc_v2_pad" -o "$RUNS/cv_pad128_sqrt" "${BASE[@]}" --source-sampling sqrt --name pad-128-sqrt
-ivdseg crossval "$RUNS/ds_disc_v2_pad" -o "$RUNS/cv_pad256_sqrt" "${S2[@]}" --init-from "$RUNS/cv_pad128_sqrt" \
-    --source-sampling sqrt --name pad-256-sqrt
