@@ -211,6 +211,8 @@ def test_batches_can_draw_each_source_alike_and_the_card_says_the_shares(tmp_pat
     assert "Training batches draw on the sources large 50%, small 50% (--source-sampling equal)." in out.out + out.err
     training = json.loads((tmp_path / "run" / "model" / "model.json").read_text())["training"]
     assert training["source_sampling"] == "equal" and training["source_shares"] == {"large": 0.5, "small": 0.5}
+    assert "- batches drawn from the sources (equal): large 50%, small 50%" in (
+        tmp_path / "run" / "model" / "MODEL_CARD.md").read_text()
     groups, shares = mixes[0]
     assert shares == {"large": 0.5, "small": 0.5} and sorted(set(groups)) == ["large", "small"]
     # the split is stratified by source, so both keep as many training patients: one slice against six each

@@ -303,18 +303,20 @@ def evaluate(a) -> int:
 
 def _record_test(package, card: dict, result: dict) -> None:
     """Writes ``result`` (the test patients scored as the package ships, with its test-time augmentation) into the
-    card's "test" entry; the training's own figures, made without the augmentation, stay as "test_without_tta"."""
+    card's "test" entry; the training's own figures, made without the augmentation, stay as "test_without_tta"
+    (kept from an earlier record, else taken from the card's "test")."""
     from ivdseg.models.package import update_card
 
-    tta = (card.get("tta") or {}).get("enabled", False)
-    earlier = card.get("test_without_tta") or card.get("test") if tta else None
     where = str((card.get("test") or {}).get("split", "test patients (chose nothing)")).split(", with the ")[0]
-    entry = {**result, "split": where + (", with the test-time augmentation the validation patients chose" if tta
-                                         else "")}
-    update_card(package, {"test": entry, **({"test_without_tta": {**earlier, "split": "the same test patients "
-                                                                   "without test-time augmentation"}} if earlier else {})})
-    print("Written into the card as its test figures" + (" (the figures without test-time augmentation kept "
-                                                        "beside them)." if earlier else "."))
+    entries = {"test": {**result, "split": where}}
+    if (card.get("tta") or {}).get("enabled", False):
+        entries["test"]["split"] += ", with the test-time augmentation the validation patients chose"
+        earlier = card.get("test_without_tta") or card.get("test")
+        if earlier:
+            entries["test_without_tta"] = {**earlier, "split": "the same test patients without test-time augmentation"}
+    update_card(package, entries)
+    print("Written into the card as its test figures" + (" (the figures without test-time augmentation kept beside "
+                                                        "them)." if "test_without_tta" in entries else "."))
 
 
 def _print_uw_madison(rows, names, widths) -> None:
@@ -401,19 +403,3 @@ def evaluate_levels(a) -> int:
 
         write_json(a.json, result)
     return 0
-
-
-def _record_test(package, card: dict, result: dict) -> None:
-    """Writes ``result`` (the test patients scored as the package ships, with its test-time augmentation) into the
-    card's "test" entry; the training's own figures, made without the augmentation, stay as "test_without_tta"."""
-    from ivdseg.models.package import update_card
-
-    tta = (card.get("tta") or {}).get("enabled", False)
-    earlier = card.get("test_without_tta") or card.get("test") if tta else None
-    where = str((card.get("test") or {}).get("split", "test patients (chose nothing)")).split(", with the ")[0]
-    entry = {**result, "split": where + (", with the test-time augmentation the validation patients chose" if tta
-                                         else "")}
-    update_card(package, {"test": entry, **({"test_without_tta": {**earlier, "split": "the same test patients "
-                                                                   "without test-time augmentation"}} if earlier else {})})
-    print("Written into the card as its test figures" + (" (the figures without test-time augmentation kept "
-                                                        "beside them)." if earlier else "."))

@@ -191,8 +191,8 @@ def evaluate_cases(model, card: dict, info: ds.DatasetInfo, case_ids, batch_size
     Returns:
         {"overall": summary, "per_source": {source: summary}} where a summary has per-class pooled
         "dice", "iou" and "volume_ratio" (predicted / true voxels), "dice_patient_mean" (mean over patients),
-        "mean_dice" (foreground), "patients" and "uw_madison" (:meth:`_UwTally.summary`: "score", "dice_2d", "hausdorff_norm", "cases", "spacing",
-        "per_class").
+        "mean_dice" (foreground), "patients" and "uw_madison" (:meth:`_UwTally.summary`: "score", "dice_2d",
+        "hausdorff_norm", "cases", "spacing", "per_class").
     """
     predictions = predict_cases(model, card, info, case_ids, batch_size, progress)
     return score_predictions(predictions, info, card if postprocess else None)

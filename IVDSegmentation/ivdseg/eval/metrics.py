@@ -107,7 +107,7 @@ def iou_from_counts(counts: np.ndarray) -> np.ndarray:
 def volume_ratio_from_counts(counts: np.ndarray) -> np.ndarray:
     """Predicted over true voxels per class from :func:`confusion_counts`: 1 when a class is drawn as large as it
     is, above 1 when it is over-segmented (e.g. 1.2: 20 % too large), below 1 when under-segmented; NaN where the
-    truth is empty. A systematic bias that Dice alone hides: Dice 0.8 may be a mask 40 % too large or 30 % short."""
+    truth is empty. A systematic bias that Dice alone hides: Dice 0.8 may be a mask 50 % too large or a third short."""
     n_true, n_pred = counts[:, 1], counts[:, 2]
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(n_true > 0, n_pred / np.maximum(n_true, 1), np.nan)

@@ -14,6 +14,11 @@ def size_text(summary: dict, classes: list[str]) -> str:
     return ", ".join("n/a" if ratios.get(c) is None else f"{ratios[c]:.2f}" for c in classes)
 
 
+def shares_text(shares: dict) -> str:
+    """Each source's share of the training batches, e.g. "spider 59%, ivd_lumbar_t2 32%"."""
+    return ", ".join(f"{name} {share:.0%}" for name, share in shares.items())
+
+
 def _dice_table(validation: dict, classes: list[str]) -> list[str]:
     rows = ["| source | patients | " + " | ".join(f"Dice {c}" for c in classes) + " | mean over patients "
             "| predicted / true size |", "|---|---|" + "---|" * len(classes) + "---|---|"]
@@ -97,8 +102,8 @@ def render(card: dict) -> str:
                  f"{t.get('batch_size')}, {t.get('epochs_run')} epochs (best {t.get('best_epoch')}), on the "
                  f"{str(t.get('device')).upper()} in {t.get('seconds')} s"
                  + (f", initialised from {t['init_from']}" if t.get("init_from") else "")]),
-             *([f"- batches drawn from the sources ({t.get('source_sampling', 'slices')}): " + ", ".join(
-                 f"{name} {share:.0%}" for name, share in t["source_shares"].items())] if t.get("source_shares") else []),
+             *([f"- batches drawn from the sources ({t.get('source_sampling', 'slices')}): "
+                + shares_text(t["source_shares"])] if t.get("source_shares") else []),
              f"- command: `{t.get('command', '')}`", ""]
     if card.get("ensemble"):
         lines += ["## Ensemble", "", f"The average of {len(card['ensemble'])} models' probabilities:", ""]

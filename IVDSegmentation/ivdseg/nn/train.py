@@ -326,6 +326,7 @@ def train(dataset_dir, run_dir, cfg: TrainConfig, reporter: Reporter | None = No
 
     from ivdseg.nn import losses
     from ivdseg.nn import networks
+    from ivdseg.models.card import shares_text
     from ivdseg.nn.augment import PRESETS, make_dataset, source_shares
     from ivdseg.models.package import check_keras_file, load_keras_model, load_package, resolve_model
 
@@ -378,8 +379,8 @@ def train(dataset_dir, run_dir, cfg: TrainConfig, reporter: Reporter | None = No
     slice_sources = info.slice_sources(train_cases)
     shares = source_shares(slice_sources, cfg.source_sampling)
     if cfg.source_sampling != "slices":
-        reporter.message("Training batches draw on the sources " + ", ".join(
-            f"{name} {share:.0%}" for name, share in shares.items()) + f" (--source-sampling {cfg.source_sampling}).")
+        reporter.message(f"Training batches draw on the sources {shares_text(shares)} "
+                         f"(--source-sampling {cfg.source_sampling}).")
     train_data = make_dataset(tx, ty, info.num_classes, batch, augment=cfg.augment, seed=cfg.seed, repeat=True,
                               cfg=PRESETS[cfg.augmentation], available=train_known, overlapping=info.overlapping,
                               mix=(slice_sources, shares) if cfg.source_sampling != "slices" else None)
