@@ -138,7 +138,7 @@ def test_model_card_holds_no_path_of_this_machine(tmp_path, capsys):
     while the training command in the card still says how to repeat the run."""
     from ivdseg import cli
     from ivdseg.data.export import ExportOptions, RawCase, export_dataset
-    from ivdseg.models.package import save_package
+    from ivdseg.models.package import load_package, save_package
     from ivdseg.nn import networks
 
     home = tmp_path / "jane.doe" / "project"  # a path that names someone, as a user's home does
@@ -160,7 +160,7 @@ def test_model_card_holds_no_path_of_this_machine(tmp_path, capsys):
     code = cli.main([str(a) for a in ["train", home / "ds", "-o", home / "run", "--size", "32", "--depth", "2",
                                       "--base-filters", "4", "--epochs", "1", "--steps-per-epoch", "1",
                                       "--batch-size", "4", "--init-from", start, "--card", home / "extract.json",
-                                      "--progress", "none"]])
+                                      "--weights", "float16", "--progress", "none"]])
     assert code == 0, capsys.readouterr().err
     card_text = (home / "run" / "model" / "model.json").read_text()
     markdown = (home / "run" / "model" / "MODEL_CARD.md").read_text()
@@ -171,10 +171,14 @@ def test_model_card_holds_no_path_of_this_machine(tmp_path, capsys):
                        "--base-filters 4 --dropout 0.0 --loss dice_ce --epochs 1 --batch-size 4 --learning-rate 0.001 "
                        "--steps-per-epoch 1 --patience 15 --keep-best 3 --seed 0 --augmentation standard "
                        "--source-sampling slices --mixed-precision auto "
-                       "--init-from start-pkg --context-slices 0 --name ivdseg-model --model-version 1.0.0 --card extract.json")
+                       "--init-from start-pkg --context-slices 0 --weights float16 --name ivdseg-model --model-version 1.0.0 --card extract.json")
     assert f"`{command}`" in markdown
     assert json.loads(card_text)["licence"] == "CC-BY-4.0"
     assert json.loads(card_text)["training"]["source_shares"] == {"site": 1.0}
+    # --weights float16: the package stores half-size weights, and what the card's figures scored is what it stores
+    assert json.loads(card_text)["weights_storage"] == "float16"
+    model, _ = load_package(home / "run" / "model")
+    assert all(np.array_equal(w, w.astype(np.float16).astype(np.float32)) for w in model.get_weights())
     # the run folder is the user's own: its config may name the dataset
     assert json.loads((home / "run" / "config.json").read_text())["dataset"] == str(home / "ds")
 

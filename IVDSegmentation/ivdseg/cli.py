@@ -236,6 +236,9 @@ def _training_args(t):
                         "source in proportion to the square root of its slice count: a small source drawn more "
                         "often), equal (every source alike)")
     t.add_argument("--mixed-precision", choices=["auto", "on", "off"], default="auto")
+    t.add_argument("--weights", choices=["float32", "float16"], default="float32",
+                   help="how the package stores its weights: float16 halves its size (the network still computes in "
+                        "float32; the chosen weights are rounded before the validation and test patients score them)")
     t.add_argument("--init-from", help="model package whose weights start training (fine-tuning); for crossval, the "
                                        "folder of an earlier crossval with the same folds: each fold starts from "
                                        "its own fold's model (a two-stage recipe, cross-validated as a whole)")

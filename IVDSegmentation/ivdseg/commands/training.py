@@ -126,7 +126,7 @@ def _train_config(a):
                       augment=not a.no_augment, augmentation=a.augmentation, source_sampling=a.source_sampling,
                       mixed_precision=a.mixed_precision,
                       init_from=a.init_from, name=a.name, version=a.model_version,
-                      context_slices=a.context_slices, encoder_weights=a.encoder_weights)
+                      context_slices=a.context_slices, encoder_weights=a.encoder_weights, weights=a.weights)
     check_config(cfg)
     return cfg
 

@@ -89,6 +89,8 @@ def render(card: dict) -> str:
              "## Network", "",
              f"- {card['network']}, input {card['input_size']} x {card['input_size']} x {card['channels']}, "
              f"architecture {card.get('architecture', {})}",
+             *([f"- weights stored as {card['weights_storage']} (computed in float32)"]
+               if card.get("weights_storage") else []),
              f"- slicing: {card['slice_plane']} ({card.get('slice_axes', '')}); normalisation {card['normalization']}",
              "- classes: " + ", ".join(f"{c['value']} = {c['name']}" for c in card["classes"]),
              f"- post-processing: {card.get('postprocessing', {'enabled': False})}",

@@ -212,7 +212,8 @@ def load_package(package):
     return model, card
 
 
-def save_package(model, card: dict, folder, overwrite=False, extra_files: dict | None = None) -> Path:
+def save_package(model, card: dict, folder, overwrite=False, extra_files: dict | None = None,
+                 weights: str = "float32") -> Path:
     """Writes a package folder atomically (staging folder, then rename).
 
     Args:
@@ -221,18 +222,30 @@ def save_package(model, card: dict, folder, overwrite=False, extra_files: dict |
         folder: destination package folder.
         overwrite: replace an existing package.
         extra_files: {name: source path} copied into the package (e.g. model.onnx, training log).
+        weights: "float16" stores the Keras and ONNX weights at half size (:mod:`ivdseg.models.half`; round the
+            model's weights with ``half.round_weights`` first so that what was scored is what is stored).
     """
     from ivdseg.io.atomic import atomic_folder
+    from ivdseg.models import half
     from ivdseg.models.card import render
 
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
+    if weights not in half.WEIGHT_DTYPES:
+        raise IvdsegError(f"Weights are stored as one of {', '.join(half.WEIGHT_DTYPES)}, not {weights!r}.")
     card = {"format": CARD_FORMAT, "format_version": CARD_VERSION, **card}
+    if weights == "float16":
+        card["weights_storage"] = "float16"
     check_card(card, folder / "model.json")
     with atomic_folder(folder, overwrite=overwrite) as staging:
         model.save(staging / "model.keras")
         for name, src in (extra_files or {}).items():
             shutil.copy2(src, staging / name)
+        if weights == "float16":
+            half.halve_keras_file(staging / "model.keras")
+            if (staging / "model.onnx").exists():
+                half.halve_onnx_file(staging / "model.onnx")
+                half.check_half_onnx(staging / "model.onnx", model)
         (staging / "model.json").write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
         (staging / "MODEL_CARD.md").write_text(render(card), encoding="utf-8")
     return folder

@@ -52,6 +52,7 @@ class TrainConfig:
     init_from: str | None = None  # a model package whose weights start the training (fine-tuning)
     context_slices: int = 0  # neighbouring slices on each side fed as extra channels (2.5D); the card records it
     encoder_weights: str | None = None  # local ImageNet weights file of a keras.applications encoder, never downloaded
+    weights: str = "float32"  # how the package stores its weights: "float16" halves it (ivdseg.models.half)
     name: str = "ivdseg-model"
     version: str = "1.0.0"
     card_extra: dict = field(default_factory=dict)  # licence, citations, description for the card
@@ -83,6 +84,10 @@ def check_config(cfg: TrainConfig) -> None:
     if cfg.source_sampling not in SOURCE_SAMPLING:
         raise IvdsegError(f"--source-sampling must be one of {', '.join(SOURCE_SAMPLING)}, "
                           f"got {cfg.source_sampling!r}.")
+    from ivdseg.models.half import WEIGHT_DTYPES
+
+    if cfg.weights not in WEIGHT_DTYPES:
+        raise IvdsegError(f"--weights must be one of {', '.join(WEIGHT_DTYPES)}, got {cfg.weights!r}.")
     if cfg.fold is not None and cfg.fold < 0:
         raise IvdsegError(f"--fold counts from 0, got {cfg.fold}.")
     from ivdseg.data.preprocess import MAX_CONTEXT_SLICES
@@ -398,6 +403,10 @@ def train(dataset_dir, run_dir, cfg: TrainConfig, reporter: Reporter | None = No
         reporter.message(f"Training stopped; packaging the best model so far (epoch {best_epoch}, "
                          f"validation Dice {best_dice:.4f}) from {ckpt_dir / best_name}.")
     best = load_keras_model(ckpt_dir / best_name)
+    if cfg.weights == "float16":  # scored as it will be stored
+        from ivdseg.models.half import round_weights
+
+        round_weights(best)
     card = _card(cfg, info, train_cases, val_cases, best_epoch, state["epoch"], device,
                  time.perf_counter() - t0, command)
     card["training"]["source_shares"] = {name: round(share, 4) for name, share in shares.items()}
@@ -406,7 +415,7 @@ def train(dataset_dir, run_dir, cfg: TrainConfig, reporter: Reporter | None = No
     split = (patients or {}).get("split") or (f"fold {cfg.fold}" if cfg.fold is not None else "splits.json")
     extra = {"training_log.csv": run_dir / "log.csv"} if (run_dir / "log.csv").exists() else {}
     package = score_and_package(best, card, info, val_cases, test_cases, split, run_dir / "model", reporter,
-                                cfg.batch_size, extra)
+                                cfg.batch_size, extra, weights=cfg.weights)
     reporter.emit("done", package=str(package), best_epoch=best_epoch, epochs_run=state["epoch"],
                   val_dice=card["validation"]["overall"]["mean_dice"],
                   test_dice=card["test"]["overall"]["mean_dice"] if "test" in card else None, stopped=bool(stopped))
@@ -414,9 +423,9 @@ def train(dataset_dir, run_dir, cfg: TrainConfig, reporter: Reporter | None = No
 
 
 def score_and_package(model, card, info, val_cases, test_cases, split, folder, reporter, batch_size=16,
-                      extra=None) -> Path:
+                      extra=None, weights="float32") -> Path:
     """Chooses the post-processing on the validation cases and scores them, scores the test cases once (after every
-    choice), and writes the package (Keras + ONNX) with those figures in its card."""
+    choice), and writes the package (Keras + ONNX, weights stored as ``weights``) with those figures in its card."""
     from ivdseg.eval.evaluate import choose_postprocessing, predict_cases, score_predictions
 
     predictions = predict_cases(model, card, info, val_cases, batch_size, reporter.progress)
@@ -427,10 +436,10 @@ def score_and_package(model, card, info, val_cases, test_cases, split, folder, r
         card["test"] = score_predictions(predict_cases(model, card, info, test_cases, batch_size,
                                                        reporter.progress), info, card)
         card["test"]["split"] = f"{split}: test patients (chose nothing)"
-    return _save_with_onnx(model, card, folder, extra or {}, reporter)
+    return _save_with_onnx(model, card, folder, extra or {}, reporter, weights)
 
 
-def _save_with_onnx(model, card, folder, extra, reporter):
+def _save_with_onnx(model, card, folder, extra, reporter, weights="float32"):
     import tempfile
 
     from ivdseg.models.onnx_export import export_onnx
@@ -443,7 +452,7 @@ def _save_with_onnx(model, card, folder, extra, reporter):
         except Exception as exc:  # tf2onnx missing or failing: the Keras model is the primary form
             reporter.message(f"The ONNX copy could not be made ({type(exc).__name__}: {exc}); "
                              "the package has the Keras model only.")
-        return save_package(model, card, folder, overwrite=True, extra_files=extra)
+        return save_package(model, card, folder, overwrite=True, extra_files=extra, weights=weights)
 
 
 def _card(cfg, info, train_cases, val_cases, best_epoch, epochs_run, device, seconds, command):
