@@ -115,6 +115,14 @@ def test_crossval_by_source_end_to_end_then_resume(three_sources, loso, tmp_path
     capsys.readouterr()
     assert cli.main(["crossval", str(three_sources.root), "-o", str(out), *TINY]) == 2
     assert "already holds a cross-validation" in capsys.readouterr().err
+    # Resumed with another setting, the kept folds would make one table of two experiments: refused, nothing trained.
+    wider = [*TINY[:TINY.index("--base-filters")], "--base-filters", "12", *TINY[TINY.index("--base-filters") + 2:]]
+    (out / "without-gamma" / "held_out.json").unlink()
+    assert cli.main(["crossval", str(three_sources.root), "-o", str(out), "--by", "source", "--resume", *wider]) == 2
+    assert ("its fold without-alpha was trained with --base-filters 8, this run asks for --base-filters 12"
+            in capsys.readouterr().err)
+    assert not (out / "without-gamma" / "held_out.json").exists()
+    assert stamps == {f: (out / f / "model" / "model.keras").stat().st_mtime_ns for f in stamps}
 
 
 def test_crossval_by_patient_end_to_end(three_sources, tmp_path):

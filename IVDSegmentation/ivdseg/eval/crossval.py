@@ -199,13 +199,14 @@ def crossval(dataset_dir, out_dir, cfg, by="source", folds=5, val_fraction=0.15,
     for n, fold in enumerate(plan):
         run = out_dir / fold["name"]
         done = run / "held_out.json"
+        fold_cfg = replace(cfg, name=f"{cfg.name}-{fold['name']}", init_from=starts.get(fold["name"]))
         if resume and done.is_file():
+            _check_finished_fold(run, fold_cfg, out_dir)
             results.append(json.loads(done.read_text(encoding="utf-8")))
             reporter.message(f"Fold {fold['name']} was finished before; kept.")
             continue
         reporter.message(f"Fold {n + 1}/{len(plan)} ({fold['name']}): {len(fold['train'])} training, "
                          f"{len(fold['val'])} validation, {len(fold['held_out'])} held-out patients.")
-        fold_cfg = replace(cfg, name=f"{cfg.name}-{fold['name']}", init_from=starts.get(fold["name"]))
         in_progress = resume and (run / "checkpoints" / "last.keras").is_file()
         package = train(dataset_dir, run, fold_cfg, reporter, resume=in_progress, overwrite=not in_progress,
                         stop=stop, command=f"ivdseg crossval DATASET -o OUT --by {by} (fold {fold['name']})",
@@ -220,6 +221,37 @@ def crossval(dataset_dir, out_dir, cfg, by="source", folds=5, val_fraction=0.15,
     config = {k: v for k, v in asdict(cfg).items() if k not in ("card_extra", "init_from")}
     extra = {"init_from_crossval": Path(cfg.init_from).name} if cfg.init_from else {}
     return _write_tables(out_dir, dataset_dir, info, by, config, results, len(plan), reporter, extra)
+
+
+# Settings that do not change what a fold's network learns: the package's name and version, and where it started
+# from (a path, which may have moved; the earlier cross-validation's folds are checked by _fold_starts).
+_NOT_COMPARED = {"name", "version", "card_extra", "init_from", "dataset"}
+
+
+def _check_finished_fold(run: Path, fold_cfg, out_dir: Path) -> None:
+    """Refuses to keep a finished fold that was trained with other settings than this run asks for (a crossval
+    resumed with, say, another --base-filters would otherwise mix two experiments in one table).
+
+    Settings a fold's config.json does not hold (written before they existed) are not compared.
+
+    Raises:
+        IvdsegError: a setting differs, or the fold's config.json is missing or unreadable.
+    """
+    from ivdseg.nn.train import train_flag
+
+    path = run / "config.json"
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        raise IvdsegError(f"Cannot resume {out_dir}: {path} is missing or unreadable, so the settings of its finished "
+                          "fold are unknown; start afresh with --overwrite.") from None
+    requested = asdict(fold_cfg)
+    differ = [k for k in requested if k not in _NOT_COMPARED and k in saved and saved[k] != requested[k]]
+    if differ:
+        was = ", ".join(f"{train_flag(k)} {saved[k]}" for k in differ)
+        now = ", ".join(f"{train_flag(k)} {requested[k]}" for k in differ)
+        raise IvdsegError(f"Cannot resume {out_dir}: its fold {run.name} was trained with {was}, this run asks for "
+                          f"{now}; repeat its settings, or cross-validate into another folder.")
 
 
 def _fold_result(fold, package, out_dir) -> dict:

@@ -149,6 +149,11 @@ def _resume_state(run_dir: Path, cfg: TrainConfig, classes: list[str], overlappi
 _TRAIN_FLAGS = {"version": "--model-version", "augment": "--no-augment"}
 
 
+def train_flag(field_name: str) -> str:
+    """The ``ivdseg train`` option of a TrainConfig field (e.g. base_filters -> --base-filters)."""
+    return _TRAIN_FLAGS.get(field_name, "--" + field_name.replace("_", "-"))
+
+
 def reproduce_command(cfg: TrainConfig, card_name: str | None = None) -> str:
     """The ``ivdseg train`` command that repeats ``cfg``, for the model card, without any path of this machine.
 
@@ -167,7 +172,7 @@ def reproduce_command(cfg: TrainConfig, card_name: str | None = None) -> str:
         value = getattr(cfg, f.name)
         if f.name == "card_extra" or value is None:
             continue
-        flag = _TRAIN_FLAGS.get(f.name, "--" + f.name.replace("_", "-"))
+        flag = train_flag(f.name)
         if f.name == "augment":
             parts += [] if value else [flag]
             continue
