@@ -66,7 +66,8 @@ class TrainingParameters:
     """The Training section's state (IVDSegmentationLib.gui.trainingpanel); widgets bind as "training.<field>".
 
     trainingSource - scene pairs or an RLE table (rleTable, rleImageFolder, rleOverlapping); excludedSegmentations -
-    the pairs the user unticked; classMapJson - {segment name: class name}; contextSlices - 2.5D neighbours."""
+    the pairs the user unticked; classMapJson - {segment name: class name}; contextSlices - 2.5D neighbours;
+    sourceSampling - how batches draw on the sources; halfWeights - the package stores float16 weights."""
 
     trainingSource: Annotated[str, Choice(["scene", "rleTable"])] = "scene"
     rleTable: pathlib.Path
@@ -90,6 +91,10 @@ class TrainingParameters:
     learningRate: Annotated[float, WithinRange(0.00001, 1.0)] = 0.001
     loss: Annotated[str, Choice(["dice", "dice_ce"])] = "dice_ce"
     contextSlices: Annotated[int, WithinRange(0, 4)] = 0
+    baseFilters: Annotated[int, WithinRange(4, 64)] = 16
+    augmentation: Annotated[str, Choice(["standard", "scanner"])] = "standard"
+    sourceSampling: Annotated[str, Choice(["slices", "sqrt", "equal"])] = "slices"
+    halfWeights: bool = False
     trainedModelName: str = "my-model"
     runFolder: pathlib.Path
     trainingChart: vtkMRMLPlotChartNode
@@ -97,17 +102,11 @@ class TrainingParameters:
 
 @parameterNodeWrapper
 class IVDSegmentationParameterNode:
-    """All state of the panel, saved with the scene.
-
-    inputVolume - the volume to segment.
-    modelName - "<name> <version>" of the chosen model package (see modelKey); a bare name also matches.
-    device - "auto", "gpu" or "cpu".
-    batchSize - slices per network call.
-    labelLevels - one segment per disc named by level, with points and a table (models that name disc levels).
-    workerPython - the Python that runs the worker; empty: Slicer's own.
-    outputSegmentation - the last result made by the panel.
-    training - the Training section (TrainingParameters).
-    """
+    """All state of the panel, saved with the scene: inputVolume - the volume to segment; modelName - "<name>
+    <version>" of the chosen package (see modelKey; a bare name also matches); device - "auto", "gpu" or "cpu";
+    batchSize - slices per network call; labelLevels - one segment per disc named by level, with points and a table
+    (models that name disc levels); workerPython - the worker's Python (empty: Slicer's own); outputSegmentation -
+    the panel's last result; training - the Training section (TrainingParameters)."""
 
     inputVolume: vtkMRMLScalarVolumeNode
     modelName: str = ""

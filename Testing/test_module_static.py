@@ -163,8 +163,43 @@ def test_training_section_is_collapsed_and_bound():
     for parameter in ["datasetFolder", "exportSize128", "exportSize192", "exportSize256", "valFraction",
                       "testFraction", "seed",
                       "backgroundChannel", "network", "trainSize", "activation", "epochs", "trainBatchSize",
-                      "learningRate", "loss", "trainedModelName", "runFolder"]:
+                      "learningRate", "loss", "trainedModelName", "runFolder", "contextSlices", "baseFilters",
+                      "augmentation", "sourceSampling", "halfWeights"]:
         assert parameter in bound, f"no widget of the Training section is bound to {parameter}"
+
+
+def test_each_relabelled_combo_box_names_every_choice_of_its_parameter():
+    """_relabel(ui.X, LABELS) renames the items the parameter's Choice made; a label for no choice, or a choice
+    without a label, would show the user a bare key or nothing."""
+    tree = _module_tree(PANEL_FILE)
+    labels = {n.targets[0].id: ast.literal_eval(n.value) for n in tree.body
+              if isinstance(n, ast.Assign) and isinstance(n.targets[0], ast.Name) and n.targets[0].id.endswith("_LABELS")}
+    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and ast.unparse(n.func) == "_relabel"]
+    assert len(calls) >= 6
+    fields, bound = _parameter_fields(), _bound_widgets()
+    for call in calls:
+        widget, table = ast.unparse(call.args[0]).removeprefix("ui."), ast.unparse(call.args[1])
+        annotation = fields[bound[widget][1]]
+        choices = ast.literal_eval(re.search(r"Choice\((\[.*?\])\)", annotation).group(1))
+        assert list(labels[table]) == choices, f"{table} against the choices of {bound[widget][1]}"
+
+
+def test_every_option_the_training_panel_passes_is_an_option_of_ivdseg_train():
+    """The flags of the panel's _start and of TrainingLogic.startTraining are parsed by ivdseg train (a misspelt one
+    would end every training from Slicer in a usage error)."""
+    from ivdseg import cli
+
+    def body(path, name):
+        return next(ast.unparse(n) for n in ast.walk(_module_tree(path))
+                    if isinstance(n, ast.FunctionDef) and n.name == name)
+
+    source = body(PANEL_FILE, "_start") + body(MODULE_DIR / "IVDSegmentationLib" / "training.py", "startTraining")
+    flags = set(re.findall(r"'(--[a-z][a-z-]+)'", source))
+    assert {"--base-filters", "--augmentation", "--source-sampling", "--weights", "--context-slices",
+            "--network", "--size"} <= flags
+    train = cli.build_parser()._subparsers._group_actions[0].choices["train"]
+    known = {option for action in train._actions for option in action.option_strings}
+    assert flags <= known, sorted(flags - known)
 
 
 def test_every_bound_widget_names_a_parameter_of_a_connectable_type():

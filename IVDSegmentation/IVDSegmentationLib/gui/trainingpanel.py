@@ -31,6 +31,9 @@ NETWORK_LABELS = {"unet2d": "U-Net 2D", "deeplabv3plus": "DeepLabV3+", "res_se_u
                   "efficientnet_b0_unet": "U-Net on EfficientNet-B0"}
 ACTIVATION_LABELS = {"relu": "ReLU", "swish": "Swish", "mish": "Mish"}
 LOSS_LABELS = {"dice": "Dice", "dice_ce": "Dice + cross-entropy"}
+AUGMENTATION_LABELS = {"standard": "Standard", "scanner": "Standard + other scanners"}
+SAMPLING_LABELS = {"slices": "Every slice alike", "sqrt": "Square root of each source's slices",
+                   "equal": "Every source alike"}
 SOURCE_LABELS = {"scene": "Volumes and segmentations of the scene", "rleTable": "RLE mask table and image folder"}
 POLL_INTERVAL_MS = 250
 BAR_STEPS_PER_EPOCH = 100
@@ -136,6 +139,8 @@ class TrainingPanel:
         _relabel(ui.networkComboBox, NETWORK_LABELS)
         _relabel(ui.activationComboBox, ACTIVATION_LABELS)
         _relabel(ui.lossComboBox, LOSS_LABELS)
+        _relabel(ui.augmentationComboBox, AUGMENTATION_LABELS)
+        _relabel(ui.sourceSamplingComboBox, SAMPLING_LABELS)
         _relabel(ui.trainingSourceComboBox, SOURCE_LABELS)
         fromTable = self._fromTable
         for widget in (ui.casesLabel, ui.casesTableWidget, ui.refreshCasesButton, ui.classMapLabel,
@@ -149,6 +154,7 @@ class TrainingPanel:
                        ui.valFractionSpinBox, ui.testFractionSpinBox, ui.seedSpinBox, ui.backgroundChannelCheckBox, ui.networkComboBox,
                        ui.trainSizeComboBox, ui.activationComboBox, ui.epochsSpinBox, ui.trainBatchSizeSpinBox,
                        ui.learningRateSpinBox, ui.lossComboBox, ui.contextSlicesSpinBox, ui.trainedModelNameLineEdit,
+                       ui.baseFiltersSpinBox, ui.augmentationComboBox, ui.sourceSamplingComboBox, ui.halfWeightsCheckBox,
                        ui.runFolderPathLineEdit,
                        ui.trainingSourceComboBox, ui.rleGroupBox):
             widget.enabled = not busy
@@ -507,7 +513,9 @@ class TrainingPanel:
             raise ValueError(problem)
         pack = p.training
         name, runFolder = pack.trainedModelName.strip(), Path(pack.runFolder)
-        extraArgs = ["--model-version", self._freeVersion(name), "--context-slices", int(pack.contextSlices)]
+        extraArgs = ["--model-version", self._freeVersion(name), "--context-slices", int(pack.contextSlices),
+                     "--base-filters", int(pack.baseFilters), "--augmentation", pack.augmentation,
+                     "--source-sampling", pack.sourceSampling, "--weights", "float16" if pack.halfWeights else "float32"]
         checkpoints = runFolder / "checkpoints"
         if checkpoints.is_dir() and any(checkpoints.iterdir()):
             if not slicer.util.confirmOkCancelDisplay(
