@@ -33,6 +33,7 @@ def test_an_ensemble_of_two_seeds_is_cross_validated_fold_by_fold(three_sources,
         assert fold["held_out"]["overall"]["patients"] == fold["patients"]["held_out"] == 2
         model, card = load_package(out / fold["package"])  # safe mode
         assert card["network"] == "ensemble" and [m["seed"] for m in card["ensemble"]] == [0, 1]
+        assert "weights_storage" not in card  # float32 members: a float32 ensemble
         assert card["training"]["test_patients"] == 2 and "chose nothing" in card["test"]["split"]
         members = [load_package(run / fold["name"] / "model")[0] for run in (loso, seed1)]
         mean = np.mean([np.asarray(m(x, training=False)) for m in members], axis=0)
@@ -45,15 +46,22 @@ def test_an_ensemble_of_two_seeds_is_cross_validated_fold_by_fold(three_sources,
             onnx_out = session.run(None, {session.get_inputs()[0].name: x})[0]
             np.testing.assert_allclose(onnx_out, mean, atol=1e-4)
         assert "onnx" in card["backends"]  # the nested network exports
-    # the --members form: two trainings on the dataset's own split, averaged, scored on its test patients once
+    # the --members form: two trainings on the dataset's own split, averaged, scored on its test patients once;
+    # members stored as float16 make an ensemble stored as float16 (it holds their weights unchanged)
     runs = [tmp_path / f"train{seed}" for seed in (0, 1)]
     for seed, run in enumerate(runs):
-        assert cli.main(["train", str(three_sources.root), "-o", str(run), "--seed", str(seed), *TINY]) == 0
+        assert cli.main(["train", str(three_sources.root), "-o", str(run), "--seed", str(seed), "--weights",
+                         "float16", *TINY]) == 0
     package = tmp_path / "pair"
     assert cli.main(["ensemble", str(three_sources.root), "-o", str(package), "--progress", "none", "--members",
                      *(str(run / "model") for run in runs)]) == 0
     card = json.loads((package / "model.json").read_text())
     assert card["test"]["overall"]["patients"] == card["training"]["test_patients"] == 3
+    assert card["weights_storage"] == "float16"
+    pair = load_package(package)[0]
+    members = [load_package(run / "model")[0] for run in runs]
+    np.testing.assert_allclose(np.asarray(pair(x, training=False)),
+                               np.mean([np.asarray(m(x, training=False)) for m in members], axis=0), atol=1e-6)
     markdown = (package / "MODEL_CARD.md").read_text()
     assert "validation" in card and "## Ensemble" in markdown and "None lr None" not in markdown
     capsys.readouterr()

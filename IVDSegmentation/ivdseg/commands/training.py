@@ -210,7 +210,8 @@ def ensemble(a) -> int:
         if reporter.mode == "text":
             reporter.message((a.output / "crossval.md").read_text(encoding="utf-8"))
         return 0 if table["complete"] else 3
-    from ivdseg.models.ensemble import ensemble_card, ensemble_network, load_networks, read_members, say_dropped
+    from ivdseg.models.ensemble import (ensemble_card, ensemble_network, load_networks, read_members, say_dropped,
+                                        weights_storage)
     from ivdseg.models.package import resolve_model
     from ivdseg.nn.train import score_and_package
 
@@ -237,7 +238,7 @@ def ensemble(a) -> int:
     card["training"]["test_patients"] = len(info.splits.get("test", []))
     say_dropped(cards, card, reporter)
     score_and_package(ensemble_network(load_networks(packages)), card, info, val_cases, info.test_cases(), "splits.json", a.output,
-                      reporter, a.batch_size)
+                      reporter, a.batch_size, weights=weights_storage(cards))
     reporter.emit("done", package=str(a.output), members=len(packages),
                   val_dice=card["validation"]["overall"]["mean_dice"],
                   test_dice=card["test"]["overall"]["mean_dice"] if "test" in card else None)

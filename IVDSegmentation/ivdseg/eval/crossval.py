@@ -291,7 +291,8 @@ def ensemble_crossval(dataset_dir, out_dir, members, by="source", folds=5, seed=
     import keras
 
     from ivdseg.commands.training import check_model_fits
-    from ivdseg.models.ensemble import ensemble_card, ensemble_network, load_networks, read_members, say_dropped
+    from ivdseg.models.ensemble import (ensemble_card, ensemble_network, load_networks, read_members, say_dropped,
+                                        weights_storage)
     from ivdseg.nn.train import score_and_package
     from ivdseg.progress import Reporter
 
@@ -325,7 +326,8 @@ def ensemble_crossval(dataset_dir, out_dir, members, by="source", folds=5, seed=
             say_dropped(cards[fold["name"]], card, reporter)
         package = score_and_package(ensemble_network(load_networks(packages[fold["name"]])), card, info, info.cases_of(fold["val"]),
                                     info.cases_of(fold["held_out"]), f"cross-validation by {by}, fold {fold['name']}",
-                                    out_dir / fold["name"] / "model", reporter, batch_size)
+                                    out_dir / fold["name"] / "model", reporter, batch_size,
+                                    weights=weights_storage(cards[fold["name"]]))
         result = _fold_result(fold, package, out_dir)
         write_json(out_dir / fold["name"] / "held_out.json", result)
         results.append(result)

@@ -128,6 +128,12 @@ def read_members(packages) -> list[dict]:
     return cards
 
 
+def weights_storage(cards: list[dict]) -> str:
+    """float16 when every member stores float16 weights: the averaged network holds the members' weights unchanged,
+    so it stores them as exactly; otherwise float32."""
+    return "float16" if all(c.get("weights_storage") == "float16" for c in cards) else "float32"
+
+
 def load_networks(packages) -> list:
     """The members' networks, each loaded safely (their cards checked first by :func:`read_members`)."""
     from ivdseg.models.package import load_package
