@@ -54,3 +54,14 @@ done
     --size 256 --epochs 12 --patience 6 --learning-rate 3e-4 --network unet2d --progress jsonl \
     --init-from "$RUNS/ss_sqrt128/model" --source-sampling sqrt --name ss-sqrt-256 --overwrite
 ivdseg crossval "$RUNS/ds_disc_v2_pad" -o "$RUNS/cv_pad128_sqrt" "${BASE[@]}" --source-sampling sqrt --name pad-128-sqrt
+# 24 base filters (4.4 M parameters; float16 weights keep the package under 20 MB): both stages on every source's
+# training patients (against 2.0.0 on the validation patients), then both stages left out by source
+W24=(--network unet2d --base-filters 24 --progress jsonl --seed 0)
+[ -f "$RUNS/w24_128/model/model.json" ] || ivdseg train "$RUNS/ds_disc_v2_pad" -o "$RUNS/w24_128" "${W24[@]}" \
+    --size 128 --epochs 25 --patience 25 --name w24-128 --overwrite
+[ -f "$RUNS/w24_256/model/model.json" ] || ivdseg train "$RUNS/ds_disc_v2_pad" -o "$RUNS/w24_256" "${W24[@]}" \
+    --size 256 --epochs 12 --patience 6 --learning-rate 3e-4 --weights float16 --init-from "$RUNS/w24_128/model" \
+    --name w24-256 --overwrite
+ivdseg crossval "$RUNS/ds_disc_v2_pad" -o "$RUNS/cv_w24_128" "${BASE[@]}" --base-filters 24 --name w24-128
+ivdseg crossval "$RUNS/ds_disc_v2_pad" -o "$RUNS/cv_w24_256" "${S2[@]}" --base-filters 24 --weights float16 \
+    --init-from "$RUNS/cv_w24_128" --name w24-256
