@@ -56,3 +56,17 @@ def test_inference_follows_the_card():
     assert np.ptp(rows) == np.ptp(cols) == 15 and rows.min() == 16 + 8
     with pytest.raises(ValueError, match="resize mode"):
         resize_stack(stack, 64, mode="crop")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int16, np.uint8])
+def test_network_input_is_float32_whatever_the_scanner_stored(dtype):
+    """float64 percentile bounds once promoted every prepared slice to float64: twice the memory of a training set,
+    and an input ONNX Runtime refuses."""
+    from ivdseg.data.preprocess import normalize_slices
+
+    stack = (np.random.default_rng(0).random((3, 40, 50)) * 1000).astype(dtype)
+    normalised = normalize_slices(stack)
+    assert normalised.dtype == np.float32 and 0.0 <= normalised.min() and normalised.max() <= 1.0
+    assert prepare_slices(stack, CARD).dtype == np.float32
+    assert prepare_slices(stack, {**CARD, "context_slices": 1, "channels": 3}).shape == (3, 64, 64, 3)
+    assert prepare_slices(stack, {**CARD, "context_slices": 1, "channels": 3}).dtype == np.float32

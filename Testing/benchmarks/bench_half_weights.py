@@ -43,7 +43,7 @@ def _sample_slices(path: Path, card, n):
 
     stack, _ = check_sagittal(read_volume(path))
     middle = max(0, len(stack) // 2 - n // 2)
-    return prepare_slices(stack[middle:middle + n], card).astype(np.float32)
+    return prepare_slices(stack[middle:middle + n], card)
 
 
 def main(argv=None):

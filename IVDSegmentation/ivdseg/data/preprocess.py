@@ -78,8 +78,8 @@ def normalize_slices(stack: np.ndarray, percentiles=DEFAULT_PERCENTILES) -> np.n
     if stack.ndim != 3:
         raise ValueError(f"expected a stack (N, H, W), got shape {stack.shape}")
     flat = stack.reshape(stack.shape[0], -1)
-    lo, hi = np.percentile(flat, percentiles, axis=1)
-    scale = np.where(hi > lo, hi - lo, 1.0)
+    lo, hi = np.percentile(flat, percentiles, axis=1).astype(np.float32)  # float64 bounds would promote the slices
+    scale = np.where(hi > lo, hi - lo, np.float32(1.0))
     out = (stack - lo[:, None, None]) / scale[:, None, None]
     out[hi <= lo] = 0.0
     return np.clip(out, 0.0, 1.0)
