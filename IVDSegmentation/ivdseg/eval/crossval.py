@@ -225,7 +225,7 @@ def crossval(dataset_dir, out_dir, cfg, by="source", folds=5, val_fraction=0.15,
 
 # Settings that do not change what a fold's network learns: the package's name and version, and where it started
 # from (a path, which may have moved; the earlier cross-validation's folds are checked by _fold_starts).
-_NOT_COMPARED = {"name", "version", "card_extra", "init_from", "dataset"}
+_NOT_COMPARED = {"name", "version", "card_extra", "init_from"}
 
 
 def _check_finished_fold(run: Path, fold_cfg, out_dir: Path) -> None:

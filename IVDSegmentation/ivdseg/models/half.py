@@ -14,7 +14,6 @@ Training rounds the chosen checkpoint's weights to float16 *before* it scores th
 
 from __future__ import annotations
 
-import os
 import tempfile
 import zipfile
 from pathlib import Path
@@ -22,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ivdseg.errors import IvdsegError
+from ivdseg.io.atomic import atomic_write
 
 WEIGHT_DTYPES = ("float32", "float16")
 FLOAT16_MAX = float(np.finfo(np.float16).max)  # 65504
@@ -49,17 +49,6 @@ def round_weights(model) -> None:
     model.set_weights(rounded)
 
 
-def _replace(path: Path, write) -> None:
-    """Writes a new version of ``path`` through ``write(temp_path)`` beside it, then replaces it in one step."""
-    fd, temp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(temp))
-        os.replace(temp, path)
-    finally:
-        Path(temp).unlink(missing_ok=True)
-
-
 def halve_keras_file(path) -> None:
     """Stores the float32 arrays of a ``.keras`` file's weights as float16; every other member is copied unchanged."""
     import h5py
@@ -80,7 +69,7 @@ def halve_keras_file(path) -> None:
                         else:
                             dst.writestr(info, src.read(info))
 
-    _replace(path, write)
+    atomic_write(path, write, overwrite=True)
 
 
 def _copy_h5(src, dst) -> None:
@@ -132,7 +121,7 @@ def halve_onnx_file(path) -> None:
     del graph.node[:]
     graph.node.extend(nodes)
     onnx.checker.check_model(model)
-    _replace(path, lambda temp: onnx.save(model, str(temp)))
+    atomic_write(path, lambda temp: onnx.save(model, str(temp)), overwrite=True)
 
 
 def check_half_onnx(path, model) -> float:
