@@ -147,7 +147,7 @@ def test_train_keypoints_writes_a_package_with_its_correction_tables(tmp_path, c
     write_dataset(tmp_path / "ds", NAMES, samples, (64, 32), val_fraction=0.25, test_fraction=0.25)
     assert main(["train-keypoints", str(tmp_path / "ds"), "-o", str(tmp_path / "run"), "--epochs", "2",
                  "--depth", "2", "--base-filters", "4", "--mode", "prompt", "--plane", "image", "--name", "dots",
-                 "--hints-every-scale", "--progress", "jsonl"]) == 0
+                 "--hints-every-scale", "--max-hints", "2", "--progress", "jsonl"]) == 0
     events = [line for line in capsys.readouterr().out.splitlines() if '"epoch"' in line]
     assert len(events) == 2 and "val_mre0" in events[0]
     card = read_card(tmp_path / "run" / "model")
@@ -156,12 +156,15 @@ def test_train_keypoints_writes_a_package_with_its_correction_tables(tmp_path, c
     for part in ("validation", "test"):
         entry = card[part]["per_source"]["s"]
         assert entry["unit"] == "px" and len(entry["model"]) == len(entry["manual"]) == 4
+    assert card["training"]["max_hints"] == 2 and "--max-hints 2" in card["training"]["command"]
     assert "--mode prompt" in card["training"]["command"] and str(tmp_path) not in json_text(tmp_path / "run")
     model, _ = load_package(tmp_path / "run" / "model")
     assert getattr(model, "optimizer", None) is None  # the package holds the network only
     assert (tmp_path / "run" / "model" / "model.onnx").is_file()
     assert main(["train-keypoints", str(tmp_path / "ds"), "-o", str(tmp_path / "run"), "--epochs", "0"]) == 2
     assert "--epochs must be at least 1" in capsys.readouterr().err
+    assert main(["train-keypoints", str(tmp_path / "ds"), "-o", str(tmp_path / "run"), "--max-hints", "-1"]) == 2
+    assert "--max-hints must be at least 0" in capsys.readouterr().err
     (tmp_path / "card.json").write_text("[1, 2]")
     assert main(["train-keypoints", str(tmp_path / "ds"), "-o", str(tmp_path / "run4"), "--card",
                  str(tmp_path / "card.json")]) == 2  # refused before any training, nothing written

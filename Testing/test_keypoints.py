@@ -133,3 +133,22 @@ def test_bad_training_settings_are_refused():
         fit(model, images, points, KeypointTrainConfig(mode="guess"))
     with pytest.raises(ValueError, match="2 keypoints but the model predicts 3"):
         fit(model, images, points[:, :2], KeypointTrainConfig())
+
+
+@pytest.mark.parametrize("max_hints, most", [(0, 6), (2, 2), (9, 6)])
+def test_prompt_hints_give_each_hinted_sample_between_one_and_max_hints_true_points(max_hints, most):
+    """The prompt mode's hints are Gaussians at true points; a hinted sample gets 1..max_hints of them (0 or more
+    than the keypoints: up to all of them), a sample outside the prompt share none."""
+    from ivdseg.nn.keypoint_train import KeypointTrainConfig, _prompt_hints
+
+    rng = np.random.default_rng(0)
+    truth = rng.uniform(4, 28, (400, 6, 2))
+    cfg = KeypointTrainConfig(mode="prompt", prompt_share=0.5, max_hints=max_hints, sigma_px=1.5)
+    hints = _prompt_hints(np.zeros((400, 32, 32, 1), np.float32), truth, cfg, rng)
+    given = hints.max(axis=(1, 2)) > 0  # (N, K): an unfixed keypoint's channel is all zero
+    counts = given.sum(axis=1)
+    assert set(np.unique(counts)) == set(range(most + 1))
+    assert 0.4 < (counts == 0).mean() < 0.6
+    for n, k in zip(*np.nonzero(given)):  # each lands on its own keypoint's true position
+        np.testing.assert_allclose(np.unravel_index(np.argmax(hints[n, ..., k]), (32, 32)), np.round(truth[n, k]),
+                                   atol=1)

@@ -156,6 +156,8 @@ def _add_keypoint_commands(sub):
     t.add_argument("--worst-of", type=int, default=1, help="revise: hint one of the N worst points, at random")
     t.add_argument("--max-rounds", type=int, default=2, help="revise: correction rounds per batch, 0..N")
     t.add_argument("--prompt-share", type=float, default=0.5, help="prompt: share of samples given hints")
+    t.add_argument("--max-hints", type=int, default=0,
+                   help="prompt: a hinted sample gets 1..N true points (0, the default: up to every keypoint)")
     t.add_argument("--patience", type=int, default=0, help="stop after N epochs without a better validation error")
     t.add_argument("--no-augment", action="store_true")
     t.add_argument("--init-from", help="keypoint package whose weights start training (same keypoints and shape)")

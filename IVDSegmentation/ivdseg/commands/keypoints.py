@@ -38,7 +38,8 @@ def export_keypoints(a) -> int:
 
 def _check_train_args(a):
     for option, value, low in (("--epochs", a.epochs, 1), ("--batch-size", a.batch_size, 1),
-                               ("--max-rounds", a.max_rounds, 0), ("--worst-of", a.worst_of, 1)):
+                               ("--max-rounds", a.max_rounds, 0), ("--worst-of", a.worst_of, 1),
+                               ("--max-hints", a.max_hints, 0)):
         if value < low:
             raise IvdsegError(f"{option} must be at least {low}, got {value}.")
     if not a.learning_rate > 0 or not a.sigma > 0:
@@ -79,7 +80,8 @@ def train_keypoints(a) -> int:
         _init_from(model, a.init_from, names)
     cfg = KeypointTrainConfig(mode=a.mode, epochs=a.epochs, batch_size=a.batch_size, learning_rate=a.learning_rate,
                               sigma_px=a.sigma, worst_of=a.worst_of, max_rounds=a.max_rounds,
-                              prompt_share=a.prompt_share, augment=not a.no_augment, patience=a.patience, seed=a.seed)
+                              prompt_share=a.prompt_share, max_hints=a.max_hints, augment=not a.no_augment,
+                              patience=a.patience, seed=a.seed)
     start = time.time()
     history = fit(model, train["image"][..., None], train["points"], cfg,
                   on_epoch=lambda r: reporter.emit("epoch", epochs=a.epochs, **r),
@@ -98,6 +100,7 @@ def train_keypoints(a) -> int:
         "training": {"mode": a.mode, "epochs_run": len(history), "best_epoch": best.get("epoch"),
                      "learning_rate": a.learning_rate, "batch_size": a.batch_size, "augment": not a.no_augment,
                      "worst_of": a.worst_of, "max_rounds": a.max_rounds, "prompt_share": a.prompt_share,
+                     "max_hints": a.max_hints or len(names),
                      "seed": a.seed, "seconds": round(time.time() - start, 1), "sources": ds.meta["sources"],
                      "init_from": Path(a.init_from).name if a.init_from else None,
                      "train_patients": len(ds.splits["train"]), "val_patients": len(ds.splits["val"]),
@@ -139,7 +142,7 @@ def _options(a) -> list[str]:
     if a.mode == "revise":
         out += [f"--worst-of {a.worst_of}", f"--max-rounds {a.max_rounds}"]
     else:
-        out += [f"--prompt-share {a.prompt_share}"]
+        out += [f"--prompt-share {a.prompt_share}"] + ([f"--max-hints {a.max_hints}"] if a.max_hints else [])
     out += ["--hints-every-scale"] if a.hints_every_scale else []
     out += [f"--init-from {Path(a.init_from).name}"] if a.init_from else []  # the name only: no local path
     return out + (["--no-augment"] if a.no_augment else [])

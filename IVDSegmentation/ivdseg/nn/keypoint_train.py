@@ -7,7 +7,8 @@ Two ways, both from the seed design, selectable and comparable:
   points it did not get. Each batch makes a random number of such rounds (0 to ``max_rounds``), so the network also
   keeps learning the first, unhinted prediction.
 * ``"prompt"``: give hints before the only prediction, to a share of the samples, each hinted sample getting a random
-  number of true points: the network learns what a hint means from the start.
+  number of true points (1 to ``max_hints``): the network learns what a hint means from the start. A user corrects one
+  to three points; with many hints the task is copying them, so a small ``max_hints`` trains what a user will ask.
 
 Heatmap loss: binary cross-entropy (what the seed settled on), averaged over pixels and keypoints. The loop runs
 batch by batch in Python (a prediction is needed before each revised step); it is meant for the small keypoint
@@ -36,6 +37,7 @@ class KeypointTrainConfig:
     worst_of: int = 1  # "revise": the hint goes to one of the worst ``worst_of`` points, at random
     max_rounds: int = 2  # "revise": correction rounds per batch, 0..max_rounds
     prompt_share: float = 0.5  # "prompt": the share of samples that get hints
+    max_hints: int = 0  # "prompt": a hinted sample gets 1..max_hints true points (0: up to every keypoint)
     augment: bool = False  # random scale, rotation, shift and gamma of each training sample
     patience: int = 0  # with validation data: stop after this many epochs without a better one (0: never)
     seed: int = 0
@@ -70,12 +72,14 @@ def _revise_hints(model, images, truth, cfg, rng, rounds=None):
 
 
 def _prompt_hints(images, truth, cfg, rng):
-    """Hints of the "prompt" mode: a random number of true points for a share of the samples, none for the rest."""
+    """Hints of the "prompt" mode: 1..``max_hints`` true points, chosen at random, for a share of the samples, none
+    for the rest."""
     shape, k = images.shape[1:3], truth.shape[1]
+    most = min(cfg.max_hints, k) if cfg.max_hints > 0 else k
     hints = np.full(truth.shape, np.nan)
     for n in range(len(images)):
         if rng.random() < cfg.prompt_share:
-            chosen = rng.choice(k, size=int(rng.integers(1, k + 1)), replace=False)
+            chosen = rng.choice(k, size=int(rng.integers(1, most + 1)), replace=False)
             hints[n, chosen] = truth[n, chosen]
     return np.stack([hint_channels(h, shape, cfg.sigma_px) for h in hints])
 
