@@ -147,7 +147,7 @@ def test_train_keypoints_writes_a_package_with_its_correction_tables(tmp_path, c
     write_dataset(tmp_path / "ds", NAMES, samples, (64, 32), val_fraction=0.25, test_fraction=0.25)
     assert main(["train-keypoints", str(tmp_path / "ds"), "-o", str(tmp_path / "run"), "--epochs", "2",
                  "--depth", "2", "--base-filters", "4", "--mode", "prompt", "--plane", "image", "--name", "dots",
-                 "--hints-every-scale", "--max-hints", "2", "--progress", "jsonl"]) == 0
+                 "--hints-every-scale", "--max-hints", "2", "--loss", "focal", "--progress", "jsonl"]) == 0
     events = [line for line in capsys.readouterr().out.splitlines() if '"epoch"' in line]
     assert len(events) == 2 and "val_mre0" in events[0]
     card = read_card(tmp_path / "run" / "model")
@@ -156,6 +156,7 @@ def test_train_keypoints_writes_a_package_with_its_correction_tables(tmp_path, c
     for part in ("validation", "test"):
         entry = card[part]["per_source"]["s"]
         assert entry["unit"] == "px" and len(entry["model"]) == len(entry["manual"]) == 4
+    assert card["training"]["loss"] == "focal" and "--loss focal" in card["training"]["command"]
     assert card["training"]["max_hints"] == 2 and "--max-hints 2" in card["training"]["command"]
     assert "--mode prompt" in card["training"]["command"] and str(tmp_path) not in json_text(tmp_path / "run")
     model, _ = load_package(tmp_path / "run" / "model")

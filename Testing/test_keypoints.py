@@ -95,8 +95,8 @@ def _bar_task(n, seed, size=48, step=8):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["revise", "prompt"])
-def test_the_simulated_user_teaches_a_hint_to_move_the_other_points(mode):
+@pytest.mark.parametrize("mode, loss", [("revise", "bce"), ("prompt", "bce"), ("prompt", "focal")])
+def test_the_simulated_user_teaches_a_hint_to_move_the_other_points(mode, loss):
     """Once the top point is given, the rows of the two untouched points follow it (to under 2 px and under 0.3 of
     their unhinted error); without the mechanism a hint could not move them at all."""
     pytest.importorskip("keras")
@@ -109,7 +109,7 @@ def test_the_simulated_user_teaches_a_hint_to_move_the_other_points(mode):
     keras.utils.set_random_seed(0)
     images, points = _bar_task(96, seed=1)
     model = KEYPOINT_NETWORKS["keypoint_unet"](input_size=48, num_keypoints=3, depth=3, base_filters=8)
-    cfg = KeypointTrainConfig(mode=mode, epochs=30, batch_size=16, learning_rate=3e-3, max_rounds=1,
+    cfg = KeypointTrainConfig(mode=mode, loss=loss, epochs=30, batch_size=16, learning_rate=3e-3, max_rounds=1,
                               prompt_share=0.7, sigma_px=3.0)
     losses = [r["loss"] for r in fit(model, images, points, cfg)]
     assert losses[-1] < 0.6 * losses[0]  # (Gaussian targets: binary cross-entropy has a floor above 0)
@@ -131,6 +131,8 @@ def test_bad_training_settings_are_refused():
     images, points = np.zeros((2, 16, 16, 1), np.float32), np.zeros((2, 3, 2))
     with pytest.raises(ValueError, match="mode must be one of"):
         fit(model, images, points, KeypointTrainConfig(mode="guess"))
+    with pytest.raises(ValueError, match="loss must be one of"):
+        fit(model, images, points, KeypointTrainConfig(loss="mse"))
     with pytest.raises(ValueError, match="2 keypoints but the model predicts 3"):
         fit(model, images, points[:, :2], KeypointTrainConfig())
 
@@ -152,3 +154,17 @@ def test_prompt_hints_give_each_hinted_sample_between_one_and_max_hints_true_poi
     for n, k in zip(*np.nonzero(given)):  # each lands on its own keypoint's true position
         np.testing.assert_allclose(np.unravel_index(np.argmax(hints[n, ..., k]), (32, 32)), np.round(truth[n, k]),
                                    atol=1)
+
+
+def test_the_focal_heatmap_loss_on_known_values():
+    """Each pixel's cross-entropy weighted by |target - prediction| ** 2, summed over the pixels of a heatmap: a pixel
+    predicted exactly costs nothing, whatever its target."""
+    pytest.importorskip("keras")
+    from ivdseg.nn.keypoint_train import focal_heatmap_loss
+
+    y_true = np.array([0.0, 0.5, 1.0, 0.2], np.float32).reshape(1, 2, 2, 1)
+    y_pred = np.array([0.1, 0.5, 0.8, 0.2], np.float32).reshape(1, 2, 2, 1)
+    expected = 0.1 ** 2 * -np.log(0.9) + 0.2 ** 2 * -np.log(0.8)
+    value = np.asarray(focal_heatmap_loss()(y_true, y_pred))
+    assert value.shape == (1, 1) and value[0, 0] == pytest.approx(expected, rel=1e-4)
+    assert float(np.asarray(focal_heatmap_loss()(y_true, y_true)).sum()) == pytest.approx(0.0, abs=1e-6)

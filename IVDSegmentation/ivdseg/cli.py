@@ -145,6 +145,8 @@ def _add_keypoint_commands(sub):
     t.add_argument("--mode", choices=["revise", "prompt"], default="revise",
                    help="revise: predict, fix the worst point, learn on the revised pass; prompt: hints before the "
                         "only pass, in a share of the samples")
+    t.add_argument("--loss", choices=["bce", "focal"], default="bce",
+                   help="heatmap loss: binary cross-entropy, or its focal variant for Gaussian targets")
     t.add_argument("--epochs", type=int, default=100)
     t.add_argument("--batch-size", type=int, default=8)
     t.add_argument("--learning-rate", type=float, default=1e-3)

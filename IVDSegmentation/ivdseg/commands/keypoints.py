@@ -78,7 +78,7 @@ def train_keypoints(a) -> int:
         raise IvdsegError(str(exc)) from None
     if a.init_from:
         _init_from(model, a.init_from, names)
-    cfg = KeypointTrainConfig(mode=a.mode, epochs=a.epochs, batch_size=a.batch_size, learning_rate=a.learning_rate,
+    cfg = KeypointTrainConfig(mode=a.mode, loss=a.loss, epochs=a.epochs, batch_size=a.batch_size, learning_rate=a.learning_rate,
                               sigma_px=a.sigma, worst_of=a.worst_of, max_rounds=a.max_rounds,
                               prompt_share=a.prompt_share, max_hints=a.max_hints, augment=not a.no_augment,
                               patience=a.patience, seed=a.seed)
@@ -97,7 +97,7 @@ def train_keypoints(a) -> int:
         "input_shape": list(shape), "channels": 1, "normalization": ds.meta["normalization"],
         "resize": "letterbox", "slice_plane": a.plane, "keypoints": names, "hint_sigma_px": a.sigma,
         "parameters": int(model.count_params()),
-        "training": {"mode": a.mode, "epochs_run": len(history), "best_epoch": best.get("epoch"),
+        "training": {"mode": a.mode, "loss": a.loss, "epochs_run": len(history), "best_epoch": best.get("epoch"),
                      "learning_rate": a.learning_rate, "batch_size": a.batch_size, "augment": not a.no_augment,
                      "worst_of": a.worst_of, "max_rounds": a.max_rounds, "prompt_share": a.prompt_share,
                      "max_hints": a.max_hints or len(names),
@@ -136,7 +136,7 @@ def _init_from(model, package, names):
 
 
 def _options(a) -> list[str]:
-    out = [f"--mode {a.mode}", f"--epochs {a.epochs}", f"--batch-size {a.batch_size}",
+    out = [f"--mode {a.mode}", f"--loss {a.loss}", f"--epochs {a.epochs}", f"--batch-size {a.batch_size}",
            f"--learning-rate {a.learning_rate}", f"--sigma {a.sigma}", f"--depth {a.depth}",
            f"--base-filters {a.base_filters}", f"--patience {a.patience}", f"--plane {a.plane}", f"--seed {a.seed}"]
     if a.mode == "revise":

@@ -10,7 +10,10 @@ Two ways, both from the seed design, selectable and comparable:
   number of true points (1 to ``max_hints``): the network learns what a hint means from the start. A user corrects one
   to three points; with many hints the task is copying them, so a small ``max_hints`` trains what a user will ask.
 
-Heatmap loss: binary cross-entropy (what the seed settled on), averaged over pixels and keypoints. The loop runs
+Heatmap loss: binary cross-entropy (what the seed settled on), averaged over pixels and keypoints, or its focal
+variant for soft targets (``"focal"``): each pixel's cross-entropy weighted by ``|target - prediction| ** 2``, so the
+many background pixels a heatmap already gets right stop outweighing the few near its peak (the quality focal loss of
+Li et al., NeurIPS 2020, which suits Gaussian targets better than a focal loss for 0/1 targets). The loop runs
 batch by batch in Python (a prediction is needed before each revised step); it is meant for the small keypoint
 sets of this project, not for throughput. With validation data, the weights of the epoch with the lowest validation
 error (the mean radial error before and after one simulated correction, averaged) are kept.
@@ -25,11 +28,13 @@ import numpy as np
 from ivdseg.inference.keypoints import gaussian, hint_channels, predict_points
 
 MODES = ("revise", "prompt")
+LOSSES = ("bce", "focal")
 
 
 @dataclass
 class KeypointTrainConfig:
     mode: str = "revise"
+    loss: str = "bce"  # one of LOSSES
     epochs: int = 20
     batch_size: int = 8
     learning_rate: float = 1e-3
@@ -52,6 +57,20 @@ def heatmap_targets(points_rc, shape_hw, sigma_px: float) -> np.ndarray:
         for k, p in enumerate(sample):
             out[n, ..., k] = gaussian((h, w), p, sigma_px)
     return out
+
+
+def focal_heatmap_loss(gamma: float = 2.0):
+    """Binary cross-entropy of each pixel weighted by ``|target - prediction| ** gamma``, summed over the pixels of
+    each heatmap (a per-pixel mean would make the loss vanish as the background is learnt), then averaged over
+    heatmaps and samples by Keras."""
+    from keras import ops
+
+    def focal(y_true, y_pred):
+        p = ops.clip(y_pred, 1e-6, 1.0 - 1e-6)
+        bce = -(y_true * ops.log(p) + (1.0 - y_true) * ops.log(1.0 - p))
+        return ops.sum(ops.power(ops.abs(y_true - p), gamma) * bce, axis=(1, 2))
+
+    return focal
 
 
 def _revise_hints(model, images, truth, cfg, rng, rounds=None):
@@ -132,6 +151,8 @@ def fit(model, images: np.ndarray, points_rc: np.ndarray, cfg: KeypointTrainConf
 
     if cfg.mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {cfg.mode!r}")
+    if cfg.loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, got {cfg.loss!r}")
     images = np.asarray(images, np.float32)
     truth = np.asarray(points_rc, float)
     if truth.shape[1] != model.output_shape[-1]:
@@ -140,7 +161,8 @@ def fit(model, images: np.ndarray, points_rc: np.ndarray, cfg: KeypointTrainConf
         raise ValueError("every training sample needs all its keypoints (found a missing one)")
     rng = np.random.default_rng(cfg.seed)
     shape = images.shape[1:3]
-    model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate), loss=keras.losses.BinaryCrossentropy())
+    loss = keras.losses.BinaryCrossentropy() if cfg.loss == "bce" else focal_heatmap_loss()
+    model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate), loss=loss)
     history, best, best_weights, since = [], np.inf, None, 0
     for epoch in range(cfg.epochs):
         order = rng.permutation(len(images))
