@@ -172,8 +172,12 @@ def test_train_keypoints_writes_a_package_with_its_correction_tables(tmp_path, c
     assert "--card" in capsys.readouterr().err and not (tmp_path / "run4").exists()
     common = [str(tmp_path / "ds"), "--epochs", "1", "--base-filters", "4", "--mode", "revise", "--progress", "none",
               "--init-from", str(tmp_path / "run" / "model"), "--hints-every-scale"]
-    assert main(["train-keypoints", "-o", str(tmp_path / "run2"), "--depth", "2", *common]) == 0
-    assert read_card(tmp_path / "run2" / "model")["training"]["init_from"] == "model"
+    assert main(["train-keypoints", "-o", str(tmp_path / "run2"), "--depth", "2", "--weights", "float16", *common]) == 0
+    card2 = read_card(tmp_path / "run2" / "model")
+    assert card2["training"]["init_from"] == "model" and card2["weights_storage"] == "float16"
+    assert "--weights float16" in card2["training"]["command"]
+    half, _ = load_package(tmp_path / "run2" / "model")  # what the card's tables scored: float16 values
+    assert all(np.array_equal(w, w.astype(np.float16).astype(np.float32)) for w in half.get_weights())
     assert main(["train-keypoints", "-o", str(tmp_path / "run3"), "--depth", "3", *common]) == 2
     assert "another network shape" in capsys.readouterr().err and not (tmp_path / "run3" / "model").exists()
     assert main(["train-keypoints", "-o", str(tmp_path / "run5"), "--depth", "2", *common[:-1]]) == 2  # hints at input only

@@ -158,6 +158,9 @@ def _add_keypoint_commands(sub):
     t.add_argument("--worst-of", type=int, default=1, help="revise: hint one of the N worst points, at random")
     t.add_argument("--max-rounds", type=int, default=2, help="revise: correction rounds per batch, 0..N")
     t.add_argument("--prompt-share", type=float, default=0.5, help="prompt: share of samples given hints")
+    t.add_argument("--weights", choices=["float32", "float16"], default="float32",
+                   help="how the package stores its weights: float16 halves its size (the chosen weights are rounded "
+                        "before the validation and test samples score them)")
     t.add_argument("--max-hints", type=int, default=0,
                    help="prompt: a hinted sample gets 1..N true points (0, the default: up to every keypoint)")
     t.add_argument("--patience", type=int, default=0, help="stop after N epochs without a better validation error")

@@ -90,6 +90,10 @@ def train_keypoints(a) -> int:
     trained, model = model, build_keypoint_unet(shape, len(names), depth=a.depth, base_filters=a.base_filters,
                                                 hints_every_scale=a.hints_every_scale)
     model.set_weights(trained.get_weights())  # the package holds the network, not the optimizer's state
+    if a.weights == "float16":  # scored as it will be stored
+        from ivdseg.models.half import round_weights
+
+        round_weights(model)
     card = {
         "task": "keypoints", "name": a.name, "version": a.model_version, "network": "keypoint_unet",
         "architecture": {"depth": a.depth, "base_filters": a.base_filters, "activation": "leaky_relu",
@@ -114,7 +118,7 @@ def train_keypoints(a) -> int:
     from ivdseg.io.atomic import write_json
     from ivdseg.nn.train import _save_with_onnx
 
-    _save_with_onnx(model, card, a.output / "model", {}, reporter)
+    _save_with_onnx(model, card, a.output / "model", {}, reporter, weights=a.weights)
     write_json(a.output / "history.json", history)
     reporter.emit("done", package=str(a.output / "model"), best_epoch=best.get("epoch"),
                   test=card.get("test", {}).get("overall"))
@@ -144,6 +148,7 @@ def _options(a) -> list[str]:
     else:
         out += [f"--prompt-share {a.prompt_share}"] + ([f"--max-hints {a.max_hints}"] if a.max_hints else [])
     out += ["--hints-every-scale"] if a.hints_every_scale else []
+    out += ["--weights float16"] if a.weights == "float16" else []
     out += [f"--init-from {Path(a.init_from).name}"] if a.init_from else []  # the name only: no local path
     return out + (["--no-augment"] if a.no_augment else [])
 
