@@ -89,6 +89,37 @@ def test_a_spec_source_labels_the_classes_of_its_class_map(tmp_path):
     assert all(set(np.unique(c.label)) == {0, 2} for c in cases)
 
 
+def test_slices_listed_as_unannotated_label_no_class_and_are_counted_apart(tmp_path):
+    """An empty label file over anatomy nobody drew is not a negative: its case labels no class (so training and
+    evaluation leave it out), it keeps its patient (so the split does not move), and dataset.json counts it apart."""
+    root = tmp_path / "src"
+    (root / "img").mkdir(parents=True)
+    for n, stem in enumerate(("p0_0", "p0_1", "p1_2", "p2_3")):  # p0_1 unannotated, p2_3 truly empty
+        cv2.imwrite(str(root / "img" / f"{stem}.png"), np.full((16, 16), 100 + n, np.uint8))
+    for png in (root / "img").glob("*.png"):
+        label = np.zeros((16, 16), np.uint8)
+        if png.stem not in ("p0_1", "p2_3"):
+            label[4:8, 4:12] = 1
+        np.save(root / "img" / f"{png.stem}.npy", label)
+    spec = {"name": "x", "kind": "slices", "root": str(root), "images": "img/*.png", "labels": "img/{stem}.npy",
+            "patient_pattern": "^(p\\d)_", "classes": {"intervertebral disc": [1]}, "unannotated": ["img/p0_1.png"]}
+    cases = list(iter_source_cases(SourceSpec.from_dict(spec, tmp_path), CLASSES))
+    assert sorted((c.patient, len(c.image), c.labelled_classes) for c in cases) == [
+        ("p0", 1, ()), ("p0", 1, ("intervertebral disc",)), ("p1", 1, ("intervertebral disc",)),
+        ("p2", 1, ("intervertebral disc",))]
+    info = export_dataset(cases, CLASSES, tmp_path / "d", ExportOptions(sizes=(16,), val_fraction=0.34))
+    meta = json.loads((tmp_path / "d" / "dataset.json").read_text())["sources"]["x"]
+    assert meta["patients"] == 3 and meta["unannotated_slices"] == 1
+    assert meta["slices_without_any_class"] == 1 and meta["slices_without_class"] == {"intervertebral disc": 1}
+    unannotated = [c for c, m in info.cases.items() if not m["labelled_classes"]]
+    assert len(unannotated) == 1 and not info.availability(unannotated).any()  # nothing known: out of the loss
+    for bad, message in (({"unannotated": ["img/p9_9.png"]}, "does not find it"),
+                         ({"unannotated": "img/p0_1.png"}, "must be a list"),
+                         ({"kind": "pairs", "pairs": [], "unannotated": ["a.png"]}, "applies to sources of kind")):
+        with pytest.raises(IvdsegError, match=message):
+            list(iter_source_cases(SourceSpec.from_dict({**spec, **bad}, tmp_path), CLASSES))
+
+
 def test_no_background_channel_option(tmp_path):
     info = export_dataset([_raw("a"), _raw("b")], CLASSES, tmp_path / "d",
                           ExportOptions(sizes=(32,), background_channel=False))

@@ -82,3 +82,32 @@ def test_a_class_no_training_slice_shows_is_said_not_a_crash(partial, tmp_path):
     assert "No training slice of this split shows 'vertebra'; the network cannot learn it here, and its Dice " \
            "will be low or missing." in texts
     assert (package / "model.json").exists()
+
+
+def test_an_unannotated_slice_is_neither_scored_nor_taught_and_training_says_so(tmp_path):
+    """A case with no class labelled (listed as unannotated in the export spec): its discs, which nobody drew, are
+    not false positives of a model that finds them, and training says it learns nothing from it."""
+    from ivdseg.errors import IvdsegWarning
+    from ivdseg.nn.train_data import say_unlabelled
+
+    image, truth = synthetic_spine_slices(n_slices=2, height=96, width=80, levels=3, seed=5)
+    drawn = RawCase(patient="drawn", source="s", image=image, label=truth.astype(np.uint8),
+                    labelled_classes=CLASSES[:1])
+    nobody = RawCase(patient="nobody", source="s", image=image, label=np.zeros_like(truth, np.uint8),
+                     labelled_classes=())
+    info = export_dataset([drawn, nobody], CLASSES[:1], tmp_path / "d", ExportOptions(sizes=(64,), val_fraction=0.5))
+    by_patient = {m["patient"]: c for c, m in info.cases.items()}
+    assert len(by_patient) == 2
+    predictions = []  # the model finds the discs on both: right on the drawn case, unknown on the other
+    for case in info.cases:
+        label = ds.load_npz(info.root / "cases" / f"{case}.npz")["label"]
+        predictions.append((case, label, truth.astype(np.uint8)))
+    scores = score_predictions(predictions, info)
+    assert scores["overall"]["dice"]["intervertebral disc"] == 1.0
+    cases = sorted(info.cases)
+    labels = np.concatenate([ds.load_npz(info.root / "64" / f"{case}.npz")["label"] for case in cases])
+    with pytest.warns(IvdsegWarning, match="unannotated") as said:
+        say_unlabelled(info, cases, info.availability(cases), labels)
+    assert [str(w.message) for w in said if "unannotated" in str(w.message)] == [
+        "2 training slice(s) of source 's' are unannotated (export spec): they add nothing to the loss."]
+    assert not any("does not label" in str(w.message) or "shows" in str(w.message) for w in said)

@@ -107,6 +107,9 @@ def export(a) -> int:
 def _empty_slices_sentence(name: str, s: dict) -> str:
     """How many of a source's exported slices lack each class, and every class (dataset.json's summary)."""
     without = ", ".join(f"{n} without {c}" for c, n in s["slices_without_class"].items())
+    if s.get("unannotated_slices"):
+        without += (f"; {s['unannotated_slices']} listed as unannotated in the spec (neither taught nor scored as "
+                    "background)")
     dropped = s.get("dropped_unlabelled_slices")
     if dropped is not None:
         return (f"Source {name!r}: {s['slices']} slices kept ({dropped} without any mask dropped by "

@@ -17,7 +17,8 @@ every load uses ``allow_pickle=False``.
 
 Each source's summary in dataset.json says how many of its slices lack each class it labels
 (``slices_without_class``) and how many lack every class (``slices_without_any_class``): they are kept unless
-the export dropped them (``dropped_unlabelled_slices``).
+the export dropped them (``dropped_unlabelled_slices``). Slices the export spec lists as unannotated (an empty
+label file over anatomy that nobody drew) are counted apart (``unannotated_slices``): their cases label no class.
 """
 
 from __future__ import annotations
@@ -197,14 +198,17 @@ class DatasetSummary:
             "labelled_classes": list(labelled_values), **extra,
         }
         src = self.sources.setdefault(source, {"patients": set(), "series": 0, "slices": 0, "labelled_slices": 0,
-                                               "labelled_classes": set(),
+                                               "labelled_classes": set(), "unannotated": 0,
                                                "without": np.zeros(len(self.all_classes), np.int64)})
         src["labelled_classes"].update(labelled_values)
         src["patients"].add(patient)
         src["series"] += 1
         src["slices"] += int(len(flat))
         src["labelled_slices"] += labelled
-        src["without"] += (~present).sum(axis=0)
+        if labelled_values:
+            src["without"] += (~present).sum(axis=0)
+        else:  # unannotated: what it shows is unknown, so it counts as neither labelled nor empty
+            src["unannotated"] += int(len(flat))
         return meta
 
     def source_json(self, name: str) -> dict:
@@ -213,8 +217,10 @@ class DatasetSummary:
         out = {"patients": len(s["patients"]), "series": s["series"], "slices": s["slices"],
                "labelled_slices": s["labelled_slices"],
                "labelled_classes": [names[c] for c in sorted(s["labelled_classes"])],
-               "slices_without_any_class": s["slices"] - s["labelled_slices"],
+               "slices_without_any_class": s["slices"] - s["labelled_slices"] - s["unannotated"],
                "slices_without_class": {names[c]: int(s["without"][c]) for c in sorted(s["labelled_classes"])}}
+        if s["unannotated"]:
+            out["unannotated_slices"] = s["unannotated"]
         if name in self.dropped:
             out["dropped_unlabelled_slices"] = self.dropped[name]
         return out

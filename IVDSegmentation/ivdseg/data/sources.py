@@ -82,6 +82,10 @@ class SourceSpec:
         pairs: for kind "pairs": ``{"image": path, "label": path, "patient": id, "order": sort key}`` per series;
             the patient id is used as given (the Slicer side passes a keyed hash, never the DICOM PatientID).
         table: for kind "rle_csv": the table's settings (:class:`ivdseg.data.rle_source.RleTable`).
+        unannotated: for kinds "slices" and "volumes": image paths (relative to ``root``) whose label file is empty
+            because nobody drew it, though the image shows the classes: exported with no class labelled, so that
+            training never teaches what they show as background and evaluation does not score them. (A slice
+            beyond the anatomy, truly empty, is a negative and stays labelled.)
     """
 
     name: str
@@ -93,6 +97,7 @@ class SourceSpec:
     root: Path = field(default_factory=Path)
     pairs: list[dict] = field(default_factory=list)
     table: object = None
+    unannotated: tuple = ()
 
     @classmethod
     def from_dict(cls, d: dict, root: Path) -> "SourceSpec":
@@ -118,6 +123,13 @@ class SourceSpec:
                 for values in classes.values()):
             raise IvdsegError(f"Source {d['name']!r}: 'classes' must map each class name to a list of integer label "
                               f"values, e.g. {{\"intervertebral disc\": [2]}}.")
+        unannotated = d.get("unannotated", [])
+        if not isinstance(unannotated, list) or not all(isinstance(u, str) and u for u in unannotated):
+            raise IvdsegError(f"Source {d['name']!r}: 'unannotated' must be a list of image paths relative to its "
+                              "root.")
+        if unannotated and kind not in ("slices", "volumes"):
+            raise IvdsegError(f"Source {d['name']!r}: 'unannotated' applies to sources of kind 'slices' or "
+                              f"'volumes', not {kind!r}.")
         pairs = d.get("pairs") or []
         if not isinstance(pairs, list):
             raise IvdsegError(f"Source {d['name']!r}: 'pairs' must be a list.")
@@ -127,7 +139,7 @@ class SourceSpec:
         return cls(name=d["name"], kind=kind, images=d.get("images", ""), labels=d.get("labels", ""),
                    class_map={k: list(vals) for k, vals in classes.items()},
                    patient_pattern=d.get("patient_pattern"),
-                   root=root / expand(d.get("root", ".")), pairs=list(pairs))
+                   root=root / expand(d.get("root", ".")), pairs=list(pairs), unannotated=tuple(unannotated))
 
 
 def _stem(path: Path) -> str:
@@ -207,13 +219,31 @@ def _read_2d(path: Path, is_label: bool) -> np.ndarray:
     return arr
 
 
-def _iter_slices(spec: SourceSpec, classes: list[str], overlapping: bool) -> Iterator[RawCase]:
+def _source_files(spec: SourceSpec) -> tuple[list[Path], set[Path]]:
+    """The files of the ``images`` glob in natural order, and those of them the spec lists as unannotated.
+
+    Raises:
+        IvdsegError: an unannotated entry that the glob does not find (a typo would otherwise go unnoticed).
+    """
     files = sorted((Path(p) for p in glob.glob(str(spec.root / spec.images))), key=_natural_key)
+    found = {f.resolve(): f for f in files}
+    unannotated = set()
+    for entry in spec.unannotated:
+        match = found.get((spec.root / entry).resolve())
+        if match is None:
+            raise IvdsegError(f"Source {spec.name!r} lists {entry!r} as unannotated, but its images glob "
+                              f"{spec.images!r} does not find it.")
+        unannotated.add(match)
+    return files, unannotated
+
+
+def _iter_slices(spec: SourceSpec, classes: list[str], overlapping: bool) -> Iterator[RawCase]:
+    files, unannotated = _source_files(spec)
     by_patient: dict[str, list[Path]] = {}
     for f in files:
         by_patient.setdefault(_patient_of(f, spec.patient_pattern) or _stem(f), []).append(f)
     for patient, paths in by_patient.items():
-        groups: dict[tuple, tuple[list, list]] = {}
+        groups: dict[tuple, tuple[list, list]] = {}  # (shape, annotated) -> images, labels: one case each
         for p in paths:
             image = _read_2d(p, is_label=False)
             lab_path = _label_path(spec, p, patient)
@@ -221,16 +251,17 @@ def _iter_slices(spec: SourceSpec, classes: list[str], overlapping: bool) -> Ite
             if label.shape != image.shape:
                 raise IvdsegError(f"{lab_path} is {label.shape[1]}x{label.shape[0]} but its image {p.name} is "
                                   f"{image.shape[1]}x{image.shape[0]}; label and image must match.")
-            g = groups.setdefault(image.shape, ([], []))
+            g = groups.setdefault((image.shape, p not in unannotated), ([], []))
             g[0].append(image)
             g[1].append(map_classes(label, spec.class_map, classes, str(lab_path), overlapping))
-        for imgs, labs in groups.values():
+        for (_, annotated), (imgs, labs) in groups.items():
             yield RawCase(patient=patient, source=spec.name, image=np.stack(imgs), label=np.stack(labs),
-                          origin=str(paths[0].parent), labelled_classes=tuple(spec.class_map))
+                          origin=str(paths[0].parent), labelled_classes=tuple(spec.class_map) if annotated else ())
 
 
 def _iter_volumes(spec: SourceSpec, classes: list[str], overlapping: bool) -> Iterator[RawCase]:
-    for path in sorted((Path(p) for p in glob.glob(str(spec.root / spec.images))), key=_natural_key):
+    files, unannotated = _source_files(spec)
+    for path in files:
         patient = _patient_of(path, spec.patient_pattern)
         if patient is None and path.is_dir():
             from ivdseg.io.dicom_index import index_folder
@@ -238,7 +269,10 @@ def _iter_volumes(spec: SourceSpec, classes: list[str], overlapping: bool) -> It
             ids = {s.patient_id for s in index_folder(path)}
             patient = sorted(ids)[0] if ids else None
         patient = patient or _stem(path)
-        yield _volume_case(spec, classes, overlapping, path, _label_path(spec, path, patient), patient)
+        case = _volume_case(spec, classes, overlapping, path, _label_path(spec, path, patient), patient)
+        if path in unannotated:
+            case.labelled_classes = ()
+        yield case
 
 
 def _iter_pairs(spec: SourceSpec, classes: list[str], overlapping: bool) -> Iterator[RawCase]:

@@ -52,14 +52,23 @@ def say_unlabelled(info, train_cases, known, labels) -> None:
     """Says once which sources lack which classes (masked out of the loss there), and which class no training
     slice shows at all (the network cannot learn it from this split)."""
     missing: dict[str, set] = {}
+    unannotated: dict[str, int] = {}
     for case in train_cases:
-        lacks = set(range(1, info.num_classes)) - set(info.labelled_classes(case))
+        labelled = info.labelled_classes(case)
+        source = info.cases[case]["source"]
+        if not labelled:  # listed as unannotated in the export spec, not a source that lacks the classes
+            unannotated[source] = unannotated.get(source, 0) + int(info.cases[case]["n_slices"])
+            continue
+        lacks = set(range(1, info.num_classes)) - set(labelled)
         if lacks:
-            missing.setdefault(info.cases[case]["source"], set()).update(lacks)
+            missing.setdefault(source, set()).update(lacks)
     for source, lacks in sorted(missing.items()):
         names = ", ".join(repr(info.classes[c]) for c in sorted(lacks))
         warnings.warn(IvdsegWarning(f"Source {source!r} does not label {names}: on its slices those classes are left out of "
                          "the loss (never taught as background)."))
+    for source, n in sorted(unannotated.items()):
+        warnings.warn(IvdsegWarning(f"{n} training slice(s) of source {source!r} are unannotated (export spec): they "
+                                    "add nothing to the loss."))
     from ivdseg.data.labels import class_present
 
     seen = np.zeros(info.num_classes, bool)
