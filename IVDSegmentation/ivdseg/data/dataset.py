@@ -204,8 +204,8 @@ class DatasetSummary:
         src["patients"].add(patient)
         src["series"] += 1
         src["slices"] += int(len(flat))
-        src["labelled_slices"] += labelled
         if labelled_values:
+            src["labelled_slices"] += labelled
             src["without"] += (~present).sum(axis=0)
         else:  # unannotated: what it shows is unknown, so it counts as neither labelled nor empty
             src["unannotated"] += int(len(flat))
