@@ -166,14 +166,20 @@ def test_train_keypoints_writes_a_package_with_its_correction_tables(tmp_path, c
     assert "--epochs must be at least 1" in capsys.readouterr().err
     assert main(["train-keypoints", str(tmp_path / "ds"), "-o", str(tmp_path / "run"), "--max-hints", "-1"]) == 2
     assert "--max-hints must be at least 0" in capsys.readouterr().err
+    assert main(["train-keypoints", str(tmp_path / "ds"), "-o", str(tmp_path / "run"), "--morphology-weight",
+                 "-0.5"]) == 2
+    assert "--morphology-weight must be 0 or more" in capsys.readouterr().err
     (tmp_path / "card.json").write_text("[1, 2]")
     assert main(["train-keypoints", str(tmp_path / "ds"), "-o", str(tmp_path / "run4"), "--card",
                  str(tmp_path / "card.json")]) == 2  # refused before any training, nothing written
     assert "--card" in capsys.readouterr().err and not (tmp_path / "run4").exists()
     common = [str(tmp_path / "ds"), "--epochs", "1", "--base-filters", "4", "--mode", "revise", "--progress", "none",
               "--init-from", str(tmp_path / "run" / "model"), "--hints-every-scale"]
-    assert main(["train-keypoints", "-o", str(tmp_path / "run2"), "--depth", "2", "--weights", "float16", *common]) == 0
+    assert main(["train-keypoints", "-o", str(tmp_path / "run2"), "--depth", "2", "--weights", "float16",
+                 "--morphology-weight", "0.5", *common]) == 0
     card2 = read_card(tmp_path / "run2" / "model")
+    assert card2["training"]["morphology_weight"] == 0.5 and "--morphology-weight 0.5" in card2["training"]["command"]
+    assert card["training"]["morphology_weight"] == 0.0 and "--morphology-weight" not in card["training"]["command"]
     assert card2["training"]["init_from"] == "model" and card2["weights_storage"] == "float16"
     assert "--weights float16" in card2["training"]["command"]
     half, _ = load_package(tmp_path / "run2" / "model")  # what the card's tables scored: float16 values

@@ -133,6 +133,8 @@ def test_bad_training_settings_are_refused():
         fit(model, images, points, KeypointTrainConfig(mode="guess"))
     with pytest.raises(ValueError, match="loss must be one of"):
         fit(model, images, points, KeypointTrainConfig(loss="mse"))
+    with pytest.raises(ValueError, match="morphology weight must be 0 or more"):
+        fit(model, images, points, KeypointTrainConfig(morphology_weight=-1.0))
     with pytest.raises(ValueError, match="2 keypoints but the model predicts 3"):
         fit(model, images, points[:, :2], KeypointTrainConfig())
 
@@ -168,3 +170,40 @@ def test_the_focal_heatmap_loss_on_known_values():
     value = np.asarray(focal_heatmap_loss()(y_true, y_pred))
     assert value.shape == (1, 1) and value[0, 0] == pytest.approx(expected, rel=1e-4)
     assert float(np.asarray(focal_heatmap_loss()(y_true, y_true)).sum()) == pytest.approx(0.0, abs=1e-6)
+
+
+def _gaussian_maps(points_rc, shape=(40, 48), sigma=2.0):
+    from ivdseg.nn.keypoint_train import heatmap_targets
+
+    return heatmap_targets(np.asarray(points_rc, float)[None], shape, sigma)
+
+
+def test_expected_positions_find_the_peaks_of_gaussian_and_of_faint_sigmoid_heatmaps():
+    """Soft-argmax returns a Gaussian target's centre, sub-pixel; on a prediction with a sigmoid's faint background
+    (0.02 everywhere, as an untrained head starts), the power keeps the position on the peak, not the image centre."""
+    pytest.importorskip("keras")
+    from ivdseg.nn.keypoint_train import expected_positions
+
+    points = [[6.3, 9.7], [20.0, 24.5], [31.6, 40.2]]
+    maps = _gaussian_maps(points)
+    np.testing.assert_allclose(np.asarray(expected_positions(maps)), [points], atol=5e-3)
+    faint = np.maximum(maps, 0.02).astype(np.float32)
+    np.testing.assert_allclose(np.asarray(expected_positions(faint, sharpness=4.0)), [points], atol=0.05)
+    assert np.abs(np.asarray(expected_positions(faint))[0, 0] - points[0]).max() > 3  # plain weights drift
+
+
+def test_the_morphology_term_on_known_values():
+    """The vectors from each point to the next must match: a whole shifted costs nothing; one point moved 3 rows
+    changes both vectors it belongs to by 3 rows: (3 + 3) / 4 (two vectors x rows and columns) / 48 (the long side)."""
+    pytest.importorskip("keras")
+    from ivdseg.nn.keypoint_train import heatmap_loss, morphology_term
+
+    truth = [[8.0, 10.0], [20.0, 24.0], [30.0, 36.0]]
+    y_true = _gaussian_maps(truth)
+    shifted = _gaussian_maps([[r + 2.5, c - 1.5] for r, c in truth])
+    moved = _gaussian_maps([truth[0], [23.0, 24.0], truth[2]])
+    assert float(np.asarray(morphology_term(y_true, shifted))[0, 0]) == pytest.approx(0.0, abs=1e-4)
+    assert float(np.asarray(morphology_term(y_true, moved))[0, 0]) == pytest.approx(6 / 4 / 48, rel=1e-3)
+    with_term, plain = heatmap_loss("bce", 2.0), heatmap_loss("bce")
+    added = float(np.mean(np.asarray(with_term(y_true, moved)))) - float(np.mean(np.asarray(plain(y_true, moved))))
+    assert added == pytest.approx(2.0 * 6 / 4 / 48, rel=1e-3)

@@ -147,6 +147,9 @@ def _add_keypoint_commands(sub):
                         "only pass, in a share of the samples")
     t.add_argument("--loss", choices=["bce", "focal"], default="bce",
                    help="heatmap loss: binary cross-entropy, or its focal variant for Gaussian targets")
+    t.add_argument("--morphology-weight", type=float, default=0.0,
+                   help="add this weight times a shape term: the vector from each keypoint to the next (soft-argmax "
+                        "of the heatmaps) must match the true one, as a share of the image side (0: none)")
     t.add_argument("--epochs", type=int, default=100)
     t.add_argument("--batch-size", type=int, default=8)
     t.add_argument("--learning-rate", type=float, default=1e-3)

@@ -46,6 +46,8 @@ def _check_train_args(a):
         raise IvdsegError("--learning-rate and --sigma must be positive.")
     if not 0.0 < a.prompt_share <= 1.0:
         raise IvdsegError(f"--prompt-share must lie in (0, 1], got {a.prompt_share}.")
+    if not a.morphology_weight >= 0:  # also refuses nan
+        raise IvdsegError(f"--morphology-weight must be 0 or more, got {a.morphology_weight}.")
     if (a.output / "model").exists() and not a.overwrite:
         raise IvdsegError(f"{a.output / 'model'} already exists; pass --overwrite to replace it.")
     check_folder_of(a.output, "the run folder")
@@ -81,6 +83,7 @@ def train_keypoints(a) -> int:
     cfg = KeypointTrainConfig(mode=a.mode, loss=a.loss, epochs=a.epochs, batch_size=a.batch_size, learning_rate=a.learning_rate,
                               sigma_px=a.sigma, worst_of=a.worst_of, max_rounds=a.max_rounds,
                               prompt_share=a.prompt_share, max_hints=a.max_hints, augment=not a.no_augment,
+                              morphology_weight=a.morphology_weight,
                               patience=a.patience, seed=a.seed)
     start = time.time()
     history = fit(model, train["image"][..., None], train["points"], cfg,
@@ -101,7 +104,7 @@ def train_keypoints(a) -> int:
         "input_shape": list(shape), "channels": 1, "normalization": ds.meta["normalization"],
         "resize": "letterbox", "slice_plane": a.plane, "keypoints": names, "hint_sigma_px": a.sigma,
         "parameters": int(model.count_params()),
-        "training": {"mode": a.mode, "loss": a.loss, "epochs_run": len(history), "best_epoch": best.get("epoch"),
+        "training": {"mode": a.mode, "loss": a.loss, "morphology_weight": a.morphology_weight, "epochs_run": len(history), "best_epoch": best.get("epoch"),
                      "learning_rate": a.learning_rate, "batch_size": a.batch_size, "augment": not a.no_augment,
                      "worst_of": a.worst_of, "max_rounds": a.max_rounds, "prompt_share": a.prompt_share,
                      "max_hints": a.max_hints or len(names),
@@ -148,6 +151,7 @@ def _options(a) -> list[str]:
     else:
         out += [f"--prompt-share {a.prompt_share}"] + ([f"--max-hints {a.max_hints}"] if a.max_hints else [])
     out += ["--hints-every-scale"] if a.hints_every_scale else []
+    out += [f"--morphology-weight {a.morphology_weight}"] if a.morphology_weight else []
     out += ["--weights float16"] if a.weights == "float16" else []
     out += [f"--init-from {Path(a.init_from).name}"] if a.init_from else []  # the name only: no local path
     return out + (["--no-augment"] if a.no_augment else [])

@@ -13,7 +13,12 @@ Two ways, both from the seed design, selectable and comparable:
 Heatmap loss: binary cross-entropy (what the seed settled on), averaged over pixels and keypoints, or its focal
 variant for soft targets (``"focal"``): each pixel's cross-entropy weighted by ``|target - prediction| ** 2``, so the
 many background pixels a heatmap already gets right stop outweighing the few near its peak (the quality focal loss of
-Li et al., NeurIPS 2020, which suits Gaussian targets better than a focal loss for 0/1 targets). The loop runs
+Li et al., NeurIPS 2020, which suits Gaussian targets better than a focal loss for 0/1 targets). Optionally a
+morphology term (``morphology_weight`` > 0) is added: the vector from each keypoint to the next in the package's order
+(the next disc; the next corner of a vertebra, or the first of the vertebra below), taken from soft-argmax positions of
+the predicted and the target heatmaps, must match, so the network is taught the shape of the chain, not only each
+point; a shifted whole costs nothing (Kim et al., MICCAI 2022, train their interactive network with such a
+morphology-aware loss for the same reason). The loop runs
 batch by batch in Python (a prediction is needed before each revised step); it is meant for the small keypoint
 sets of this project, not for throughput. With validation data, the weights of the epoch with the lowest validation
 error (the mean radial error before and after one simulated correction, averaged) are kept.
@@ -43,6 +48,7 @@ class KeypointTrainConfig:
     max_rounds: int = 2  # "revise": correction rounds per batch, 0..max_rounds
     prompt_share: float = 0.5  # "prompt": the share of samples that get hints
     max_hints: int = 0  # "prompt": a hinted sample gets 1..max_hints true points (0: up to every keypoint)
+    morphology_weight: float = 0.0  # weight of the neighbour-vector term added to the heatmap loss (0: none)
     augment: bool = False  # random scale, rotation, shift and gamma of each training sample
     patience: int = 0  # with validation data: stop after this many epochs without a better one (0: never)
     seed: int = 0
@@ -71,6 +77,48 @@ def focal_heatmap_loss(gamma: float = 2.0):
         return ops.sum(ops.power(ops.abs(y_true - p), gamma) * bce, axis=(1, 2))
 
     return focal
+
+
+def expected_positions(heatmaps, sharpness: float = 1.0):
+    """(N, K, 2) soft-argmax (row, column) of (N, H, W, K) heatmaps in [0, 1], differentiable: the mean pixel position
+    weighted by ``heatmap ** sharpness`` (1 for Gaussian targets, which it returns exactly when they lie inside the
+    grid; a larger power for predictions, so that the faint background of a sigmoid heatmap does not pull the
+    position towards the centre)."""
+    from keras import ops
+
+    h, w, k = heatmaps.shape[1], heatmaps.shape[2], heatmaps.shape[3]
+    logw = sharpness * ops.log(ops.clip(ops.cast(heatmaps, "float32"), 1e-6, 1.0))
+    weights = ops.softmax(ops.reshape(ops.transpose(logw, (0, 3, 1, 2)), (-1, k, h * w)), axis=-1)
+    rows = ops.reshape(ops.repeat(ops.arange(h, dtype="float32"), w), (1, 1, h * w))
+    cols = ops.reshape(ops.tile(ops.arange(w, dtype="float32"), h), (1, 1, h * w))
+    return ops.stack([ops.sum(weights * rows, axis=-1), ops.sum(weights * cols, axis=-1)], axis=-1)
+
+
+def morphology_term(y_true, y_pred, sharpness: float = 4.0):
+    """(N, 1): the mean absolute difference between the predicted and the true vectors from each keypoint to the next
+    (rows and columns), as a share of the longer image side. Invariant to shifting every point alike."""
+    from keras import ops
+
+    y_true = ops.reshape(y_true, (-1, *y_pred.shape[1:]))  # the network's static shape, whatever Keras traced
+    truth, pred = expected_positions(y_true), expected_positions(y_pred, sharpness)
+    d_true, d_pred = truth[:, 1:] - truth[:, :-1], pred[:, 1:] - pred[:, :-1]
+    size = float(max(y_pred.shape[1], y_pred.shape[2]))
+    return ops.mean(ops.abs(d_pred - d_true), axis=(1, 2))[:, None] / size
+
+
+def heatmap_loss(name: str, morphology_weight: float = 0.0):
+    """The training loss: the heatmap loss ``name`` (one of LOSSES), plus ``morphology_weight`` times
+    ``morphology_term`` when it is above 0."""
+    import keras
+
+    base = keras.losses.BinaryCrossentropy() if name == "bce" else focal_heatmap_loss()
+    if morphology_weight <= 0:
+        return base
+
+    def with_morphology(y_true, y_pred):
+        return base(y_true, y_pred) + morphology_weight * morphology_term(y_true, y_pred)
+
+    return with_morphology
 
 
 def _revise_hints(model, images, truth, cfg, rng, rounds=None):
@@ -161,8 +209,10 @@ def fit(model, images: np.ndarray, points_rc: np.ndarray, cfg: KeypointTrainConf
         raise ValueError("every training sample needs all its keypoints (found a missing one)")
     rng = np.random.default_rng(cfg.seed)
     shape = images.shape[1:3]
-    loss = keras.losses.BinaryCrossentropy() if cfg.loss == "bce" else focal_heatmap_loss()
-    model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate), loss=loss)
+    if cfg.morphology_weight < 0:
+        raise ValueError(f"the morphology weight must be 0 or more, got {cfg.morphology_weight}")
+    model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate),
+                  loss=heatmap_loss(cfg.loss, cfg.morphology_weight))
     history, best, best_weights, since = [], np.inf, None, 0
     for epoch in range(cfg.epochs):
         order = rng.permutation(len(images))
