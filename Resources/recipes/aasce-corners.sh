@@ -26,7 +26,9 @@ ivdseg train-keypoints "$RUNS/kp_aasce384" -o "$RUNS/kpm_aasce_prompt_es_mh3" --
     --learning-rate 2e-3 --hints-every-scale --max-hints 3 "${COMMON[@]}"
 ivdseg train-keypoints "$RUNS/kp_aasce384" -o "$RUNS/kpm_aasce_prompt_es_focal" --mode prompt --epochs 300 --patience 40 \
     --learning-rate 2e-3 --hints-every-scale --loss focal "${COMMON[@]}"
+ivdseg train-keypoints "$RUNS/kp_aasce384" -o "$RUNS/kpm_aasce_prompt_es_morph" --mode prompt --epochs 300 --patience 40 \
+    --learning-rate 2e-3 --hints-every-scale --morphology-weight 1 "${COMMON[@]}"
 for run in kpm_aasce_prompt kpm_aasce_prompt_revise kpm_aasce_prompt_es kpm_aasce_prompt_revise_es \
-    kpm_aasce_prompt_es_mh3 kpm_aasce_prompt_es_focal; do
+    kpm_aasce_prompt_es_mh3 kpm_aasce_prompt_es_focal kpm_aasce_prompt_es_morph; do
     ivdseg evaluate-keypoints "$RUNS/$run/model" "$RUNS/kp_aasce384" --split test
 done
