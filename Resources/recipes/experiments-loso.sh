@@ -65,3 +65,26 @@ W24=(--network unet2d --base-filters 24 --progress jsonl --seed 0)
 ivdseg crossval "$RUNS/ds_disc_v2_pad" -o "$RUNS/cv_w24_128" "${BASE[@]}" --base-filters 24 --name w24-128
 ivdseg crossval "$RUNS/ds_disc_v2_pad" -o "$RUNS/cv_w24_256" "${S2[@]}" --base-filters 24 --weights float16 \
     --init-from "$RUNS/cv_w24_128" --name w24-256
+# the third source's slice 0 listed as unannotated (its empty mask shows discs): the recipe of the bundled model, both
+# stages on every source's training patients and both stages left out by source, on that export
+[ -d "$RUNS/ds_disc_v3_pad" ] || ivdseg export "$RUNS/ds_disc_v3_pad" \
+    --spec Resources/recipes/ivd-disc-2d-unannotated.export.json --sizes 128,256 --val-fraction 0.15 \
+    --test-fraction 0.15 --seed 0 --resize pad --progress none
+V3=(--network unet2d --progress jsonl --seed 0)
+[ -f "$RUNS/disc_v3_pad128/model/model.json" ] || ivdseg train "$RUNS/ds_disc_v3_pad" -o "$RUNS/disc_v3_pad128" \
+    "${V3[@]}" --size 128 --epochs 25 --patience 25 --name v3-128 --overwrite
+[ -f "$RUNS/disc_v3_pad256/model/model.json" ] || ivdseg train "$RUNS/ds_disc_v3_pad" -o "$RUNS/disc_v3_pad256" \
+    "${V3[@]}" --size 256 --epochs 12 --patience 6 --learning-rate 3e-4 --init-from "$RUNS/disc_v3_pad128/model" \
+    --name v3-256 --overwrite
+ivdseg crossval "$RUNS/ds_disc_v3_pad" -o "$RUNS/cv_v3_pad128" "${BASE[@]}" --name v3-128
+ivdseg crossval "$RUNS/ds_disc_v3_pad" -o "$RUNS/cv_v3_pad256" "${S2[@]}" --init-from "$RUNS/cv_v3_pad128" --name v3-256
+# a longer first stage (75 epochs, patience 25: early stopping and the halving of the learning rate decide, on the
+# validation patients) on the same export; the 256 px stage as before
+[ -f "$RUNS/long_pad128/model/model.json" ] || ivdseg train "$RUNS/ds_disc_v3_pad" -o "$RUNS/long_pad128" \
+    "${V3[@]}" --size 128 --epochs 75 --patience 25 --name long-128 --overwrite
+[ -f "$RUNS/long_pad256/model/model.json" ] || ivdseg train "$RUNS/ds_disc_v3_pad" -o "$RUNS/long_pad256" \
+    "${V3[@]}" --size 256 --epochs 12 --patience 6 --learning-rate 3e-4 --init-from "$RUNS/long_pad128/model" \
+    --name long-256 --overwrite
+LONG=(--by source --size 128 --epochs 75 --patience 25 --network unet2d --progress jsonl --resume)
+ivdseg crossval "$RUNS/ds_disc_v3_pad" -o "$RUNS/cv_long128" "${LONG[@]}" --name long-128
+ivdseg crossval "$RUNS/ds_disc_v3_pad" -o "$RUNS/cv_long256" "${S2[@]}" --init-from "$RUNS/cv_long128" --name long-256
