@@ -135,6 +135,8 @@ def test_bad_training_settings_are_refused():
         fit(model, images, points, KeypointTrainConfig(loss="mse"))
     with pytest.raises(ValueError, match="morphology weight must be 0 or more"):
         fit(model, images, points, KeypointTrainConfig(morphology_weight=-1.0))
+    with pytest.raises(ValueError, match="morphology weight must be 0 or more"):
+        fit(model, images, points, KeypointTrainConfig(morphology_weight=float("nan")))
     with pytest.raises(ValueError, match="2 keypoints but the model predicts 3"):
         fit(model, images, points[:, :2], KeypointTrainConfig())
 

@@ -209,7 +209,7 @@ def fit(model, images: np.ndarray, points_rc: np.ndarray, cfg: KeypointTrainConf
         raise ValueError("every training sample needs all its keypoints (found a missing one)")
     rng = np.random.default_rng(cfg.seed)
     shape = images.shape[1:3]
-    if cfg.morphology_weight < 0:
+    if not cfg.morphology_weight >= 0:  # also refuses nan
         raise ValueError(f"the morphology weight must be 0 or more, got {cfg.morphology_weight}")
     model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate),
                   loss=heatmap_loss(cfg.loss, cfg.morphology_weight))
