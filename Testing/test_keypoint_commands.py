@@ -4,6 +4,7 @@ and are locked, every keypoint is written in the package's order, and each mista
 from __future__ import annotations
 
 import csv
+import json
 
 import cv2
 import numpy as np
@@ -162,6 +163,22 @@ def test_train_keypoints_writes_a_package_with_its_correction_tables(tmp_path, c
     model, _ = load_package(tmp_path / "run" / "model")
     assert getattr(model, "optimizer", None) is None  # the package holds the network only
     assert (tmp_path / "run" / "model" / "model.onnx").is_file()
+    assert main(["train-keypoints", str(tmp_path / "ds"), "-o", str(tmp_path / "run"), "--epochs", "2"]) == 2
+    assert "already holds a run" in capsys.readouterr().err  # neither --resume nor --overwrite
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert main(["train-keypoints", str(tmp_path / "ds"), "-o", str(tmp_path / "run"), "--epochs", "3", "--resume",
+                 "--depth", "2", "--base-filters", "4", "--mode", "prompt", "--plane", "image", "--name", "dots",
+                 "--hints-every-scale", "--max-hints", "2", "--loss", "focal", "--progress", "jsonl"]) == 0
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"epoch"' in line]
+    assert [e["epoch"] for e in events] == [3]  # the two epochs run before are not trained again
+    resumed = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert resumed[:2] == history and len(resumed) == 3
+    assert read_card(tmp_path / "run" / "model")["training"]["epochs_run"] == 3
+    assert main(["train-keypoints", str(tmp_path / "ds"), "-o", str(tmp_path / "run"), "--epochs", "4", "--resume",
+                 "--depth", "3", "--base-filters", "4", "--mode", "prompt", "--hints-every-scale"]) == 2
+    assert "Cannot resume" in capsys.readouterr().err
+    assert main(["train-keypoints", str(tmp_path / "ds"), "-o", str(tmp_path / "fresh"), "--resume"]) == 2
+    assert "Nothing to resume" in capsys.readouterr().err and not (tmp_path / "fresh").exists()
     assert main(["train-keypoints", str(tmp_path / "ds"), "-o", str(tmp_path / "run"), "--epochs", "0"]) == 2
     assert "--epochs must be at least 1" in capsys.readouterr().err
     assert main(["train-keypoints", str(tmp_path / "ds"), "-o", str(tmp_path / "run"), "--max-hints", "-1"]) == 2

@@ -209,3 +209,57 @@ def test_the_morphology_term_on_known_values():
     with_term, plain = heatmap_loss("bce", 2.0), heatmap_loss("bce")
     added = float(np.mean(np.asarray(with_term(y_true, moved)))) - float(np.mean(np.asarray(plain(y_true, moved))))
     assert added == pytest.approx(2.0 * 6 / 4 / 48, rel=1e-3)
+
+
+def _tiny_run(checkpoint=None, resume=False, epochs=3, stop_after=None, **changes):
+    """A small prompt training on the bar task with validation; ``stop_after`` batches, a stop is requested."""
+    import keras
+
+    from ivdseg.nn.keypoint_train import KeypointTrainConfig, fit
+    from ivdseg.nn.networks import KEYPOINT_NETWORKS
+
+    keras.utils.set_random_seed(0)
+    images, points = _bar_task(20, seed=1, size=32, step=6)
+    model = KEYPOINT_NETWORKS["keypoint_unet"](input_size=32, num_keypoints=3, depth=2, base_filters=4)
+    cfg = KeypointTrainConfig(**{"mode": "prompt", "epochs": epochs, "batch_size": 8, "learning_rate": 3e-3,
+                                 "augment": True, **changes})
+    calls = []
+    stop = None if stop_after is None else (lambda: calls.append(1) or len(calls) > stop_after)
+    history = fit(model, images[:16], points[:16], cfg, validation=(images[16:], points[16:]), should_stop=stop,
+                  checkpoint=checkpoint, resume=resume, settings={"size": 32})
+    return model, history
+
+
+def test_a_stopped_keypoint_training_resumes_as_if_it_had_not_stopped(tmp_path):
+    """Stopped inside its third epoch, the run keeps the state of the second in its checkpoint (weights, Adam's
+    moments, the best weights, the random generator); resumed, it ends with the weights and the history of a run that
+    never stopped. A checkpoint of other settings, or none, is refused."""
+    pytest.importorskip("keras")
+    from ivdseg.nn.keypoint_train import CheckpointError
+
+    whole, whole_history = _tiny_run()
+    state = tmp_path / "state.npz"
+    # asked 3 times an epoch (before each of its 2 batches, then at its end): the 8th call stops inside epoch 3
+    stopped, stopped_history = _tiny_run(state, stop_after=7)
+    assert len(stopped_history) == 3  # the partial epoch is reported ...
+    with np.load(state, allow_pickle=False) as data:  # ... but not checkpointed
+        assert [r["epoch"] for r in __import__("json").loads(str(data["state"]))["history"]] == [1, 2]
+    resumed, resumed_history = _tiny_run(state, resume=True)
+    assert [w.shape for w in resumed.get_weights()] == [w.shape for w in whole.get_weights()]
+    for a, b in zip(resumed.get_weights(), whole.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert len(resumed_history) == len(whole_history) == 3
+    for got, want in zip(resumed_history, whole_history):
+        assert got.keys() == want.keys() and got["best"] == want["best"] and got["epoch"] == want["epoch"]
+        assert [got[k] for k in ("loss", "val_mre0", "val_mre1")] == pytest.approx(
+            [want[k] for k in ("loss", "val_mre0", "val_mre1")], rel=1e-4)
+    assert resumed_history[-1]["seconds"] >= resumed_history[1]["seconds"]  # training time adds up over the resume
+    longer, longer_history = _tiny_run(state, resume=True, epochs=4)  # --epochs may grow
+    assert len(longer_history) == 4
+    with pytest.raises(CheckpointError, match="learning_rate 0.003 but this run asks for learning_rate 0.001"):
+        _tiny_run(state, resume=True, learning_rate=1e-3)
+    with pytest.raises(CheckpointError, match="nothing to resume"):
+        _tiny_run(tmp_path / "none.npz", resume=True)
+    (tmp_path / "bad.npz").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="not readable"):
+        _tiny_run(tmp_path / "bad.npz", resume=True)

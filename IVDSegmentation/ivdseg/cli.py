@@ -175,6 +175,9 @@ def _add_keypoint_commands(sub):
     t.add_argument("--name", default="ivdseg-keypoints")
     t.add_argument("--model-version", default="1.0.0")
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--resume", action="store_true",
+                   help="continue a stopped or killed run from its last whole epoch (--epochs and --patience may "
+                        "change, nothing else)")
     t.add_argument("--overwrite", action="store_true")
     t.add_argument("--progress", choices=["auto", "jsonl", "text", "none"], default="auto")
 

@@ -13,6 +13,8 @@ import numpy as np
 from ivdseg.commands.inference import check_folder_of
 from ivdseg.errors import IvdsegError
 
+CHECKPOINT = "checkpoints/keypoint_state.npz"  # within the run folder: the state --resume continues from
+
 
 def export_keypoints(a) -> int:
     from ivdseg.commands.training import _read_json_object
@@ -48,8 +50,14 @@ def _check_train_args(a):
         raise IvdsegError(f"--prompt-share must lie in (0, 1], got {a.prompt_share}.")
     if not a.morphology_weight >= 0:  # also refuses nan
         raise IvdsegError(f"--morphology-weight must be 0 or more, got {a.morphology_weight}.")
-    if (a.output / "model").exists() and not a.overwrite:
-        raise IvdsegError(f"{a.output / 'model'} already exists; pass --overwrite to replace it.")
+    state = a.output / CHECKPOINT
+    if a.resume and not state.is_file():
+        raise IvdsegError(f"Nothing to resume in {a.output}: {CHECKPOINT} is missing.")
+    if not (a.resume or a.overwrite):
+        for held in (a.output / "model", state):
+            if held.exists():
+                raise IvdsegError(f"{a.output} already holds a run ({held.name}); pass --resume to continue it or "
+                                  "--overwrite to restart.")
     check_folder_of(a.output, "the run folder")
 
 
@@ -58,7 +66,7 @@ def train_keypoints(a) -> int:
     import keras
 
     from ivdseg.data.keypoint_data import read_dataset
-    from ivdseg.nn.keypoint_train import KeypointTrainConfig, fit
+    from ivdseg.nn.keypoint_train import CheckpointError, KeypointTrainConfig, fit
     from ivdseg.nn.networks import build_keypoint_unet
     from ivdseg.progress import Reporter
 
@@ -78,17 +86,29 @@ def train_keypoints(a) -> int:
                                     hints_every_scale=a.hints_every_scale)
     except ValueError as exc:
         raise IvdsegError(str(exc)) from None
-    if a.init_from:
+    if a.init_from and not a.resume:  # a resumed run takes every weight from its checkpoint
         _init_from(model, a.init_from, names)
     cfg = KeypointTrainConfig(mode=a.mode, loss=a.loss, epochs=a.epochs, batch_size=a.batch_size, learning_rate=a.learning_rate,
                               sigma_px=a.sigma, worst_of=a.worst_of, max_rounds=a.max_rounds,
                               prompt_share=a.prompt_share, max_hints=a.max_hints, augment=not a.no_augment,
                               morphology_weight=a.morphology_weight,
                               patience=a.patience, seed=a.seed)
-    start = time.time()
-    history = fit(model, train["image"][..., None], train["points"], cfg,
-                  on_epoch=lambda r: reporter.emit("epoch", epochs=a.epochs, **r),
-                  validation=(val["image"][..., None], val["points"]), should_stop=lambda: a.stop.requested)
+    checkpoint = a.output / CHECKPOINT
+    if not a.resume:  # --overwrite: a stale state must not be resumed into this run later
+        checkpoint.unlink(missing_ok=True)
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    settings = {"keypoints": names, "input_shape": list(shape), "depth": a.depth, "base_filters": a.base_filters,
+                "hints_every_scale": a.hints_every_scale}
+    try:
+        history = fit(model, train["image"][..., None], train["points"], cfg,
+                      on_epoch=lambda r: reporter.emit("epoch", epochs=a.epochs, **r),
+                      validation=(val["image"][..., None], val["points"]), should_stop=lambda: a.stop.requested,
+                      checkpoint=checkpoint, resume=a.resume, settings=settings)
+    except CheckpointError as exc:
+        raise IvdsegError(f"Cannot resume {a.output}: {exc}; repeat the run's settings or start afresh with "
+                          "--overwrite.") from None
+    if not history:
+        raise IvdsegError(f"Training in {a.output} stopped before the first epoch ended; no model was kept.")
     best = next((r for r in reversed(history) if r.get("best")), {})  # the epoch whose weights fit() kept
     trained, model = model, build_keypoint_unet(shape, len(names), depth=a.depth, base_filters=a.base_filters,
                                                 hints_every_scale=a.hints_every_scale)
@@ -109,7 +129,7 @@ def train_keypoints(a) -> int:
                      "learning_rate": a.learning_rate, "batch_size": a.batch_size, "augment": not a.no_augment,
                      "worst_of": a.worst_of, "max_rounds": a.max_rounds, "prompt_share": a.prompt_share,
                      "max_hints": a.max_hints or len(names),
-                     "seed": a.seed, "seconds": round(time.time() - start, 1), "sources": ds.meta["sources"],
+                     "seed": a.seed, "seconds": history[-1]["seconds"], "sources": ds.meta["sources"],
                      "init_from": Path(a.init_from).name if a.init_from else None,
                      "train_patients": len(ds.splits["train"]), "val_patients": len(ds.splits["val"]),
                      "test_patients": len(ds.splits.get("test", [])),

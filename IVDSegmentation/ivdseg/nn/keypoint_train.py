@@ -21,12 +21,16 @@ point; a shifted whole costs nothing (Kim et al., MICCAI 2022, train their inter
 morphology-aware loss for the same reason). The loop runs
 batch by batch in Python (a prediction is needed before each revised step); it is meant for the small keypoint
 sets of this project, not for throughput. With validation data, the weights of the epoch with the lowest validation
-error (the mean radial error before and after one simulated correction, averaged) are kept.
+error (the mean radial error before and after one simulated correction, averaged) are kept. After every epoch the
+whole state (weights, the optimizer's moments, the best weights so far, the random generator, the history) can be
+written to one file, from which a killed run continues as if it had not stopped.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -180,21 +184,105 @@ def validation_errors(model, images, truth, sigma_px: float, rounds: int = 1) ->
     return [float(v) for v in curves["model"].mean(axis=1)]
 
 
+# KeypointTrainConfig fields a resumed run may change: how long it goes on, not what it learns.
+EXTENDABLE = ("epochs", "patience")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be resumed: missing, unreadable, or from another training."""
+
+
+def _variables(model):
+    """The optimizer's variables (its step count and Adam's moments), built if the model has not trained yet."""
+    optimizer = model.optimizer
+    if not optimizer.built:
+        optimizer.build(model.trainable_variables)
+    return optimizer.variables
+
+
+def save_checkpoint(path, model, state: dict, best_weights) -> None:
+    """Writes the training state to ``path`` (.npz), atomically: the model's weights, the optimizer's variables, the
+    best weights so far and ``state`` (JSON: epoch, history, best score, the random generator...)."""
+    from keras import ops
+
+    from ivdseg.io.atomic import atomic_write
+
+    arrays = {f"w{i}": w for i, w in enumerate(model.get_weights())}
+    arrays.update({f"o{i}": ops.convert_to_numpy(v) for i, v in enumerate(_variables(model))})
+    arrays.update({f"b{i}": w for i, w in enumerate(best_weights or [])})
+    arrays["state"] = np.array(json.dumps(state))
+
+    def write(temp):
+        with open(temp, "wb") as fh:
+            np.savez(fh, **arrays)
+
+    atomic_write(Path(path), write, overwrite=True)
+
+
+def load_checkpoint(path, model, cfg: KeypointTrainConfig, settings: dict | None = None):
+    """Restores a compiled ``model`` (weights and optimizer) from ``path``; returns (state, best weights or None).
+
+    Raises:
+        CheckpointError: no such file, an unreadable one, or one saved with other settings (anything but
+            :data:`EXTENDABLE`) or for another network.
+    """
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+        state = json.loads(str(arrays.pop("state")))
+    except FileNotFoundError:
+        raise CheckpointError(f"there is nothing to resume: {path} is missing") from None
+    except (OSError, ValueError, KeyError, EOFError) as exc:
+        raise CheckpointError(f"{path} is not readable ({exc})") from None
+    requested = {**_resumable(cfg), **(settings or {})}
+    saved = {**state.get("config", {}), **state.get("settings", {})}
+    differ = sorted(k for k in requested if k in saved and saved[k] != requested[k])
+    if differ:
+        raise CheckpointError("it was trained with " + ", ".join(f"{k} {saved[k]}" for k in differ)
+                              + " but this run asks for " + ", ".join(f"{k} {requested[k]}" for k in differ))
+    own, variables = model.get_weights(), _variables(model)
+
+    def group(prefix):
+        return [arrays[f"{prefix}{i}"] for i in range(sum(k.startswith(prefix) and k[1:].isdigit() for k in arrays))]
+
+    weights, opt, best = group("w"), group("o"), group("b")
+    if ([w.shape for w in weights] != [w.shape for w in own] or [o.shape for o in opt] != [tuple(v.shape) for v in variables]
+            or best and [w.shape for w in best] != [w.shape for w in own]):
+        raise CheckpointError("its weights belong to another network")
+    model.set_weights(weights)
+    for variable, value in zip(variables, opt):
+        variable.assign(value)
+    return state, best or None
+
+
+def _resumable(cfg: KeypointTrainConfig) -> dict:
+    return {k: v for k, v in asdict(cfg).items() if k not in EXTENDABLE}
+
+
 def fit(model, images: np.ndarray, points_rc: np.ndarray, cfg: KeypointTrainConfig, on_epoch=None,
-        validation=None, should_stop=None) -> list[dict]:
+        validation=None, should_stop=None, checkpoint=None, resume=False, settings=None) -> list[dict]:
     """Trains ``model`` (a ``keypoint_unet`` with hints) on images (N, H, W, C) and true points (N, K, 2).
 
     Args:
         validation: optional (images, points) scored after each epoch; the best epoch's weights are kept.
         on_epoch: called as ``on_epoch(record)`` after each epoch.
         should_stop: called between batches; True leaves the loop (the best weights so far are kept).
+        checkpoint: a file (.npz) rewritten after every whole epoch with the training state.
+        resume: continue from ``checkpoint`` (epochs and patience may differ; nothing else may).
+        settings: JSON values the checkpoint records and a resumed run must repeat (the network's shape, the
+            dataset's keypoints).
 
     Returns:
-        one record per epoch: {"epoch", "loss"} and, with validation, {"val_mre0", "val_mre1", "best"}.
+        one record per epoch (those before a resume included): {"epoch", "loss", "seconds"} (training time so far)
+        and, with validation, {"val_mre0", "val_mre1", "best"}.
 
     Raises:
         ValueError: an unknown mode, or points that do not match the model's keypoints.
+        CheckpointError: ``resume`` and a checkpoint that is missing, unreadable or from other settings.
     """
+    import time
+
     import keras
 
     if cfg.mode not in MODES:
@@ -213,8 +301,16 @@ def fit(model, images: np.ndarray, points_rc: np.ndarray, cfg: KeypointTrainConf
         raise ValueError(f"the morphology weight must be 0 or more, got {cfg.morphology_weight}")
     model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate),
                   loss=heatmap_loss(cfg.loss, cfg.morphology_weight))
-    history, best, best_weights, since = [], np.inf, None, 0
-    for epoch in range(cfg.epochs):
+    history, best, best_weights, since, seconds = [], np.inf, None, 0, 0.0
+    if resume:
+        state, best_weights = load_checkpoint(checkpoint, model, cfg, settings)
+        history, since, seconds = state["history"], state["since"], state["seconds"]
+        best = np.inf if state["best"] is None else state["best"]
+        rng.bit_generator.state = state["rng"]
+    for epoch in range(len(history), cfg.epochs):
+        if cfg.patience and since >= cfg.patience:  # a resumed run that had already stopped early
+            break
+        started = time.perf_counter()
         order = rng.permutation(len(images))
         losses = []
         for start in range(0, len(order), cfg.batch_size):
@@ -230,7 +326,9 @@ def fit(model, images: np.ndarray, points_rc: np.ndarray, cfg: KeypointTrainConf
             losses.append(float(model.train_on_batch(np.concatenate([x, hints], axis=-1), target)))
         if not losses:
             break
-        record = {"epoch": epoch + 1, "loss": float(np.mean(losses))}
+        whole = len(losses) == -(-len(images) // cfg.batch_size)
+        seconds += time.perf_counter() - started
+        record = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "seconds": round(seconds, 1)}
         if validation is not None:
             mre = validation_errors(model, *validation, cfg.sigma_px)
             score = float(np.mean(mre))
@@ -240,6 +338,10 @@ def fit(model, images: np.ndarray, points_rc: np.ndarray, cfg: KeypointTrainConf
             else:
                 since += 1
         history.append(record)
+        if checkpoint is not None and whole:  # a stop inside an epoch: a resumed run repeats that epoch
+            save_checkpoint(checkpoint, model, {
+                "history": history, "since": since, "seconds": seconds, "best": None if best == np.inf else best,
+                "rng": rng.bit_generator.state, "config": _resumable(cfg), "settings": settings or {}}, best_weights)
         if on_epoch:
             on_epoch(record)
         if should_stop and should_stop() or cfg.patience and since >= cfg.patience:
