@@ -88,3 +88,8 @@ ivdseg crossval "$RUNS/ds_disc_v3_pad" -o "$RUNS/cv_v3_pad256" "${S2[@]}" --init
 LONG=(--by source --size 128 --epochs 75 --patience 25 --network unet2d --progress jsonl --resume)
 ivdseg crossval "$RUNS/ds_disc_v3_pad" -o "$RUNS/cv_long128" "${LONG[@]}" --name long-128
 ivdseg crossval "$RUNS/ds_disc_v3_pad" -o "$RUNS/cv_long256" "${S2[@]}" --init-from "$RUNS/cv_long128" --name long-256
+# the longer first stage repeated with another seed (initial weights, batch order, augmentation and the validation
+# patients each fold draws): how much of its gain over the 25-epoch rows holds
+ivdseg crossval "$RUNS/ds_disc_v3_pad" -o "$RUNS/cv_long128_s1" "${LONG[@]}" --seed 1 --name long-128-s1
+ivdseg crossval "$RUNS/ds_disc_v3_pad" -o "$RUNS/cv_long256_s1" "${S2[@]}" --seed 1 --init-from "$RUNS/cv_long128_s1" \
+    --name long-256-s1
