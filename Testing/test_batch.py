@@ -290,9 +290,10 @@ def test_a_full_disk_failure_is_done_again_by_the_rerun_it_asks_for(tmp_path, ca
     out = tmp_path / "out"
     out.mkdir()
     from ivdseg.batch.journal import sha256_of
-    from ivdseg.models.package import resolve_model
+    from ivdseg.models.package import read_card, resolve_model
 
-    journal = Journal(out, {"model": "ivd-disc-2d", "model_version": "2.0.0", "output_format": ".nii.gz",
+    bundled = read_card(resolve_model(None))  # the journal of an earlier run with the bundled model, as it is now
+    journal = Journal(out, {"model": "ivd-disc-2d", "model_version": bundled["version"], "output_format": ".nii.gz",
                             "model_sha256": sha256_of(resolve_model(None) / "model.onnx"),
                             "levels": False, "pseudonymized": False})
     journal.record({"key": "vol00", "state": "failed", "reason": "The disk is full.", "disk_full": True})
