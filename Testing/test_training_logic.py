@@ -188,3 +188,43 @@ def test_train_two_epochs_with_curves_and_register(pairs, tmp_path, monkeypatch)
     info = SegmentationLogic().installModel(str(package))
     assert info.name == "scene-model" and info.validationDice is not None
     assert "scene-model" in [m.name for m in SegmentationLogic().listModels()]
+    # the run goes on for a third epoch, as the panel's "continue" does: the curves show the whole run
+    from IVDSegmentationLib.training import earlierRun
+
+    earlier = earlierRun(tmp_path / "run")
+    assert earlier["resumable"] and earlier["epoch"] == 2 and earlier["finished"]
+    assert [e["epoch"] for e in earlier["epochs"]] == [1, 2] and earlier["epochs"][0]["loss"] > 0
+    job = logic.startTraining(tmp_path / "ds", tmp_path / "run", size=64, epochs=3, batchSize=8,
+                              name="scene-model", extraArgs=["--depth", "3", "--base-filters", "8"], resume=True)
+    assert job.wait(timeout=600) == 0, job.log[-2000:]
+    assert [e["epoch"] for e in job.events if e.get("event") == "epoch"] == [3]  # epochs 1 and 2 are not redone
+    table, _ = logic.updateCurves(earlier["epochs"] + job.events, table, chart)
+    assert list(slicer.util.arrayFromTableColumn(table, "epoch")) == [1, 2, 3]
+    job = logic.startTraining(tmp_path / "ds", tmp_path / "run", size=64, epochs=4, name="scene-model",
+                              extraArgs=["--depth", "2", "--base-filters", "8"], resume=True)
+    assert job.wait(timeout=600) != 0  # another network: one sentence, and the run is left as it was
+    assert "Cannot resume" in job.errorMessage() and "--depth 3" in job.errorMessage()
+    assert earlierRun(tmp_path / "run")["epoch"] == 3
+
+
+def test_what_an_earlier_run_folder_holds(tmp_path):
+    """A killed run logged an epoch its checkpoint does not hold (epoch 3 after the checkpoint of 2) and repeated one:
+    the curves keep what the checkpoint holds, each epoch once; a folder without a training state cannot continue."""
+    from IVDSegmentationLib.training import earlierRun
+
+    run = tmp_path / "run"
+    assert earlierRun(run) is None
+    (run / "checkpoints").mkdir(parents=True)
+    assert earlierRun(run) is None  # an empty checkpoints folder: nothing to continue or to delete
+    (run / "checkpoints" / "best-e001.keras").write_bytes(b"x")
+    (run / "log.csv").write_text("epoch,loss,val_dice\n0,0.9,0.1\n1,0.8,0.2\n1,0.7,0.3\n2,0.6,0.4\n3,0.5")
+    earlier = earlierRun(run)
+    assert not earlier["resumable"] and earlier["epoch"] is None and not earlier["finished"]
+    assert [e["epoch"] for e in earlier["epochs"]] == [1, 2, 3]  # the row cut short by the kill is left out
+    (run / "checkpoints" / "last.keras").write_bytes(b"x")
+    (run / "checkpoints" / "state.json").write_text('{"epoch": 2, "best": [], "config": {}}')
+    earlier = earlierRun(run)
+    assert earlier["resumable"] and earlier["epoch"] == 2
+    assert [(e["epoch"], e["val_dice"]) for e in earlier["epochs"]] == [(1, 0.1), (2, 0.3)]
+    (run / "checkpoints" / "state.json").write_text("{not json")
+    assert not earlierRun(run)["resumable"]

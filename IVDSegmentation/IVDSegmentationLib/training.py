@@ -12,6 +12,7 @@ hierarchy only; voxels are touched once, when the export is started.
 
 from __future__ import annotations
 
+import csv
 import json
 import secrets
 import shutil
@@ -185,6 +186,40 @@ def summarize(pairs, classMap: dict) -> dict:
     return {"patients": len(patients), "series": len(pairs), "seriesPerClass": seriesPerClass}
 
 
+def earlierRun(runFolder):
+    """What a run folder holds from an earlier ``ivdseg train``: None if nothing (no checkpoint); else a dict with
+    ``resumable`` (its last checkpoint and training state are there, so ``--resume`` can continue it), ``epoch``
+    (the epoch that checkpoint ended, when resumable), ``epochs`` (the epoch events of its log up to that epoch,
+    for the curves: epoch from 1, loss, val_dice) and ``finished`` (a package is there). Reads two small files;
+    no TensorFlow."""
+    folder = Path(runFolder)
+    checkpoints = folder / "checkpoints"
+    if not checkpoints.is_dir() or not any(checkpoints.iterdir()):
+        return None
+    epochs = []
+    try:
+        with open(folder / "log.csv", newline="", encoding="utf-8") as fh:
+            for row in csv.DictReader(fh):
+                if None in row.values() or None in row:  # fewer or more fields than the header: a row cut short
+                    break
+                try:
+                    epochs.append({"event": "epoch", "epoch": int(row["epoch"]) + 1,
+                                   "loss": float(row["loss"]) if row.get("loss") else None,
+                                   "val_dice": float(row["val_dice"]) if row.get("val_dice") else None})
+                except (KeyError, TypeError, ValueError):  # e.g. a number cut short by a kill
+                    break
+    except (OSError, UnicodeDecodeError, csv.Error):
+        epochs = []
+    try:  # the epoch the checkpoint holds: a row logged after it (a kill in between) is trained again
+        done = json.loads((checkpoints / "state.json").read_text(encoding="utf-8"))["epoch"]
+        resumable = (checkpoints / "last.keras").is_file() and isinstance(done, int)
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
+        done, resumable = None, False
+    latest = {e["epoch"]: e for e in epochs if done is None or e["epoch"] <= done}  # a repeated epoch: its last row
+    return {"resumable": resumable, "epoch": done if resumable else None, "epochs": [latest[k] for k in sorted(latest)],
+            "finished": (folder / "model" / "model.json").is_file()}
+
+
 def _checkFractions(valFraction, testFraction) -> None:
     if not 0.0 < float(valFraction) < 1.0:
         raise ValueError(f"The validation fraction must lie between 0 and 1, not {valFraction}.")
@@ -319,12 +354,15 @@ class TrainingLogic:
         return self.finishExport(job)
 
     def startTraining(self, datasetFolder, runFolder, network="unet2d", size=256, activation="relu", epochs=50,
-                      batchSize=8, learningRate=1e-3, loss="dice_ce", name="my-model", extraArgs=()) -> WorkerJob:
-        """Launches ``ivdseg train`` in the worker; epoch events arrive through job.poll()."""
+                      batchSize=8, learningRate=1e-3, loss="dice_ce", name="my-model", extraArgs=(),
+                      resume=False) -> WorkerJob:
+        """Launches ``ivdseg train`` in the worker; epoch events arrive through job.poll(). ``resume`` continues the
+        run in ``runFolder`` from its last checkpoint (see :func:`earlierRun`): the worker refuses, in one sentence,
+        settings that differ from the run's in what its weights depend on (network, size, depth, filters...)."""
         args = ["train", datasetFolder, "-o", runFolder, "--network", network, "--size", int(size),
                 "--activation", activation, "--epochs", int(epochs), "--batch-size", int(batchSize),
                 "--learning-rate", float(learningRate), "--loss", loss, "--name", name, "--progress", "jsonl",
-                *map(str, extraArgs)]
+                *map(str, extraArgs), *(["--resume"] if resume else [])]
         return WorkerJob(args, python=self.workerPython)
 
     @staticmethod

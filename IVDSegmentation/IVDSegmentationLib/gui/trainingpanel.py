@@ -72,6 +72,7 @@ class TrainingPanel:
         self._runner = JobRunner(POLL_INTERVAL_MS)
         self._mode = None  # "export" or "train" while the runner follows a job
         self._jobRunFolder, self._jobEpochs, self._epochsDone = None, 0, 0
+        self._earlierEpochs = []  # epoch events of the run a resumed training continues
         self._stopRequested = self._aborted = self._chartShown = False
         self._lastLog = ""
         self._packagesChecked = set()  # "export", "train"
@@ -516,19 +517,22 @@ class TrainingPanel:
         extraArgs = ["--model-version", self._freeVersion(name), "--context-slices", int(pack.contextSlices),
                      "--base-filters", int(pack.baseFilters), "--augmentation", pack.augmentation,
                      "--source-sampling", pack.sourceSampling, "--weights", "float16" if pack.halfWeights else "float32"]
-        checkpoints = runFolder / "checkpoints"
-        if checkpoints.is_dir() and any(checkpoints.iterdir()):
-            if not slicer.util.confirmOkCancelDisplay(
-                    _("{folder} holds an earlier run. Start afresh? Its checkpoints are deleted; "
-                      "models installed from it stay.").format(folder=runFolder), windowTitle=_("Start afresh")):
+        earlier = training.earlierRun(runFolder)
+        resume = False
+        if earlier is not None:
+            resume = self._askResume(runFolder, earlier)
+            if resume is None:
                 return
-            extraArgs.append("--overwrite")
+            if not resume:
+                extraArgs.append("--overwrite")
         job = training.TrainingLogic(self._workerPython()).startTraining(
             str(pack.datasetFolder), str(runFolder), network=pack.network, size=pack.trainSize,
             activation=pack.activation, epochs=pack.epochs, batchSize=pack.trainBatchSize,
-            learningRate=pack.learningRate, loss=pack.loss, name=name, extraArgs=extraArgs)
+            learningRate=pack.learningRate, loss=pack.loss, name=name, extraArgs=extraArgs, resume=resume)
         self._mode = "train"
-        self._jobRunFolder, self._jobEpochs, self._epochsDone = runFolder, pack.epochs, 0
+        self._earlierEpochs = earlier["epochs"] if resume else []  # the curves show the whole run
+        self._jobRunFolder, self._jobEpochs = runFolder, pack.epochs
+        self._epochsDone = earlier["epoch"] if resume else 0
         self._stopRequested = self._aborted = self._chartShown = False
         self._lastLog = ""
         bar = self.ui.trainProgressBar
@@ -537,6 +541,23 @@ class TrainingPanel:
         bar.show()
         self.ui.trainingStatusLabel.text = _("Starting the worker and loading TensorFlow...")
         self._runner.start(job, self._onTrainingEvent, self._finishTraining)
+
+    @staticmethod
+    def _askResume(runFolder, earlier):
+        """True to continue the earlier run in ``runFolder``, False to start afresh, None to do nothing."""
+        if not earlier["resumable"]:
+            ok = slicer.util.confirmOkCancelDisplay(
+                _("{folder} holds an earlier run that cannot be continued. Start afresh? Its checkpoints are "
+                  "deleted; models installed from it stay.").format(folder=runFolder), windowTitle=_("Start afresh"))
+            return False if ok else None
+        answer = slicer.util.messageBox(
+            _("{folder} holds an earlier run, stopped after epoch {epoch}.\n\n"
+              "Yes: continue it from there (with the network, size and classes it was started with).\n"
+              "No: start afresh (its checkpoints are deleted; models installed from it stay).").format(
+                folder=runFolder, epoch=earlier["epoch"]),
+            windowTitle=_("Continue training"), icon=qt.QMessageBox.Question,
+            standardButtons=qt.QMessageBox.Yes | qt.QMessageBox.No | qt.QMessageBox.Cancel)
+        return True if answer == qt.QMessageBox.Yes else False if answer == qt.QMessageBox.No else None
 
     def _stop(self) -> None:
         job = self._runner.job
@@ -592,7 +613,8 @@ class TrainingPanel:
         chart = p.training.trainingChart
         series = chart.GetNthPlotSeriesNode(0) if chart is not None and chart.GetNumberOfPlotSeriesNodes() else None
         table = series.GetTableNode() if series is not None else None
-        table, chart = training.TrainingLogic.updateCurves(job.events, table, chart if table else None)
+        table, chart = training.TrainingLogic.updateCurves(self._earlierEpochs + job.events, table,
+                                                           chart if table else None)
         if p.training.trainingChart is None or p.training.trainingChart.GetID() != chart.GetID():
             p.training.trainingChart = chart
         if not self._chartShown:  # once per run: the user may change the layout afterwards
