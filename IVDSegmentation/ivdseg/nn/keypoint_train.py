@@ -201,8 +201,17 @@ def _variables(model):
 
 
 def save_checkpoint(path, model, state: dict, best_weights) -> None:
-    """Writes the training state to ``path`` (.npz), atomically: the model's weights, the optimizer's variables, the
-    best weights so far and ``state`` (JSON: epoch, history, best score, the random generator...)."""
+    """Writes the training state to ``path`` (.npz, read with ``allow_pickle=False``), atomically.
+
+    Args:
+        path: the checkpoint file; replaced whole, so a kill leaves the previous epoch's state.
+        model: a compiled model: its weights (``w0``...) and its optimizer's variables (``o0``...) are stored.
+        state: JSON values (history, best score, epochs without gain, the random generator's state, settings).
+        best_weights: the weights of the best epoch so far (``b0``...), or None.
+
+    Raises:
+        IvdsegError: the file could not be written (full disk, permissions); the previous one is left as it was.
+    """
     from keras import ops
 
     from ivdseg.io.atomic import atomic_write
@@ -220,7 +229,16 @@ def save_checkpoint(path, model, state: dict, best_weights) -> None:
 
 
 def load_checkpoint(path, model, cfg: KeypointTrainConfig, settings: dict | None = None):
-    """Restores a compiled ``model`` (weights and optimizer) from ``path``; returns (state, best weights or None).
+    """Restores a compiled ``model`` (weights and optimizer) from ``path``.
+
+    Args:
+        path: a file written by :func:`save_checkpoint`.
+        model: the compiled network to restore into (built with the run's shape).
+        cfg: the requested configuration; only :data:`EXTENDABLE` fields may differ from the saved one.
+        settings: further JSON values that must equal the saved ones (the network's shape, the keypoints).
+
+    Returns:
+        (state, best weights or None): the saved JSON state and the best epoch's weights.
 
     Raises:
         CheckpointError: no such file, an unreadable one, or one saved with other settings (anything but
