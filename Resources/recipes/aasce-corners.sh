@@ -42,7 +42,7 @@ FT=(--mode prompt --loss focal --hints-every-scale --init-from "$RUNS/kpm_aasce_
 ivdseg train-keypoints "$RUNS/kp_aasce384" -o "$RUNS/kpm_aasce_focal_ft" "${FT[@]}" "${COMMON[@]}"
 ivdseg train-keypoints "$RUNS/kp_aasce384" -o "$RUNS/kpm_aasce_focal_ft_morph" "${FT[@]}" --morphology-weight 100 "${COMMON[@]}"
 for run in kpm_aasce_prompt kpm_aasce_prompt_revise kpm_aasce_prompt_es kpm_aasce_prompt_revise_es \
-    kpm_aasce_prompt_es_mh3 kpm_aasce_prompt_es_focal kpm_aasce_prompt_es_morph kpm_aasce_prompt_es_morph01 kpm_aasce_focal_ft \
-    kpm_aasce_focal_ft_morph; do
+    kpm_aasce_prompt_es_mh3 kpm_aasce_prompt_es_focal kpm_aasce_prompt_es_morph kpm_aasce_prompt_es_morph01 \
+    kpm_aasce_focal_ft kpm_aasce_focal_ft_morph; do
     ivdseg evaluate-keypoints "$RUNS/$run/model" "$RUNS/kp_aasce384" --split test
 done
