@@ -59,6 +59,12 @@ def test_training_pairs_and_curves(scenarios, case):
     scenarios.scenarioTrainingPairsAndCurves(case)
 
 
+@pytest.mark.slow
+def test_the_self_tests_training_scenario_exports_trains_continues_and_installs(scenarios, case):
+    """Reload and Test runs this scenario in Slicer (a worker training, then continued from its checkpoint)."""
+    scenarios.runTrainingScenario(case, timeout=600)
+
+
 def test_bundled_model_segments_the_synthetic_spine(scenarios, case, bundled, mrml):
     node = scenarios.scenarioSegmentSyntheticVolume(case, bundled)
     import slicer

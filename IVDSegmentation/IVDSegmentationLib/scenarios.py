@@ -408,7 +408,8 @@ def missingForTraining() -> list:
 
 def runTrainingScenario(testCase, timeout=900, idle=None):
     """Two synthetic cases of two patients exported in the worker, one epoch of a small U-Net (64 px) trained in
-    the worker, its curves in a chart, the package installed and listed."""
+    the worker and continued for a second from its checkpoint, its curves in a chart, the package installed and
+    listed."""
     pairs = []
     for n in range(2):
         volumeNode, truth = addPhantomVolume(f"Training case {n}")
@@ -433,6 +434,17 @@ def runTrainingScenario(testCase, timeout=900, idle=None):
         testCase.assertEqual(job.wait(timeout=timeout, idle=idle), 0, job.errorMessage() + "\n" + job.log[-4000:])
         table, chart = logic.updateCurves(job.events)
         testCase.assertEqual(table.GetNumberOfRows(), 1)
+        # the panel's "continue": one more epoch from the checkpoint, the curves holding the whole run
+        earlier = training.earlierRun(workDir / "run")
+        testCase.assertTrue(earlier["resumable"])
+        testCase.assertEqual(earlier["epoch"], 1)
+        job = logic.startTraining(workDir / "dataset", workDir / "run", size=64, epochs=2, batchSize=4,
+                                  name="training-panel-test", extraArgs=["--depth", "3", "--base-filters", "8"],
+                                  resume=True)
+        testCase.assertEqual(job.wait(timeout=timeout, idle=idle), 0, job.errorMessage() + "\n" + job.log[-4000:])
+        testCase.assertEqual([e["epoch"] for e in job.events if e.get("event") == "epoch"], [2])
+        table, chart = logic.updateCurves(earlier["epochs"] + job.events, table, chart)
+        testCase.assertEqual(table.GetNumberOfRows(), 2)
         installed = SegmentationLogic().installModel(str(logic.packageOf(job, workDir / "run")))
         testCase.assertIsNotNone(installed.validationDice)
         listed = [(m.name, m.version) for m in SegmentationLogic().listModels()]
