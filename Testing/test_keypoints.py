@@ -263,3 +263,24 @@ def test_a_stopped_keypoint_training_resumes_as_if_it_had_not_stopped(tmp_path):
     (tmp_path / "bad.npz").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="not readable"):
         _tiny_run(tmp_path / "bad.npz", resume=True)
+
+
+def test_a_checkpoint_that_cannot_be_written_leaves_the_last_one_whole(tmp_path, monkeypatch):
+    """A full disk while the state is written: one sentence, the previous epoch's checkpoint unchanged, no temporary
+    file left beside it."""
+    pytest.importorskip("keras")
+    import errno
+
+    from ivdseg.errors import IvdsegError
+
+    state = tmp_path / "state.npz"
+    _tiny_run(state, epochs=1)
+    before = state.read_bytes()
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(np, "savez", full)
+    with pytest.raises(IvdsegError, match="could not be written.*free disk space"):
+        _tiny_run(state, resume=True, epochs=2)
+    assert state.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["state.npz"]
