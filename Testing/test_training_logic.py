@@ -192,7 +192,7 @@ def test_train_two_epochs_with_curves_and_register(pairs, tmp_path, monkeypatch)
     from IVDSegmentationLib.training import earlierRun
 
     earlier = earlierRun(tmp_path / "run")
-    assert earlier["resumable"] and earlier["epoch"] == 2 and earlier["finished"]
+    assert earlier["resumable"] and earlier["epoch"] == 2
     assert [e["epoch"] for e in earlier["epochs"]] == [1, 2] and earlier["epochs"][0]["loss"] > 0
     job = logic.startTraining(tmp_path / "ds", tmp_path / "run", size=64, epochs=3, batchSize=8,
                               name="scene-model", extraArgs=["--depth", "3", "--base-filters", "8"], resume=True)
@@ -219,7 +219,7 @@ def test_what_an_earlier_run_folder_holds(tmp_path):
     (run / "checkpoints" / "best-e001.keras").write_bytes(b"x")
     (run / "log.csv").write_text("epoch,loss,val_dice\n0,0.9,0.1\n1,0.8,0.2\n1,0.7,0.3\n2,0.6,0.4\n3,0.5")
     earlier = earlierRun(run)
-    assert not earlier["resumable"] and earlier["epoch"] is None and not earlier["finished"]
+    assert not earlier["resumable"] and earlier["epoch"] is None
     assert [e["epoch"] for e in earlier["epochs"]] == [1, 2, 3]  # the row cut short by the kill is left out
     (run / "checkpoints" / "last.keras").write_bytes(b"x")
     (run / "checkpoints" / "state.json").write_text('{"epoch": 2, "best": [], "config": {}}')

@@ -190,8 +190,7 @@ def earlierRun(runFolder):
     """What a run folder holds from an earlier ``ivdseg train``: None if nothing (no checkpoint); else a dict with
     ``resumable`` (its last checkpoint and training state are there, so ``--resume`` can continue it), ``epoch``
     (the epoch that checkpoint ended, when resumable), ``epochs`` (the epoch events of its log up to that epoch,
-    for the curves: epoch from 1, loss, val_dice) and ``finished`` (a package is there). Reads two small files;
-    no TensorFlow."""
+    for the curves: epoch from 1, loss, val_dice). Reads two small files; no TensorFlow."""
     folder = Path(runFolder)
     checkpoints = folder / "checkpoints"
     if not checkpoints.is_dir() or not any(checkpoints.iterdir()):
@@ -216,8 +215,7 @@ def earlierRun(runFolder):
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
         done, resumable = None, False
     latest = {e["epoch"]: e for e in epochs if done is None or e["epoch"] <= done}  # a repeated epoch: its last row
-    return {"resumable": resumable, "epoch": done if resumable else None, "epochs": [latest[k] for k in sorted(latest)],
-            "finished": (folder / "model" / "model.json").is_file()}
+    return {"resumable": resumable, "epoch": done if resumable else None, "epochs": [latest[k] for k in sorted(latest)]}
 
 
 def _checkFractions(valFraction, testFraction) -> None:

@@ -29,6 +29,7 @@ written to one file, from which a killed run continues as if it had not stopped.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -265,8 +266,9 @@ def load_checkpoint(path, model, cfg: KeypointTrainConfig, settings: dict | None
         return [arrays[f"{prefix}{i}"] for i in range(sum(k.startswith(prefix) and k[1:].isdigit() for k in arrays))]
 
     weights, opt, best = group("w"), group("o"), group("b")
-    if ([w.shape for w in weights] != [w.shape for w in own] or [o.shape for o in opt] != [tuple(v.shape) for v in variables]
-            or best and [w.shape for w in best] != [w.shape for w in own]):
+    shapes = [w.shape for w in own]
+    if ([w.shape for w in weights] != shapes or [w.shape for w in best or weights] != shapes
+            or [o.shape for o in opt] != [tuple(v.shape) for v in variables]):
         raise CheckpointError("its weights belong to another network")
     model.set_weights(weights)
     for variable, value in zip(variables, opt):
@@ -299,8 +301,6 @@ def fit(model, images: np.ndarray, points_rc: np.ndarray, cfg: KeypointTrainConf
         ValueError: an unknown mode, or points that do not match the model's keypoints.
         CheckpointError: ``resume`` and a checkpoint that is missing, unreadable or from other settings.
     """
-    import time
-
     import keras
 
     if cfg.mode not in MODES:
@@ -326,7 +326,7 @@ def fit(model, images: np.ndarray, points_rc: np.ndarray, cfg: KeypointTrainConf
         best = np.inf if state["best"] is None else state["best"]
         rng.bit_generator.state = state["rng"]
     for epoch in range(len(history), cfg.epochs):
-        if cfg.patience and since >= cfg.patience:  # a resumed run that had already stopped early
+        if cfg.patience and since >= cfg.patience:  # early stopping (also a resumed run that had stopped)
             break
         started = time.perf_counter()
         order = rng.permutation(len(images))
@@ -362,7 +362,7 @@ def fit(model, images: np.ndarray, points_rc: np.ndarray, cfg: KeypointTrainConf
                 "rng": rng.bit_generator.state, "config": _resumable(cfg), "settings": settings or {}}, best_weights)
         if on_epoch:
             on_epoch(record)
-        if should_stop and should_stop() or cfg.patience and since >= cfg.patience:
+        if should_stop and should_stop():
             break
     if best_weights is not None:
         model.set_weights(best_weights)
