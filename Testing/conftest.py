@@ -115,3 +115,19 @@ def mrml():
             else:
                 setattr(slicer, k, v)
         scene.Clear(1)
+
+
+@pytest.fixture(scope="module")
+def eager_training():
+    """Runs TensorFlow functions eagerly for one module's tests (opt in with
+    ``pytestmark = pytest.mark.usefixtures("eager_training")``).
+
+    For the modules that check what is built around a training (folds, tables, ensembles, packages) on 1-epoch
+    trainings of a few slices, tracing the train step costs more than the steps themselves (about 5 of 7 s a
+    training here). The graph-mode path users run stays covered by the other training tests (test_train,
+    test_training_logic, test_keypoints)."""
+    tf = pytest.importorskip("tensorflow")
+    before = tf.config.functions_run_eagerly()
+    tf.config.run_functions_eagerly(True)
+    yield
+    tf.config.run_functions_eagerly(before)

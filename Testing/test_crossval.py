@@ -16,6 +16,7 @@ from ivdseg.errors import IvdsegError
 from ivdseg.eval.crossval import plan_folds
 
 pytest.importorskip("keras")
+pytestmark = pytest.mark.usefixtures("eager_training")  # folds and tables, not the graph: see conftest
 
 TINY = ["--size", "64", "--epochs", "1", "--batch-size", "4", "--depth", "3", "--base-filters", "8",
         "--no-augment", "--progress", "none"]
@@ -125,7 +126,7 @@ def test_crossval_by_source_end_to_end_then_resume(three_sources, loso, tmp_path
     assert stamps == {f: (out / f / "model" / "model.keras").stat().st_mtime_ns for f in stamps}
 
 
-def test_crossval_by_patient_end_to_end(three_sources, tmp_path):
+def test_crossval_by_patient_end_to_end(three_sources, tmp_path, capsys):
     out = tmp_path / "kfold"
     assert cli.main(["crossval", str(three_sources.root), "-o", str(out), "--by", "patient", "--folds", "2",
                      *TINY]) == 0
@@ -135,6 +136,12 @@ def test_crossval_by_patient_end_to_end(three_sources, tmp_path):
     dice = [f["held_out"]["overall"]["dice"]["intervertebral disc"] for f in table["folds"]]
     spread = table["summary"]["overall"]["intervertebral disc"]
     assert spread["mean"] == pytest.approx(np.mean(dice), abs=1e-4) and spread["n"] == 2
+    # folds dealt with another seed hold other patients: no ensemble of them with this seed's folds
+    capsys.readouterr()
+    assert cli.main(["ensemble", str(three_sources.root), "-o", str(tmp_path / "e"), "--by", "patient", "--folds",
+                     "2", "--seed", "1", "--crossvals", str(out), str(out)]) == 2
+    assert "dealt its patient folds with --seed 0, this run with 1" in capsys.readouterr().err
+    assert not (tmp_path / "e").exists()
 
 
 def test_a_second_stage_starts_each_fold_from_its_own_fold_of_the_first(three_sources, loso, tmp_path, capsys,

@@ -13,6 +13,7 @@ from ivdseg import cli
 from ivdseg.errors import IvdsegError
 
 pytest.importorskip("keras")
+pytestmark = pytest.mark.usefixtures("eager_training")  # packages and tables, not the graph: see conftest
 
 
 def test_an_ensemble_of_two_seeds_is_cross_validated_fold_by_fold(three_sources, loso, tmp_path, capsys):
@@ -75,14 +76,7 @@ def test_an_ensemble_of_two_seeds_is_cross_validated_fold_by_fold(three_sources,
     assert cli.main(["ensemble", str(three_sources.root), "-o", str(tmp_path / "notes"), "--members",
                      *(str(run / "model") for run in runs), "--overwrite"]) == 2
     assert "is not a model package" in capsys.readouterr().err and (tmp_path / "notes" / "keep.txt").exists()
-    # by patient, folds dealt with another seed hold other patients: refused
-    kfold = tmp_path / "kfold"
-    assert cli.main(["crossval", str(three_sources.root), "-o", str(kfold), "--by", "patient", "--folds", "2",
-                     *TINY]) == 0
-    capsys.readouterr()
-    assert cli.main(["ensemble", str(three_sources.root), "-o", str(tmp_path / "e"), "--by", "patient", "--folds",
-                     "2", "--seed", "1", "--crossvals", str(kfold), str(kfold)]) == 2
-    assert "dealt its patient folds with --seed 0, this run with 1" in capsys.readouterr().err
+    # (folds by patient dealt with another seed: refused in test_crossval, beside its k-fold run)
     # refusals: one member, folds that are not these, an occupied folder, members of another input
     assert cli.main(["ensemble", str(three_sources.root), "-o", str(tmp_path / "a"), "--crossvals", str(loso)]) == 2
     assert "at least two" in capsys.readouterr().err
@@ -101,7 +95,7 @@ def test_an_ensemble_of_two_seeds_is_cross_validated_fold_by_fold(three_sources,
                      str(runs[0] / "model"), str(other)]) == 2
     err = capsys.readouterr().err
     assert "differs from" in err and "'input_size'" in err and err.count("\n") == 1
-    assert not any((tmp_path / n).exists() for n in ("a", "b", "c", "d", "e"))
+    assert not any((tmp_path / n).exists() for n in ("a", "b", "c", "d"))
 
 
 def test_an_ensemble_card_keeps_what_every_member_shares_and_nothing_one_member_chose():
