@@ -212,6 +212,16 @@ def _add_keypoint_commands(sub):
     v.add_argument("--device", choices=["auto", "gpu", "cpu"], default="auto")
     v.add_argument("--json", type=Path, help="also write the figures to this JSON file")
 
+    f = sub.add_parser("fit-chain", help="a copy of a keypoint package that decodes its heatmaps as a chain fitted "
+                                         "to a dataset's training points, if its validation samples prefer it")
+    f.add_argument("model")
+    f.add_argument("dataset", type=Path, help="the keypoint dataset the package was trained on")
+    f.add_argument("-o", "--output", type=Path, required=True, help="the new package folder")
+    f.add_argument("--model-version", help="the new package's version (default: the next minor version)")
+    f.add_argument("--backend", choices=["auto", "onnx", "tensorflow"], default="auto")
+    f.add_argument("--device", choices=["auto", "gpu", "cpu"], default="auto")
+    f.add_argument("--overwrite", action="store_true")
+
 
 NETWORK_NAMES = ["unet2d", "deeplabv3plus", "res_se_unet", *(f"efficientnet_b{k}_unet" for k in range(8))]
 
@@ -343,6 +353,7 @@ COMMANDS = {"export": training.export, "train": training.train, "crossval": trai
             "series": inference.series, "export-keypoints": keypoints.export_keypoints,
             "train-keypoints": keypoints.train_keypoints, "keypoints": keypoints.keypoints,
             "serve-keypoints": keypoints.serve_keypoints, "evaluate-keypoints": keypoints.evaluate_keypoints,
+            "fit-chain": keypoints.fit_chain,
             "batch": batch.batch}
 
 

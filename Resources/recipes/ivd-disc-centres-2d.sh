@@ -19,6 +19,12 @@ ivdseg train-keypoints "$RUNS/kp_discs" -o "$RUNS/kpm_discs_prompt" --mode promp
 # The bundled package: 'prompt' (lower validation error before and after one correction), 8 base filters
 ivdseg train-keypoints "$RUNS/kp_discs" -o "$RUNS/kpm_discs_prompt8" --mode prompt --prompt-share 0.5 --base-filters 8 \
     "${COMMON[@]}"
-# cp -r "$RUNS/kpm_discs_prompt8/model" Resources/models/ivd-disc-centres-2d
-ivdseg evaluate-keypoints "$RUNS/kpm_discs_prompt8/model" "$RUNS/kp_discs" --split test
-python Testing/benchmarks/bench_keypoints.py --model "$RUNS/kpm_discs_prompt8/model"
+# cp -r "$RUNS/kpm_discs_prompt8/model" Resources/models/ivd-disc-centres-2d   (1.0.0)
+# 1.1.0: the same weights; the heatmaps decoded as one chain (the steps between consecutive disc centres fitted to
+# the training points), which the validation patients chose over one peak each. A training today makes this choice
+# itself at its end; for the 1.0.0 package it was made afterwards:
+ivdseg fit-chain "$RUNS/kpm_discs_prompt8/model" "$RUNS/kp_discs" -o "$RUNS/kpm_discs_prompt8_chain" --model-version 1.1.0 \
+    --overwrite
+# cp -r "$RUNS/kpm_discs_prompt8_chain" Resources/models/ivd-disc-centres-2d   (1.1.0)
+ivdseg evaluate-keypoints "$RUNS/kpm_discs_prompt8_chain" "$RUNS/kp_discs" --split test
+python Testing/benchmarks/bench_keypoints.py --model "$RUNS/kpm_discs_prompt8_chain"

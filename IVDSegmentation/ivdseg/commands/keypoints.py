@@ -136,9 +136,10 @@ def train_keypoints(a) -> int:
                      "command": "ivdseg train-keypoints DATASET -o RUN " + " ".join(_options(a))},
     }
     card.update(extra)
+    chain = _choose_decoding(model, ds, a.sigma, card)
     for part, key in (("val", "validation"), ("test", "test")):
         if ds.splits.get(part):
-            card[key] = correction_table(model, ds, part, a.sigma)
+            card[key] = correction_table(model, ds, part, a.sigma, chain=chain)
     from ivdseg.io.atomic import write_json
     from ivdseg.nn.train import _save_with_onnx
 
@@ -147,6 +148,16 @@ def train_keypoints(a) -> int:
     reporter.emit("done", package=str(a.output / "model"), best_epoch=best.get("epoch"),
                   test=card.get("test", {}).get("overall"))
     return 0
+
+
+def _choose_decoding(run, ds, sigma: float, card: dict):
+    """Decoding as a chain or one peak each, as the validation samples choose; the choice goes into ``card``."""
+    from ivdseg.eval.keypoints_eval import choose_decoding
+
+    val = ds.part("val", scored_only=True)
+    chain, card["decode"] = choose_decoding(run, ds.part("train")["points"], val["image"][..., None], val["points"],
+                                            sigma)
+    return chain
 
 
 def _init_from(model, package, names):
@@ -178,16 +189,17 @@ def _options(a) -> list[str]:
     return out + (["--no-augment"] if a.no_augment else [])
 
 
-def correction_table(run, ds, part: str, sigma: float, rounds: int = 3) -> dict:
+def correction_table(run, ds, part: str, sigma: float, rounds: int = 3, chain=None) -> dict:
     """Mean radial error per source and overall after 0..``rounds`` corrections (model-revised and manual-only), and
-    for sources with Cobb angles, the angles' SMAPE from the predicted corners."""
+    for sources with Cobb angles, the angles' SMAPE from the predicted corners; ``chain``: the package's chain
+    prior (None: one peak each)."""
     from ivdseg.eval.keypoints_eval import correction_curves
 
     data = ds.part(part, scored_only=True)
     if not len(data["image"]):
         raise IvdsegError(f"The dataset has no {part} sample to score.")
     curves = correction_curves(run, data["image"][..., None], data["points"], data["scale_rc"],
-                               data["spacing_rc"], sigma, rounds)
+                               data["spacing_rc"], sigma, rounds, chain)
     sources = np.array([ds.meta["cases"][i]["source"] for i in data["case"]])
     out = {"rounds": rounds, "per_source": {}}
     for source in sorted(set(sources)):
@@ -213,29 +225,64 @@ def _cobb_entry(first_in, data, keep) -> dict:
     return {"smape": smape(predicted, truth), "mae_deg": [float(v) for v in np.abs(predicted - truth).mean(axis=0)]}
 
 
-def evaluate_keypoints(a) -> int:
+def _model_and_dataset(a):
+    """The keypoint package ``a.model`` opened for inference, and the dataset ``a.dataset`` made for it."""
     from ivdseg.data.keypoint_data import read_dataset
     from ivdseg.inference.backends import load_backend
+    from ivdseg.inference.keypoint_predict import KeypointPredictor
     from ivdseg.models.package import resolve_model
 
-    if a.rounds < 1:
-        raise IvdsegError(f"--rounds must be at least 1, got {a.rounds}.")
-    if a.json:
-        check_folder_of(a.json, "--json")
-    backend = load_backend(resolve_model(a.model), a.backend, a.device)
-    from ivdseg.inference.keypoint_predict import KeypointPredictor
-
-    predictor = KeypointPredictor(backend)
+    predictor = KeypointPredictor(load_backend(resolve_model(a.model), a.backend, a.device))
     ds = read_dataset(a.dataset)
     if ds.meta["keypoints"] != predictor.names or tuple(ds.meta["input_shape"]) != predictor.shape:
         raise IvdsegError(f"{a.dataset} holds other keypoints or another input shape than the model "
                           f"{predictor.card['name']}; export the dataset with the model's settings.")
-    table = correction_table(backend.predict, ds, a.split, predictor.sigma, a.rounds)
+    return predictor, ds
+
+
+def evaluate_keypoints(a) -> int:
+    if a.rounds < 1:
+        raise IvdsegError(f"--rounds must be at least 1, got {a.rounds}.")
+    if a.json:
+        check_folder_of(a.json, "--json")
+    predictor, ds = _model_and_dataset(a)
+    table = correction_table(predictor.backend.predict, ds, a.split, predictor.sigma, a.rounds, predictor.chain)
     print(format_table(table, f"{predictor.card['name']} {predictor.card['version']}, {a.split} patients"))
     if a.json:
         from ivdseg.io.atomic import write_json
 
         write_json(a.json, table)
+    return 0
+
+
+def fit_chain(a) -> int:
+    """A copy of a keypoint package whose card decodes its heatmaps as a chain fitted to the dataset's training
+    points, or one peak each, as the dataset's validation samples choose; its validation and test tables redone."""
+    import shutil
+
+    from ivdseg.io.atomic import atomic_folder
+    from ivdseg.models.package import package_folder, resolve_model, update_card
+
+    predictor, ds = _model_and_dataset(a)
+    if not ds.splits.get("val") or not ds.splits.get("train"):
+        raise IvdsegError(f"{a.dataset} has no training or no validation patient to fit and choose the decoding.")
+    check_folder_of(a.output, "the package")
+    card = {}
+    chain = _choose_decoding(predictor.backend.predict, ds, predictor.sigma, card)
+    card["decode"]["command"] = f"ivdseg fit-chain PACKAGE {Path(a.dataset).name}"
+    for part, key in (("val", "validation"), ("test", "test")):
+        if ds.splits.get(part):
+            card[key] = correction_table(predictor.backend.predict, ds, part, predictor.sigma, chain=chain)
+    major, minor, *_ = (str(predictor.card["version"]).split(".") + ["0", "0"])
+    card["version"] = a.model_version or f"{major}.{int(minor) + 1 if minor.isdigit() else 1}.0"
+    with package_folder(resolve_model(a.model)) as source, atomic_folder(a.output, overwrite=a.overwrite) as staging:
+        for f in source.iterdir():
+            if f.is_file():
+                shutil.copy2(f, staging / f.name)
+        update_card(staging, card)
+    print(f"{a.output}: {card['decode']['method']} decoding (validation, mean radial error over 0..3 corrections in "
+          f"network pixels: " + ", ".join(f"{k} {v:.2f}" for k, v in card["decode"]["validation_mre_px"].items())
+          + ")")
     return 0
 
 

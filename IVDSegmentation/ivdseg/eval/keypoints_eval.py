@@ -20,13 +20,15 @@ def _native_errors(pred_in, truth_in, scale_rc, spacing_rc) -> np.ndarray:
     return np.linalg.norm(delta * spacing[:, None, :], axis=-1)
 
 
-def correction_curves(run, images, truth, scale_rc, spacing_rc, sigma_px: float, rounds: int = 3) -> dict:
+def correction_curves(run, images, truth, scale_rc, spacing_rc, sigma_px: float, rounds: int = 3,
+                      chain=None) -> dict:
     """Per-sample mean radial errors after 0..``rounds`` corrections, both ways.
 
     Args:
         run: (N, H, W, C + K) network input -> (N, H, W, K) heatmaps (a backend's ``predict``).
         images: (N, H, W, C) network images; truth (N, K, 2) true points in network pixels.
         scale_rc, spacing_rc: (N, 2) letterbox scale and mm per image pixel (NaN: errors in image pixels).
+        chain: the package's :class:`~ivdseg.inference.keypoint_chain.ChainPrior`, or None (one peak each).
 
     Returns:
         {"model": (rounds + 1, N), "manual": (rounds + 1, N)} mean radial error per sample, and "first": (N, K, 2)
@@ -37,7 +39,8 @@ def correction_curves(run, images, truth, scale_rc, spacing_rc, sigma_px: float,
     shape = images.shape[1:3]
 
     def predict(fixed):
-        points = predict_points(run, images, np.stack([hint_channels(f, shape, sigma_px) for f in fixed]))
+        points = predict_points(run, images, np.stack([hint_channels(f, shape, sigma_px) for f in fixed]), chain,
+                                fixed)
         known = np.isfinite(fixed[..., 0])
         points[known] = fixed[known]  # a fixed point stays where the user put it
         return points
@@ -99,3 +102,44 @@ def smape(predicted, truth) -> float:
     """Symmetric mean absolute percentage error (%) over all angles of all images: the AASCE challenge's measure."""
     p, t = np.asarray(predicted, float).ravel(), np.asarray(truth, float).ravel()
     return float(100.0 * np.sum(np.abs(p - t)) / max(float(np.sum(p + t)), 1e-9))
+
+
+# ---------------------------------------------------------------- decoding, chosen on validation
+CHAIN_WEIGHTS = (0.3, 1.0, 3.0)
+
+
+def choose_decoding(run, train_points, val_images, val_points, sigma_px: float, rounds: int = 3,
+                    weights=CHAIN_WEIGHTS):
+    """Whether the validation samples prefer the heatmaps decoded as a chain (and with which weight) to one peak
+    each: the way with the lowest mean radial error over 0..``rounds`` simulated corrections, the network revising,
+    in network pixels (as training chose its epoch).
+
+    Args:
+        train_points: (N, K, 2) training points in network pixels, to which the chain's steps are fitted.
+
+    Returns:
+        (the chosen :class:`~ivdseg.inference.keypoint_chain.ChainPrior` or None, the card's "decode" entry).
+    """
+    from ivdseg.inference.keypoint_chain import fit_chain_prior
+
+    n = len(val_images)
+    ones, no_spacing = np.ones((n, 2)), np.full((n, 2), np.nan)
+
+    def score(chain):
+        curves = correction_curves(run, val_images, val_points, ones, no_spacing, sigma_px, rounds, chain)
+        return float(curves["model"].mean())
+
+    scores = {"peaks": score(None)}
+    if np.asarray(train_points).shape[1] < 2:  # one keypoint: no chain
+        return None, {"method": "peaks", "validation_mre_px": scores}
+    prior = fit_chain_prior(train_points)
+    for weight in weights:
+        scores[f"chain {weight:g}"] = score(prior.with_weight(weight))
+    best = min(scores, key=scores.get)
+    how = {"validation_mre_px": {k: round(v, 3) for k, v in scores.items()},
+           "chosen_by": f"validation: mean radial error over 0..{rounds} corrections, the network revising "
+                        f"({n} samples)"}
+    if best == "peaks":
+        return None, {"method": "peaks", **how}
+    chosen = prior.with_weight(float(best.split()[1]))
+    return chosen, {**chosen.to_card(), "fitted_on_samples": int(len(train_points)), **how}

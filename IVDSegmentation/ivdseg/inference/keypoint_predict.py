@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ivdseg.errors import IvdsegError
+from ivdseg.inference.keypoint_chain import ChainPrior, chain_decode
 from ivdseg.inference.keypoints import Letterbox, decode_heatmaps, hint_channels
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -129,6 +130,11 @@ class KeypointPredictor:
         self.names = list(self.card["keypoints"])
         self.shape = tuple(self.card["input_shape"])
         self.sigma = float(self.card["hint_sigma_px"])
+        try:
+            self.chain = ChainPrior.from_card(self.card)  # None: each keypoint its heatmap's strongest peak
+        except (KeyError, TypeError, ValueError) as exc:
+            raise IvdsegError(f"{self.card['name']} {self.card['version']} has a damaged 'decode' entry in its "
+                              f"card ({exc}).") from None
 
     def prepare(self, pixels) -> tuple[np.ndarray, Letterbox]:
         """(H, W, 1) network image and its letterbox, as at training (per-image percentiles, letterboxed)."""
@@ -158,7 +164,8 @@ class KeypointPredictor:
             hints_rc[k] = box.to_input(np.asarray(point, float)[None])[0]
         x = np.concatenate([image, hint_channels(hints_rc, self.shape, self.sigma)], axis=-1)[None]
         heatmaps = np.asarray(self.backend.predict(x.astype(np.float32)))[0]
-        points_in, peaks = decode_heatmaps(heatmaps)
+        points_in, peaks = (decode_heatmaps(heatmaps) if self.chain is None
+                            else chain_decode(heatmaps, self.chain, hints_rc))
         # a peak in the letterbox's padding lies outside the picture: the nearest pixel of the picture is meant
         points = np.clip(box.to_image(points_in), 0.0, np.array(box.image_hw, float) - 1.0)
         for k, point in fixed.items():  # a point the user placed stays exactly there

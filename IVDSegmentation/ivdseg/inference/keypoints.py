@@ -36,39 +36,55 @@ def hint_channels(points_rc, size, sigma_px: float = 2.0) -> np.ndarray:
     return out
 
 
+def refine_peak(m: np.ndarray, r: int, c: int) -> tuple[float, float]:
+    """Sub-pixel (row, column) of the peak of an (H, W) map at pixel (r, c): a parabola through the log of it and its
+    neighbours along each axis (exact for a sampled Gaussian), the shift kept within half a pixel."""
+    h, w = m.shape
+    offsets = []
+    for axis, (i, size) in enumerate(((r, h), (c, w))):
+        if 0 < i < size - 1:
+            before = m[r - 1, c] if axis == 0 else m[r, c - 1]
+            after = m[r + 1, c] if axis == 0 else m[r, c + 1]
+            logs = np.log(np.maximum([before, m[r, c], after], 1e-12))
+            denom = logs[0] - 2 * logs[1] + logs[2]
+            offsets.append(0.5 * (logs[0] - logs[2]) / denom if denom < 0 else 0.0)
+        else:
+            offsets.append(0.0)
+    return r + float(np.clip(offsets[0], -0.5, 0.5)), c + float(np.clip(offsets[1], -0.5, 0.5))
+
+
 def decode_heatmaps(heatmaps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Sub-pixel peaks of (H, W, K) heatmaps: the arg-max refined by a parabola through it and its neighbours
-    along each axis (exact for a sampled Gaussian's log, close for the Gaussian itself).
+    """Sub-pixel peaks of (H, W, K) heatmaps: each map's arg-max, refined by :func:`refine_peak`.
 
     Returns:
         ((K, 2) float (row, column), (K,) peak values).
     """
-    h, w, k = heatmaps.shape
+    k = heatmaps.shape[-1]
     points = np.zeros((k, 2))
     peaks = np.zeros(k)
     for n in range(k):
         m = heatmaps[..., n].astype(np.float64)
         r, c = np.unravel_index(int(np.argmax(m)), m.shape)
         peaks[n] = m[r, c]
-        offsets = []
-        for axis, (i, size) in enumerate(((r, h), (c, w))):
-            if 0 < i < size - 1:
-                before = m[r - 1, c] if axis == 0 else m[r, c - 1]
-                after = m[r + 1, c] if axis == 0 else m[r, c + 1]
-                logs = np.log(np.maximum([before, m[r, c], after], 1e-12))
-                denom = logs[0] - 2 * logs[1] + logs[2]
-                offsets.append(0.5 * (logs[0] - logs[2]) / denom if denom < 0 else 0.0)
-            else:
-                offsets.append(0.0)
-        points[n] = (r + np.clip(offsets[0], -0.5, 0.5), c + np.clip(offsets[1], -0.5, 0.5))
+        points[n] = refine_peak(m, r, c)
     return points, peaks
 
 
-def predict_points(run, images, hints) -> np.ndarray:
+def predict_points(run, images, hints, chain=None, fixed_rc=None) -> np.ndarray:
     """(N, K, 2) decoded points of ``images`` (N, H, W, C) with ``hints`` (N, H, W, K); ``run`` maps the stacked
-    input (N, H, W, C + K) to heatmaps (N, H, W, K): a Keras model or a backend's ``predict``."""
+    input (N, H, W, C + K) to heatmaps (N, H, W, K): a Keras model or a backend's ``predict``.
+
+    With ``chain`` (a :class:`~ivdseg.inference.keypoint_chain.ChainPrior`) the heatmaps are decoded as one chain,
+    the points the user fixed (``fixed_rc``, (N, K, 2), NaN where none) being their keypoints' only candidates;
+    without, each keypoint is its heatmap's strongest peak.
+    """
     heatmaps = np.asarray(run(np.concatenate([images, hints], axis=-1).astype(np.float32)))
-    return np.stack([decode_heatmaps(h)[0] for h in heatmaps])
+    if chain is None:
+        return np.stack([decode_heatmaps(h)[0] for h in heatmaps])
+    from ivdseg.inference.keypoint_chain import chain_decode
+
+    fixed = np.full((*heatmaps.shape[:1], heatmaps.shape[-1], 2), np.nan) if fixed_rc is None else fixed_rc
+    return np.stack([chain_decode(h, chain, f)[0] for h, f in zip(heatmaps, fixed)])
 
 
 def mm_to_pixels(points_mm, spacing_rc) -> np.ndarray:

@@ -64,7 +64,16 @@ def _keypoint_lines(card: dict) -> list[str]:
              f"- simulated user: {t.get('mode')}; {t.get('epochs_run')} epochs (best {t.get('best_epoch')}, by "
              f"validation error before and after one correction) in {t.get('seconds')} s",
              f"- command: `{t.get('command', '')}`", ""]
-    for key, title in (("test", "Test (these patients chose nothing)"), ("validation", "Validation (chose the epoch)")):
+    decode = card.get("decode")
+    if decode:
+        how = (f"as one chain (weight {decode['weight']:g} on the steps between consecutive keypoints fitted to "
+               f"{decode.get('fitted_on_samples', 'the')} training samples)" if decode["method"] == "chain"
+               else "one peak per heatmap")
+        scores = ", ".join(f"{k} {v:.2f}" for k, v in decode.get("validation_mre_px", {}).items())
+        lines += ["## Decoding", "", f"- heatmaps decoded {how}; chosen by {decode.get('chosen_by', 'n/a')}: "
+                  f"{scores} network pixels", ""]
+    for key, title in (("test", "Test (these patients chose nothing)"),
+                       ("validation", "Validation (chose the epoch and the decoding)")):
         if key not in card:
             continue
         lines += [f"## {title}: mean radial error after 0..{card[key]['rounds']} corrections", "",
