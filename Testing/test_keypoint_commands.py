@@ -158,6 +158,9 @@ def test_train_keypoints_writes_a_package_with_its_correction_tables(tmp_path, c
         entry = card[part]["per_source"]["s"]
         assert entry["unit"] == "px" and len(entry["model"]) == len(entry["manual"]) == 4
     assert card["training"]["loss"] == "focal" and "--loss focal" in card["training"]["command"]
+    decode = card["decode"]  # chosen on validation at the end of training, with the figures that chose it
+    assert decode["method"] in ("chain", "peaks") and set(decode["validation_mre_px"]) == {
+        "peaks", "chain 0.3", "chain 1", "chain 3"} and "Decoding" in (tmp_path / "run" / "model" / "MODEL_CARD.md").read_text()
     assert card["training"]["max_hints"] == 2 and "--max-hints 2" in card["training"]["command"]
     assert "--mode prompt" in card["training"]["command"] and str(tmp_path) not in json_text(tmp_path / "run")
     model, _ = load_package(tmp_path / "run" / "model")
