@@ -93,3 +93,6 @@ ivdseg crossval "$RUNS/ds_disc_v3_pad" -o "$RUNS/cv_long256" "${S2[@]}" --init-f
 ivdseg crossval "$RUNS/ds_disc_v3_pad" -o "$RUNS/cv_long128_s1" "${LONG[@]}" --seed 1 --name long-128-s1
 ivdseg crossval "$RUNS/ds_disc_v3_pad" -o "$RUNS/cv_long256_s1" "${S2[@]}" --seed 1 --init-from "$RUNS/cv_long128_s1" \
     --name long-256-s1
+# the two seeds averaged fold by fold (each fold's two models one network, scored on the fold's held-out source)
+[ -f "$RUNS/cv_long256_ens01/crossval.json" ] || ivdseg ensemble "$RUNS/ds_disc_v3_pad" -o "$RUNS/cv_long256_ens01" \
+    --crossvals "$RUNS/cv_long256" "$RUNS/cv_long256_s1" --progress none
