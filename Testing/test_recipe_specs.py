@@ -71,3 +71,18 @@ def test_the_disc_recipe_is_the_recipe_of_the_bundled_model():
     spec = json.loads((ROOT / re.search(r"--spec (\S+\.export\.json)", script).group(1)).read_text(encoding="utf-8"))
     left_out = {s["name"]: len(s.get("unannotated", [])) for s in spec["sources"]}
     assert {name: info.get("unannotated_slices", 0) for name, info in card["training"]["sources"].items()} == left_out
+
+
+def test_the_disc_centre_recipe_ends_at_the_bundled_version():
+    """ivd-disc-centres-2d.sh trains 1.0.0 and makes the bundled version from it with fit-chain: its last
+    --model-version is the bundled card's, whose decoding came from that command."""
+    import re
+
+    from ivdseg.models.package import read_card, resolve_model
+
+    script = (ROOT / "Resources" / "recipes" / "ivd-disc-centres-2d.sh").read_text(encoding="utf-8")
+    card = read_card(resolve_model("ivd-disc-centres-2d"))
+    fit = re.search(r"^ivdseg fit-chain .*?--model-version (\S+)", script, re.M | re.S)
+    assert fit and fit.group(1) == card["version"]
+    assert card["decode"]["method"] == "chain" and card["decode"]["command"].startswith("ivdseg fit-chain")
+    assert card["decode"]["validation_mre_px"]["chain 0.3"] < card["decode"]["validation_mre_px"]["peaks"]
