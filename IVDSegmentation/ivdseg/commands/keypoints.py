@@ -247,7 +247,8 @@ def evaluate_keypoints(a) -> int:
         check_folder_of(a.json, "--json")
     predictor, ds = _model_and_dataset(a)
     table = correction_table(predictor.backend.predict, ds, a.split, predictor.sigma, a.rounds, predictor.chain)
-    print(format_table(table, f"{predictor.card['name']} {predictor.card['version']}, {a.split} patients"))
+    how = "one peak each" if predictor.chain is None else f"decoded as a chain, weight {predictor.chain.weight:g}"
+    print(format_table(table, f"{predictor.card['name']} {predictor.card['version']} ({how}), {a.split} patients"))
     if a.json:
         from ivdseg.io.atomic import write_json
 
