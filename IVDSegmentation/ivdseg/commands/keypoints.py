@@ -264,10 +264,12 @@ def fit_chain(a) -> int:
     from ivdseg.io.atomic import atomic_folder
     from ivdseg.models.package import package_folder, resolve_model, update_card
 
+    if a.output.exists() and not a.overwrite:  # said before any work
+        raise IvdsegError(f"{a.output} already exists; choose another name or pass --overwrite.")
+    check_folder_of(a.output, "the package")
     predictor, ds = _model_and_dataset(a)
     if not ds.splits.get("val") or not ds.splits.get("train"):
         raise IvdsegError(f"{a.dataset} has no training or no validation patient to fit and choose the decoding.")
-    check_folder_of(a.output, "the package")
     card = {}
     chain = _choose_decoding(predictor.backend.predict, ds, predictor.sigma, card)
     card["decode"]["command"] = f"ivdseg fit-chain PACKAGE {Path(a.dataset).name}"
