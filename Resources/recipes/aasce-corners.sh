@@ -35,6 +35,9 @@ ivdseg train-keypoints "$RUNS/kp_aasce384" -o "$RUNS/kpm_aasce_prompt_es_morph" 
 # a tenth of the weight: it localised slowly, then not further (best epoch 102, stopped at 142)
 ivdseg train-keypoints "$RUNS/kp_aasce384" -o "$RUNS/kpm_aasce_prompt_es_morph01" --mode prompt --epochs 300 --patience 40 \
     --learning-rate 2e-3 --hints-every-scale --morphology-weight 0.1 "${COMMON[@]}"
+# a hundredth of the weight from the start (session 11): it localised, but the revisions lost their lead
+ivdseg train-keypoints "$RUNS/kp_aasce384" -o "$RUNS/kpm_aasce_prompt_es_morph001" --mode prompt --epochs 300 --patience 40 \
+    --learning-rate 2e-3 --hints-every-scale --morphology-weight 0.01 "${COMMON[@]}"
 # the morphology term on a network that already localises: the focal run fine-tuned with and without it (at weight
 # 100 the term added about 0.9 to a first-epoch loss of 15: the focal loss sums over each heatmap's pixels)
 FT=(--mode prompt --loss focal --hints-every-scale --init-from "$RUNS/kpm_aasce_prompt_es_focal/model" --epochs 60
@@ -48,7 +51,7 @@ ivdseg fit-chain "$RUNS/kpm_aasce_focal_ft/model" "$RUNS/kp_aasce384" -o "$RUNS/
 ivdseg evaluate-keypoints "$RUNS/kpm_aasce_focal_chain" "$RUNS/kp_aasce384" --split test
 ivdseg evaluate-keypoints "$RUNS/kpm_aasce_focal_ft_chain" "$RUNS/kp_aasce384" --split test
 for run in kpm_aasce_prompt kpm_aasce_prompt_revise kpm_aasce_prompt_es kpm_aasce_prompt_revise_es \
-    kpm_aasce_prompt_es_mh3 kpm_aasce_prompt_es_focal kpm_aasce_prompt_es_morph kpm_aasce_prompt_es_morph01 \
+    kpm_aasce_prompt_es_mh3 kpm_aasce_prompt_es_focal kpm_aasce_prompt_es_morph kpm_aasce_prompt_es_morph01 kpm_aasce_prompt_es_morph001 \
     kpm_aasce_focal_ft kpm_aasce_focal_ft_morph; do
     ivdseg evaluate-keypoints "$RUNS/$run/model" "$RUNS/kp_aasce384" --split test
 done
