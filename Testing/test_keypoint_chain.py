@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from ivdseg.cli import main
+from ivdseg.errors import IvdsegError
 from ivdseg.inference.keypoint_chain import ChainPrior, chain_decode, fit_chain_prior, peak_candidates
 from ivdseg.inference.keypoints import decode_heatmaps, gaussian
 
@@ -84,7 +85,8 @@ def test_the_card_entry_round_trips_and_a_wrong_size_is_refused():
     prior = fit_chain_prior(np.stack([_chain(10 + d) for d in range(3)]), weight=0.3)
     card = {"keypoints": list("abcde"), "decode": json.loads(json.dumps(prior.to_card()))}
     again = ChainPrior.from_card(card)
-    np.testing.assert_allclose(again.mean, prior.mean) and np.testing.assert_allclose(again.cov, prior.cov, atol=1e-4)
+    np.testing.assert_allclose(again.mean, prior.mean)
+    np.testing.assert_allclose(again.cov, prior.cov, atol=1e-4)
     assert again.weight == 0.3 and ChainPrior.from_card({"keypoints": ["a"]}) is None
     assert ChainPrior.from_card({"keypoints": ["a"], "decode": {"method": "peaks"}}) is None
     with pytest.raises(ValueError, match="fits 5 keypoints, the model has 4"):
@@ -147,7 +149,7 @@ def test_fit_chain_writes_a_new_package_whose_predictions_use_the_chain(tmp_path
     points, peaks = predictor.predict(samples[0].image, {1: (45.0, 30.0)})
     assert np.array_equal(points[1], [45.0, 30.0]) and peaks[1] == 1.0
     (out / "model.json").write_text(json.dumps({**card, "decode": {"method": "chain", "weight": 1}}))
-    with pytest.raises(Exception, match="damaged 'decode' entry"):
+    with pytest.raises(IvdsegError, match="damaged 'decode' entry"):
         KeypointPredictor(load_backend(out, "onnx"))
     # an occupied folder is refused; a dataset of other keypoints too
     assert main(["fit-chain", str(package), str(tmp_path / "ds"), "-o", str(out)]) == 2

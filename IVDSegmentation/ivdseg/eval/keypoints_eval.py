@@ -129,17 +129,16 @@ def choose_decoding(run, train_points, val_images, val_points, sigma_px: float, 
         curves = correction_curves(run, val_images, val_points, ones, no_spacing, sigma_px, rounds, chain)
         return float(curves["model"].mean())
 
-    scores = {"peaks": score(None)}
-    if np.asarray(train_points).shape[1] < 2:  # one keypoint: no chain
-        return None, {"method": "peaks", "validation_mre_px": scores}
-    prior = fit_chain_prior(train_points)
-    for weight in weights:
-        scores[f"chain {weight:g}"] = score(prior.with_weight(weight))
-    best = min(scores, key=scores.get)
+    candidates = {"peaks": None}
+    if np.asarray(train_points).shape[1] >= 2:  # one keypoint has no chain
+        prior = fit_chain_prior(train_points)
+        candidates.update({f"chain {w:g}": prior.with_weight(w) for w in weights})
+    scores = {name: score(chain) for name, chain in candidates.items()}
+    best = min(scores, key=scores.get)  # a tie keeps the first: one peak each
     how = {"validation_mre_px": {k: round(v, 3) for k, v in scores.items()},
            "chosen_by": f"validation: mean radial error over 0..{rounds} corrections, the network revising "
                         f"({n} samples)"}
-    if best == "peaks":
+    chosen = candidates[best]
+    if chosen is None:
         return None, {"method": "peaks", **how}
-    chosen = prior.with_weight(float(best.split()[1]))
     return chosen, {**chosen.to_card(), "fitted_on_samples": int(len(train_points)), **how}

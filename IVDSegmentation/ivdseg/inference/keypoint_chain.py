@@ -81,16 +81,16 @@ def peak_candidates(heatmap, most: int = MOST_CANDIDATES, radius: int = PEAK_RAD
     """
     import cv2
 
-    m = np.asarray(heatmap, np.float64)
-    largest = cv2.dilate(m.astype(np.float32), np.ones((2 * radius + 1,) * 2, np.uint8), borderType=cv2.BORDER_REPLICATE)
-    local = (m.astype(np.float32) >= largest) & (m > 0)
+    m = np.ascontiguousarray(heatmap, np.float32)
+    largest = cv2.dilate(m, np.ones((2 * radius + 1,) * 2, np.uint8), borderType=cv2.BORDER_REPLICATE)
+    local = (m >= largest) & (m > 0)
     rows, cols = np.nonzero(local)
     order = np.argsort(-m[rows, cols], kind="stable")[:most]
     if not len(order):  # a flat or empty map: its arg-max alone
         r, c = np.unravel_index(int(np.argmax(m)), m.shape)
         rows, cols, order = np.array([r]), np.array([c]), np.array([0])
     points = np.array([refine_peak(m, rows[i], cols[i]) for i in order])
-    return points, m[rows[order], cols[order]]
+    return points, m[rows[order], cols[order]].astype(np.float64)
 
 
 def chain_decode(heatmaps, prior: ChainPrior, fixed_rc=None) -> tuple[np.ndarray, np.ndarray]:
@@ -108,10 +108,11 @@ def chain_decode(heatmaps, prior: ChainPrior, fixed_rc=None) -> tuple[np.ndarray
     if len(prior.mean) != k - 1:
         raise ValueError(f"the chain prior fits {len(prior.mean) + 1} keypoints, the heatmaps are {k}")
     fixed = np.full((k, 2), np.nan) if fixed_rc is None else np.asarray(fixed_rc, float)
+    maps = np.ascontiguousarray(np.moveaxis(heatmaps, -1, 0), np.float32)  # one contiguous (H, W) map a keypoint
     candidates, values = [], []
     for n in range(k):
         points, peak_values = ((fixed[n][None], np.ones(1)) if np.isfinite(fixed[n]).all()
-                               else peak_candidates(heatmaps[..., n]))
+                               else peak_candidates(maps[n]))
         candidates.append(points)
         values.append(peak_values)
     precision = np.linalg.inv(prior.cov)

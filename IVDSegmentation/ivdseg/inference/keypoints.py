@@ -45,7 +45,7 @@ def refine_peak(m: np.ndarray, r: int, c: int) -> tuple[float, float]:
         if 0 < i < size - 1:
             before = m[r - 1, c] if axis == 0 else m[r, c - 1]
             after = m[r + 1, c] if axis == 0 else m[r, c + 1]
-            logs = np.log(np.maximum([before, m[r, c], after], 1e-12))
+            logs = np.log(np.maximum(np.array([before, m[r, c], after], np.float64), 1e-12))
             denom = logs[0] - 2 * logs[1] + logs[2]
             offsets.append(0.5 * (logs[0] - logs[2]) / denom if denom < 0 else 0.0)
         else:
@@ -83,7 +83,7 @@ def predict_points(run, images, hints, chain=None, fixed_rc=None) -> np.ndarray:
         return np.stack([decode_heatmaps(h)[0] for h in heatmaps])
     from ivdseg.inference.keypoint_chain import chain_decode
 
-    fixed = np.full((*heatmaps.shape[:1], heatmaps.shape[-1], 2), np.nan) if fixed_rc is None else fixed_rc
+    fixed = np.full((len(heatmaps), heatmaps.shape[-1], 2), np.nan) if fixed_rc is None else fixed_rc
     return np.stack([chain_decode(h, chain, f)[0] for h, f in zip(heatmaps, fixed)])
 
 
