@@ -1,9 +1,11 @@
-"""Heatmaps decoded as one chain (ivdseg.inference.keypoint_chain): the fitted steps, the peak that fits its
-neighbours winning over a stronger one that does not, a fixed point pulling its neighbours' choice, the choice made
-on validation, and ``ivdseg fit-chain``."""
+"""Heatmaps decoded as one chain or tree (ivdseg.inference.keypoint_chain): the fitted steps, the peak that fits its
+neighbours winning over a stronger one that does not, a fixed point pulling its neighbours' choice, the exact optimum
+of a chain and of columns against every combination, the columns found from the keypoint names, the choice made on
+validation, and ``ivdseg fit-chain``."""
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import numpy as np
@@ -11,7 +13,8 @@ import pytest
 
 from ivdseg.cli import main
 from ivdseg.errors import IvdsegError
-from ivdseg.inference.keypoint_chain import ChainPrior, chain_decode, fit_chain_prior, peak_candidates
+from ivdseg.inference.keypoint_chain import (ChainPrior, chain_decode, chain_parents, column_parents, fit_chain_prior,
+                                             peak_candidates)
 from ivdseg.inference.keypoints import decode_heatmaps, gaussian
 
 SHAPE = (96, 48)
@@ -72,6 +75,49 @@ def test_a_fixed_point_pulls_the_choice_of_its_neighbours_peaks():
         assert values[0] == 1.0 and np.array_equal(points[0], start)  # the fixed point exactly where it was put
 
 
+def _grid(levels=3, parts=2, start_row=12.0):
+    """(levels * parts, 2) points: level l, part p at row start + 25 l, column 10 + 18 p (package order)."""
+    return np.array([[start_row + 25.0 * lv, 10.0 + 18.0 * p] for lv in range(levels) for p in range(parts)])
+
+
+@pytest.mark.parametrize("structure", ["chain", "columns"])
+def test_the_decoding_is_the_exact_optimum_over_every_combination_of_candidates(structure):
+    rng = np.random.default_rng(3)
+    truth = _grid()
+    k = len(truth)
+    parents = chain_parents(k) if structure == "chain" else column_parents(
+        [f"L{lv} {p}" for lv in range(3) for p in ("front", "back")])
+    prior = fit_chain_prior(np.stack([truth + rng.normal(0, 1.5, truth.shape) for _ in range(20)]), 0.7, parents)
+    assert prior.parents == parents
+    peaks = [[(r + rng.normal(0, 2), c + rng.normal(0, 2), rng.uniform(0.3, 1.0)) for r, c in
+              (point, point + rng.normal(0, 9, 2), point + [25.0, 0.0])] for point in truth]
+    heatmaps = _heatmaps(peaks)
+    candidates = [peak_candidates(heatmaps[..., n]) for n in range(k)]
+    precision = np.linalg.inv(prior.cov)
+
+    def cost(choice):
+        total = sum(-np.log(np.clip(candidates[n][1][i], 1e-6, 1.0)) for n, i in enumerate(choice))
+        for n in range(1, k):
+            step = candidates[n][0][choice[n]] - candidates[parents[n]][0][choice[parents[n]]] - prior.mean[n - 1]
+            total += prior.weight * 0.5 * step @ precision[n - 1] @ step
+        return total
+
+    best = min(itertools.product(*[range(len(c[1])) for c in candidates]), key=cost)
+    points, _ = chain_decode(heatmaps, prior)
+    np.testing.assert_allclose(points, [candidates[n][0][i] for n, i in enumerate(best)])
+
+
+def test_columns_come_from_names_in_levels_of_the_same_parts():
+    corners = [f"{v} {c}" for v in ("T1", "T2", "T3") for c in ("upper left", "upper right", "lower left")]
+    assert column_parents(corners) == [-1, 0, 1, 0, 1, 2, 3, 4, 5]  # the first level a chain, then the level above
+    assert column_parents(["L1-L2", "L2-L3", "L3-L4"]) is None  # one part a level: the chain already
+    assert column_parents(["T1 a", "T1 b", "T2 a", "T2 c"]) is None  # parts differ between levels
+    assert column_parents(["T1 a", "T2 a", "T1 b", "T2 b"]) is None  # levels interleaved
+    assert column_parents(["T1 a", "T1 b"]) is None  # one level
+    with pytest.raises(ValueError, match="not a tree"):
+        fit_chain_prior(np.stack([_grid()] * 2), parents=[-1, 0, 1, 5, 2, 3])  # a parent after its child
+
+
 def test_candidates_are_the_strongest_local_peaks_refined_and_a_flat_map_still_gives_one():
     heatmap = _heatmaps([[(30.3, 20.6, 0.9), (60.0, 10.0, 0.5), (80.0, 40.0, 0.7)]])[..., 0]
     points, values = peak_candidates(heatmap, most=2)
@@ -91,6 +137,14 @@ def test_the_card_entry_round_trips_and_a_wrong_size_is_refused():
     assert ChainPrior.from_card({"keypoints": ["a"], "decode": {"method": "peaks"}}) is None
     with pytest.raises(ValueError, match="fits 5 keypoints, the model has 4"):
         ChainPrior.from_card({**card, "keypoints": list("abcd")})
+    assert "parents" not in card["decode"]  # a chain: the entry of cards written before the columns
+    names = [f"L{lv} {p}" for lv in range(3) for p in ("front", "back")]
+    columns = fit_chain_prior(np.stack([_grid(start_row=r) for r in (10, 12, 15)]), 1.0, column_parents(names))
+    entry = json.loads(json.dumps(columns.to_card()))
+    assert entry["parents"] == column_parents(names)
+    assert ChainPrior.from_card({"keypoints": names, "decode": entry}).parents == column_parents(names)
+    with pytest.raises(ValueError, match="not a tree"):
+        ChainPrior.from_card({"keypoints": names, "decode": {**entry, "parents": [-1, 0, 0, 1, 2]}})
 
 
 def test_validation_chooses_the_chain_where_one_peak_each_goes_astray():
@@ -115,6 +169,30 @@ def test_validation_chooses_the_chain_where_one_peak_each_goes_astray():
 
     chain, entry = choose_decoding(clean, truth, images, truth, sigma_px=2.0)  # a tie: the simpler way is kept
     assert chain is None and entry["method"] == "peaks"
+
+
+def test_validation_chooses_columns_where_the_parts_move_together_level_by_level():
+    """The width between a level's two parts differs from sample to sample but not from level to level: the chain's
+    steps (front to back, back to the next front) spread with it, the columns' (front to front) do not. A decoy
+    10 px beside one front point, stronger than the true peak, fools the chain at every weight, not the columns."""
+    from ivdseg.eval.keypoints_eval import choose_decoding
+
+    names = [f"L{lv} {p}" for lv in range(3) for p in ("front", "back")]
+    truth = np.stack([[[12.0 + 25 * lv, 4.0 + p * width] for lv in range(3) for p in range(2)]
+                      for width in (6.0, 18.0, 30.0, 42.0)])
+
+    def run(x):
+        return np.stack([_heatmaps([[(r, c, 0.2 if k == 4 else 0.9)] + ([(r, c + 10.0, 0.99)] if k == 4 else [])
+                                    for k, (r, c) in enumerate(t)]) for t in truth[:len(x)]])
+
+    images = np.zeros((len(truth), *SHAPE, 1), np.float32)
+    prior, entry = choose_decoding(run, truth, images, truth, sigma_px=2.0, names=names)
+    scores = entry["validation_mre_px"]
+    assert entry["structure"] == "columns" and entry["parents"] == column_parents(names) == prior.parents
+    assert min(v for n, v in scores.items() if n.startswith("columns")) < min(
+        v for n, v in scores.items() if not n.startswith("columns"))
+    assert not any(n.startswith("columns") for n in choose_decoding(run, truth, images, truth, 2.0)[1][
+        "validation_mre_px"])  # without the names, no columns to try
 
 
 def test_fit_chain_writes_a_new_package_whose_predictions_use_the_chain(tmp_path, capsys):
@@ -148,12 +226,17 @@ def test_fit_chain_writes_a_new_package_whose_predictions_use_the_chain(tmp_path
     assert predictor.chain is not None and predictor.chain.weight == 1.0
     points, peaks = predictor.predict(samples[0].image, {1: (45.0, 30.0)})
     assert np.array_equal(points[1], [45.0, 30.0]) and peaks[1] == 1.0
-    (out / "model.json").write_text(json.dumps({**card, "decode": {"method": "chain", "weight": 1}}))
-    with pytest.raises(IvdsegError, match="damaged 'decode' entry"):
-        KeypointPredictor(load_backend(out, "onnx"))
+    for damaged in ({"method": "chain", "weight": 1}, {**prior.to_card(), "parents": [-1, 0, 3, 1]}):
+        (out / "model.json").write_text(json.dumps({**card, "decode": damaged}))
+        with pytest.raises(IvdsegError, match="damaged 'decode' entry"):
+            KeypointPredictor(load_backend(out, "onnx"))
     # an occupied folder is refused; a dataset of other keypoints too
     assert main(["fit-chain", str(package), str(tmp_path / "ds"), "-o", str(out)]) == 2
     assert "already exists" in capsys.readouterr().err
+    # disc centres are one point a level: no columns to tie
+    assert main(["fit-chain", str(package), str(tmp_path / "ds"), "-o", str(tmp_path / "y"), "--structure",
+                 "columns"]) == 2
+    assert "--structure columns needs them" in capsys.readouterr().err and not (tmp_path / "y").exists()
     write_dataset(tmp_path / "other", NAMES[:3], [RawSample("s", s.patient, s.image, s.points_rc[:3]) for s in samples],
                   (64, 32), val_fraction=0.25, test_fraction=0.25)
     assert main(["fit-chain", str(package), str(tmp_path / "other"), "-o", str(tmp_path / "x")]) == 2

@@ -212,12 +212,16 @@ def _add_keypoint_commands(sub):
     v.add_argument("--device", choices=["auto", "gpu", "cpu"], default="auto")
     v.add_argument("--json", type=Path, help="also write the figures to this JSON file")
 
-    f = sub.add_parser("fit-chain", help="a copy of a keypoint package that decodes its heatmaps as a chain fitted "
-                                         "to a dataset's training points, if its validation samples prefer it")
+    f = sub.add_parser("fit-chain", help="a copy of a keypoint package that decodes its heatmaps as a chain (or as "
+                                         "columns: each part tied to the same part of the level before) fitted to "
+                                         "a dataset's training points, if its validation samples prefer it")
     f.add_argument("model")
     f.add_argument("dataset", type=Path, help="the keypoint dataset the package was trained on")
     f.add_argument("-o", "--output", type=Path, required=True, help="the new package folder")
     f.add_argument("--model-version", help="the new package's version (default: the next minor version)")
+    f.add_argument("--structure", choices=["auto", "chain", "columns"], default="auto",
+                   help="the ways to tie the keypoints that validation may choose from (auto: the chain, and columns "
+                        "where the keypoint names come in levels of the same parts)")
     f.add_argument("--backend", choices=["auto", "onnx", "tensorflow"], default="auto")
     f.add_argument("--device", choices=["auto", "gpu", "cpu"], default="auto")
     f.add_argument("--overwrite", action="store_true")

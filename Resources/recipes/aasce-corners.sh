@@ -45,11 +45,20 @@ FT=(--mode prompt --loss focal --hints-every-scale --init-from "$RUNS/kpm_aasce_
 ivdseg train-keypoints "$RUNS/kp_aasce384" -o "$RUNS/kpm_aasce_focal_ft" "${FT[@]}" "${COMMON[@]}"
 ivdseg train-keypoints "$RUNS/kp_aasce384" -o "$RUNS/kpm_aasce_focal_ft_morph" "${FT[@]}" --morphology-weight 100 "${COMMON[@]}"
 # the heatmaps decoded as one chain (the package's weights unchanged; the validation images chose the chain and its
-# weight; a training today makes this choice itself at its end)
-ivdseg fit-chain "$RUNS/kpm_aasce_prompt_es_focal/model" "$RUNS/kp_aasce384" -o "$RUNS/kpm_aasce_focal_chain" --overwrite
-ivdseg fit-chain "$RUNS/kpm_aasce_focal_ft/model" "$RUNS/kp_aasce384" -o "$RUNS/kpm_aasce_focal_ft_chain" --overwrite
+# weight; session 11, when the chain was the only structure)
+ivdseg fit-chain "$RUNS/kpm_aasce_prompt_es_focal/model" "$RUNS/kp_aasce384" -o "$RUNS/kpm_aasce_focal_chain" \
+    --structure chain --overwrite
+ivdseg fit-chain "$RUNS/kpm_aasce_focal_ft/model" "$RUNS/kp_aasce384" -o "$RUNS/kpm_aasce_focal_ft_chain" \
+    --structure chain --overwrite
 ivdseg evaluate-keypoints "$RUNS/kpm_aasce_focal_chain" "$RUNS/kp_aasce384" --split test
 ivdseg evaluate-keypoints "$RUNS/kpm_aasce_focal_ft_chain" "$RUNS/kp_aasce384" --split test
+# session 12: the validation images choose among one peak each, the chain and columns (each corner tied to the same
+# corner of the vertebra above), as a training today does at its end; they chose columns for all four networks
+for run in kpm_aasce_prompt_es_focal kpm_aasce_focal_ft kpm_aasce_prompt_es kpm_aasce_prompt_revise_es; do
+    ivdseg fit-chain "$RUNS/$run/model" "$RUNS/kp_aasce384" -o "$RUNS/${run}_cols" --overwrite
+    ivdseg evaluate-keypoints "$RUNS/${run}_cols" "$RUNS/kp_aasce384" --split val
+    ivdseg evaluate-keypoints "$RUNS/${run}_cols" "$RUNS/kp_aasce384" --split test
+done
 for run in kpm_aasce_prompt kpm_aasce_prompt_revise kpm_aasce_prompt_es kpm_aasce_prompt_revise_es \
     kpm_aasce_prompt_es_mh3 kpm_aasce_prompt_es_focal kpm_aasce_prompt_es_morph kpm_aasce_prompt_es_morph01 kpm_aasce_prompt_es_morph001 \
     kpm_aasce_focal_ft kpm_aasce_focal_ft_morph; do

@@ -60,7 +60,8 @@ def main() -> None:
     chained = _median_s(lambda: chain_decode(heatmaps[0], chain), a.repeats)
     print(f"{backend.card['name']} {backend.card['version']}, {k} keypoints, input {images.shape[1]} x "
           f"{images.shape[2]}, {len(images)} {a.split} images, ONNX Runtime, CPU, medians of {a.repeats}")
-    print(f"one image: network {network * 1000:.0f} ms; decoding one peak each {peaks * 1000:.1f} ms, as a chain "
+    print(f"one image: network {network * 1000:.0f} ms; decoding one peak each {peaks * 1000:.1f} ms, as "
+          f"{'a chain' if chain.structure == 'chain' else 'columns'} "
           f"(weight {chain.weight:g}) {chained * 1000:.1f} ms; ratio {chained / peaks:.1f}")
     rivals = [int((values >= 0.5 * values[0]).sum()) for h in heatmaps for values in
               (peak_candidates(h[..., n])[1] for n in range(k))]

@@ -150,13 +150,13 @@ def train_keypoints(a) -> int:
     return 0
 
 
-def _choose_decoding(run, ds, sigma: float, card: dict):
-    """Decoding as a chain or one peak each, as the validation samples choose; the choice goes into ``card``."""
+def _choose_decoding(run, ds, sigma: float, card: dict, structures=("chain", "columns")):
+    """Decoding as a chain, as columns or one peak each, as the validation samples choose; into ``card``."""
     from ivdseg.eval.keypoints_eval import choose_decoding
 
     val = ds.part("val", scored_only=True)
     chain, card["decode"] = choose_decoding(run, ds.part("train")["points"], val["image"][..., None], val["points"],
-                                            sigma)
+                                            sigma, names=ds.meta["keypoints"], structures=structures)
     return chain
 
 
@@ -247,7 +247,8 @@ def evaluate_keypoints(a) -> int:
         check_folder_of(a.json, "--json")
     predictor, ds = _model_and_dataset(a)
     table = correction_table(predictor.backend.predict, ds, a.split, predictor.sigma, a.rounds, predictor.chain)
-    how = "one peak each" if predictor.chain is None else f"decoded as a chain, weight {predictor.chain.weight:g}"
+    how = "one peak each" if predictor.chain is None else \
+        f"decoded as {_structure(predictor.card)}, weight {predictor.chain.weight:g}"
     print(format_table(table, f"{predictor.card['name']} {predictor.card['version']} ({how}), {a.split} patients"))
     if a.json:
         from ivdseg.io.atomic import write_json
@@ -257,10 +258,12 @@ def evaluate_keypoints(a) -> int:
 
 
 def fit_chain(a) -> int:
-    """A copy of a keypoint package whose card decodes its heatmaps as a chain fitted to the dataset's training
-    points, or one peak each, as the dataset's validation samples choose; its validation and test tables redone."""
+    """A copy of a keypoint package whose card decodes its heatmaps as a chain or as columns fitted to the dataset's
+    training points, or one peak each, as the dataset's validation samples choose; its validation and test tables
+    redone."""
     import shutil
 
+    from ivdseg.inference.keypoint_chain import column_parents
     from ivdseg.io.atomic import atomic_folder
     from ivdseg.models.package import package_folder, resolve_model, update_card
 
@@ -270,9 +273,14 @@ def fit_chain(a) -> int:
     predictor, ds = _model_and_dataset(a)
     if not ds.splits.get("val") or not ds.splits.get("train"):
         raise IvdsegError(f"{a.dataset} has no training or no validation patient to fit and choose the decoding.")
+    if a.structure == "columns" and column_parents(ds.meta["keypoints"]) is None:
+        raise IvdsegError(f"The keypoints of {a.dataset} do not come in levels of the same parts (such as "
+                          "'T1 upper left', 'T1 upper right', 'T2 upper left', ...): --structure columns needs them.")
     card = {}
-    chain = _choose_decoding(predictor.backend.predict, ds, predictor.sigma, card)
-    card["decode"]["command"] = f"ivdseg fit-chain PACKAGE {Path(a.dataset).name}"
+    chain = _choose_decoding(predictor.backend.predict, ds, predictor.sigma, card,
+                             ("chain", "columns") if a.structure == "auto" else (a.structure,))
+    card["decode"]["command"] = f"ivdseg fit-chain PACKAGE {Path(a.dataset).name}" + (
+        f" --structure {a.structure}" if a.structure != "auto" else "")
     for part, key in (("val", "validation"), ("test", "test")):
         if ds.splits.get(part):
             card[key] = correction_table(predictor.backend.predict, ds, part, predictor.sigma, chain=chain)
@@ -283,10 +291,15 @@ def fit_chain(a) -> int:
             if f.is_file():
                 shutil.copy2(f, staging / f.name)
         update_card(staging, card)
-    print(f"{a.output}: {card['decode']['method']} decoding (validation, mean radial error over 0..3 corrections in "
-          f"network pixels: " + ", ".join(f"{k} {v:.2f}" for k, v in card["decode"]["validation_mre_px"].items())
-          + ")")
+    scores = ", ".join(f"{k} {v:.2f}" for k, v in card["decode"]["validation_mre_px"].items())
+    print(f"{a.output}: {card['decode'].get('structure', card['decode']['method'])} decoding (validation, mean radial "
+          f"error over 0..3 corrections in network pixels: {scores})")
     return 0
+
+
+def _structure(card: dict) -> str:
+    """How the card's decode entry ties the keypoints, in words (cards before the columns have no "parents")."""
+    return "columns" if (card.get("decode") or {}).get("parents") else "a chain"
 
 
 def format_table(table: dict, title: str) -> str:

@@ -109,18 +109,20 @@ CHAIN_WEIGHTS = (0.3, 1.0, 3.0)
 
 
 def choose_decoding(run, train_points, val_images, val_points, sigma_px: float, rounds: int = 3,
-                    weights=CHAIN_WEIGHTS):
-    """Whether the validation samples prefer the heatmaps decoded as a chain (and with which weight) to one peak
-    each: the way with the lowest mean radial error over 0..``rounds`` simulated corrections, the network revising,
-    in network pixels (as training chose its epoch).
+                    weights=CHAIN_WEIGHTS, names=None, structures=("chain", "columns")):
+    """Whether the validation samples prefer the heatmaps decoded as a chain or, where the keypoint ``names`` come
+    in levels of the same parts, as columns (each part tied to the same part of the level before), and with which
+    weight, to one peak each: the way with the lowest mean radial error over 0..``rounds`` simulated corrections,
+    the network revising, in network pixels (as training chose its epoch).
 
     Args:
-        train_points: (N, K, 2) training points in network pixels, to which the chain's steps are fitted.
+        train_points: (N, K, 2) training points in network pixels, to which the steps are fitted.
+        structures: the ways to tie the keypoints that may be tried (columns only where the names allow).
 
     Returns:
         (the chosen :class:`~ivdseg.inference.keypoint_chain.ChainPrior` or None, the card's "decode" entry).
     """
-    from ivdseg.inference.keypoint_chain import fit_chain_prior
+    from ivdseg.inference.keypoint_chain import column_parents, fit_chain_prior
 
     n = len(val_images)
     ones, no_spacing = np.ones((n, 2)), np.full((n, 2), np.nan)
@@ -131,8 +133,13 @@ def choose_decoding(run, train_points, val_images, val_points, sigma_px: float, 
 
     candidates = {"peaks": None}
     if np.asarray(train_points).shape[1] >= 2:  # one keypoint has no chain
-        prior = fit_chain_prior(train_points)
-        candidates.update({f"chain {w:g}": prior.with_weight(w) for w in weights})
+        if "chain" in structures:
+            prior = fit_chain_prior(train_points)
+            candidates.update({f"chain {w:g}": prior.with_weight(w) for w in weights})
+        columns = None if names is None or "columns" not in structures else column_parents(names)
+        if columns is not None:
+            prior = fit_chain_prior(train_points, parents=columns)
+            candidates.update({f"columns {w:g}": prior.with_weight(w) for w in weights})
     scores = {name: score(chain) for name, chain in candidates.items()}
     best = min(scores, key=scores.get)  # a tie keeps the first: one peak each
     how = {"validation_mre_px": {k: round(v, 3) for k, v in scores.items()},
@@ -141,4 +148,5 @@ def choose_decoding(run, train_points, val_images, val_points, sigma_px: float, 
     chosen = candidates[best]
     if chosen is None:
         return None, {"method": "peaks", **how}
-    return chosen, {**chosen.to_card(), "fitted_on_samples": int(len(train_points)), **how}
+    return chosen, {**chosen.to_card(), "structure": best.split()[0], "fitted_on_samples": int(len(train_points)),
+                    **how}

@@ -66,7 +66,9 @@ def _keypoint_lines(card: dict) -> list[str]:
              f"- command: `{t.get('command', '')}`", ""]
     decode = card.get("decode")
     if decode:
-        how = (f"as one chain (weight {decode['weight']:g} on the steps between consecutive keypoints fitted to "
+        steps = ("from each keypoint to the same part of the level before (columns)" if decode.get("parents")
+                 else "between consecutive keypoints")
+        how = (f"as one chain (weight {decode['weight']:g} on the steps {steps} fitted to "
                f"{decode.get('fitted_on_samples', 'the')} training samples)" if decode["method"] == "chain"
                else "one peak per heatmap")
         scores = ", ".join(f"{k} {v:.2f}" for k, v in decode.get("validation_mre_px", {}).items())
