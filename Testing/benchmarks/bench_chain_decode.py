@@ -13,9 +13,7 @@ together).
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -29,14 +27,7 @@ from ivdseg.inference.keypoint_chain import ChainPrior, chain_decode, fit_chain_
 from ivdseg.inference.keypoints import decode_heatmaps  # noqa: E402
 from ivdseg.models.package import resolve_model  # noqa: E402
 
-
-def _median_s(fn, repeats):
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+from bench_segment import _median_time  # noqa: E402  (this folder is first on sys.path when run as a script)
 
 
 def main() -> None:
@@ -55,9 +46,9 @@ def main() -> None:
     chain = ChainPrior.from_card(backend.card) or fit_chain_prior(ds.part("train")["points"])
     heatmaps = np.asarray(backend.predict(x))
     one = x[:1]
-    network = _median_s(lambda: backend.predict(one), a.repeats)
-    peaks = _median_s(lambda: decode_heatmaps(heatmaps[0]), a.repeats)
-    chained = _median_s(lambda: chain_decode(heatmaps[0], chain), a.repeats)
+    network = _median_time(lambda: backend.predict(one), a.repeats)
+    peaks = _median_time(lambda: decode_heatmaps(heatmaps[0]), a.repeats)
+    chained = _median_time(lambda: chain_decode(heatmaps[0], chain), a.repeats)
     print(f"{backend.card['name']} {backend.card['version']}, {k} keypoints, input {images.shape[1]} x "
           f"{images.shape[2]}, {len(images)} {a.split} images, ONNX Runtime, CPU, medians of {a.repeats}")
     print(f"one image: network {network * 1000:.0f} ms; decoding one peak each {peaks * 1000:.1f} ms, as "
