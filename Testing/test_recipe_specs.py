@@ -1,5 +1,5 @@
-"""The export specs of Resources/recipes parse, every file they name is where they say, and the disc recipe is
-the recipe of the bundled disc model.
+"""The export specs of Resources/recipes parse, every file they name is where they say, and the recipes of the
+bundled segmentation models are the recipes of those models.
 
 A recipe is run by hand, often in another session; a spec that no longer parses (a key renamed in the exporter) or an
 ``unannotated`` entry that no longer matches a file would first show as a failed training hours later."""
@@ -51,17 +51,19 @@ def test_unannotated_spec_is_the_recipe_plus_one_slice():
     assert [s.unannotated for s in spine] == [(), (), ("images/0.png",)]
 
 
-def test_the_disc_recipe_is_the_recipe_of_the_bundled_model():
-    """ivd-disc-2d.sh names the bundled version, its 256 px stage has the options the bundled card records, and its
-    export spec leaves out of training what the bundled card says was left out: a recipe that drifts from the model
-    it claims to reproduce fails here, not after three hours of training."""
+@pytest.mark.parametrize("package", ["ivd-disc-2d", "ivd-spine-2d"])
+def test_the_recipe_is_the_recipe_of_the_bundled_model(package):
+    """The package's recipe names the bundled version, its 256 px stage has the options the bundled card records,
+    and its export spec leaves out of training what the bundled card says was left out: a recipe that drifts from
+    the model it claims to reproduce fails here, not after three hours of training."""
     import json
     import re
 
     from ivdseg.models.package import read_card, resolve_model
 
-    script = (ROOT / "Resources" / "recipes" / "ivd-disc-2d.sh").read_text(encoding="utf-8")
-    card = read_card(resolve_model("ivd-disc-2d"))
+    script = (ROOT / "Resources" / "recipes" / f"{package}.sh").read_text(encoding="utf-8")
+    card = read_card(resolve_model(package))
+    assert any(f"Resources/recipes/{package}.sh" in line for line in card["reproduce"])
     assert set(re.findall(r"--model-version (\S+)", script)) == {card["version"]}
     stage2 = re.search(r"^STAGE2=\((.*)\)$", script, re.M).group(1).split()
     command = card["training"]["command"].split()
