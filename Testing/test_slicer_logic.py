@@ -77,6 +77,41 @@ def test_disc_levels_give_segments_points_and_a_table_replaced_on_rerun(scenario
     scenarios.scenarioDiscLevels(case, bundled)
 
 
+def test_the_spine_model_adds_vertebrae_canal_and_the_height_index_to_the_scene(scenarios, mrml):
+    """The bundled spine model with levels on a real lumbar volume (case25, one of its test patients), through the
+    worker as Apply runs it: a segment per disc named by level, then vertebra and spinal canal with their SNOMED CT
+    codes, and a measurement table whose discs have a disc height index and a signal ratio against the canal."""
+    import slicer
+
+    from ivdseg.io.volumes import read_volume
+    from ivdseg.models.package import resolve_model
+    from ivdseg.models.terminology import TYPES
+    from IVDSegmentationLib.logic import SegmentationLogic
+    from IVDSegmentationLib.nodes import findResultNode
+
+    image = read_volume(require_data("ivd_lumbar_t2/nifti/case25_T2w.nii.gz"))
+    volumeNode = mrml.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "case25")
+    slicer.util.updateVolumeFromArray(volumeNode, image.array.astype(np.int16))
+    volumeNode.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(image.ijk_to_ras))
+    segNode = SegmentationLogic().segment(volumeNode, str(resolve_model("ivd-spine-2d")), device="cpu", batchSize=8,
+                                          timeout=600, levels=True)
+    segmentation = segNode.GetSegmentation()
+    segments = [segmentation.GetNthSegment(k) for k in range(segmentation.GetNumberOfSegments())]
+    names = [segment.GetName() for segment in segments]
+    assert names[-2:] == ["vertebra", "spinal canal"], names
+    assert [name.split()[0] for name in names[:-2]][-5:] == ["L1-L2", "L2-L3", "L3-L4", "L4-L5", "L5-S1"]
+    for segment, name in zip(segments[-2:], ["vertebra", "spinal canal"]):
+        assert f"~SCT^{TYPES[name][1]}^" in scenarios._tag(segment, "TerminologyEntry")
+    table = findResultNode(mrml, volumeNode, "ivd-spine-2d", "vtkMRMLTableNode", "disc measurements")
+    assert table.GetNumberOfRows() == len(names) - 2
+    columns = {name: table.GetTable().GetColumnByName(name) for name in ("level", "disc_height_index",
+                                                                          "signal_reference")}
+    lumbar = [k for k in range(table.GetNumberOfRows()) if columns["level"].GetValue(k).startswith("L")]
+    assert len(lumbar) == 5
+    assert all(0.2 < float(columns["disc_height_index"].GetValue(k)) < 0.55 for k in lumbar)
+    assert all(columns["signal_reference"].GetValue(k) == "spinal canal" for k in lumbar)
+
+
 def test_cancel_within_a_second_leaves_scene_unchanged(scenarios, case, bundled):
     scenarios.scenarioCancelLeavesSceneUnchanged(case, bundled)
 

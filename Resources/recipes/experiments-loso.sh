@@ -96,3 +96,8 @@ ivdseg crossval "$RUNS/ds_disc_v3_pad" -o "$RUNS/cv_long256_s1" "${S2[@]}" --see
 # the two seeds averaged fold by fold (each fold's two models one network, scored on the fold's held-out source)
 [ -f "$RUNS/cv_long256_ens01/crossval.json" ] || ivdseg ensemble "$RUNS/ds_disc_v3_pad" -o "$RUNS/cv_long256_ens01" \
     --crossvals "$RUNS/cv_long256" "$RUNS/cv_long256_s1" --progress none
+# the scanner augmentation preset with the longer first stage (at 25 epochs it did not pay; session 13)
+ivdseg crossval "$RUNS/ds_disc_v3_pad" -o "$RUNS/cv_long128_scanner" "${LONG[@]}" --augmentation scanner \
+    --name long-128-scanner
+ivdseg crossval "$RUNS/ds_disc_v3_pad" -o "$RUNS/cv_long256_scanner" "${S2[@]}" --augmentation scanner \
+    --init-from "$RUNS/cv_long128_scanner" --name long-256-scanner
