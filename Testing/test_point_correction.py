@@ -94,6 +94,7 @@ def test_a_failing_model_leaves_the_points_as_the_user_left_them(mrml):
 
 def test_segment_names_follow_the_corrected_points(mrml):
     slicer = require_slicer_core()
+    from ivdseg.models.terminology import ANATOMICAL_STRUCTURE, TYPES, terminology_entry
     from IVDSegmentationLib.pointcorrection import renameSegmentsByPoints
 
     segmentationNode = slicer.vtkMRMLSegmentationNode()
@@ -101,17 +102,28 @@ def test_segment_names_follow_the_corrected_points(mrml):
     segmentationNode.CreateDefaultDisplayNodes()
     import vtk
 
-    for n, label in enumerate(LEVELS):  # one small box per disc, named one level off
+    def box(centre, name):
         source = vtk.vtkCubeSource()
-        source.SetCenter(*START[label])
+        source.SetCenter(*centre)
         source.SetXLength(4), source.SetYLength(4), source.SetZLength(4)
         source.Update()
-        segmentationNode.AddSegmentFromClosedSurfaceRepresentation(source.GetOutput(), f"disc {n}")
-    node = _points_node(mrml)
-    named = renameSegmentsByPoints(segmentationNode, node)
+        return segmentationNode.AddSegmentFromClosedSurfaceRepresentation(source.GetOutput(), name)
+
+    for n, label in enumerate(LEVELS[:4]):  # one small box per disc, numbered; the L5-S1 disc was not found
+        box(START[label], f"disc {n}")
+    # a spine model's vertebra segment between L4-L5 and L5-S1, the nearest segment to the L5-S1 point; and a disc
+    # whose name the user changed, known by its terminology
+    vertebra = box(np.add(START["L5-S1"], (0.0, 0.0, 10.0)), "vertebra")
     segmentation = segmentationNode.GetSegmentation()
+    segmentation.GetSegment(vertebra).SetTag("TerminologyEntry", terminology_entry(
+        {"category": list(ANATOMICAL_STRUCTURE), "type": list(TYPES["vertebra"])}))
+    segmentation.GetNthSegment(3).SetName("my segment")
+    segmentation.GetNthSegment(3).SetTag("TerminologyEntry", terminology_entry(
+        {"category": list(ANATOMICAL_STRUCTURE), "type": list(TYPES["intervertebral disc"])}))
+    named = renameSegmentsByPoints(segmentationNode, _points_node(mrml))
     names = [segmentation.GetNthSegment(n).GetName() for n in range(5)]
-    assert names == [f"{label} intervertebral disc" for label in LEVELS] and len(named) == 5
+    assert names == [f"{label} intervertebral disc" for label in LEVELS[:4]] + ["vertebra"]  # not "L5-S1 ..."
+    assert len(named) == 4 and vertebra not in named
 
 
 def test_the_keypoint_worker_keeps_the_model_loaded_and_answers_each_correction(mrml, tmp_path):

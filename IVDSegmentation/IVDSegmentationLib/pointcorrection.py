@@ -19,6 +19,9 @@ import time
 
 import numpy as np
 import slicer
+import vtk
+
+from ivdseg.models.terminology import TYPES
 
 MOVED_MM = 1e-3  # a point that moved less than this was not moved by the user
 
@@ -206,10 +209,19 @@ class KeypointServer:
             killProcessTree(self.process)
 
 
+def _isDisc(segment) -> bool:
+    """Whether a segment is a disc: its terminology says so, or its name does (the results name each disc "L4-L5
+    intervertebral disc", or "intervertebral disc 3" while numbered); a spine model's vertebra and canal are not."""
+    entry = vtk.reference("")
+    coded = segment.GetTag("TerminologyEntry", entry) and f"^{TYPES['intervertebral disc'][1]}^" in str(entry)
+    return bool(coded) or "disc" in segment.GetName().lower()
+
+
 def renameSegmentsByPoints(segmentationNode, pointsNode, suffix=" intervertebral disc"):
     """After a correction: each disc segment takes the level of the nearest point (closest pairs first, each point
     and each segment once), so the names follow the corrected points. Returns {segment ID: level}; segments left
-    without a point keep their name."""
+    without a point keep their name, and so do segments that are not discs (the vertebrae and canal of a spine
+    model)."""
     labels, points = [], []
     for n in range(pointsNode.GetNumberOfControlPoints()):
         p = np.zeros(3)
@@ -220,6 +232,8 @@ def renameSegmentsByPoints(segmentationNode, pointsNode, suffix=" intervertebral
     centres = {}
     for n in range(segmentation.GetNumberOfSegments()):
         segmentId = segmentation.GetNthSegmentID(n)
+        if not _isDisc(segmentation.GetSegment(segmentId)):
+            continue
         centre = segmentationNode.GetSegmentCenterRAS(segmentId)
         if centre is not None:
             centres[segmentId] = np.asarray(centre, float)
