@@ -191,3 +191,37 @@ def test_the_card_of_a_final_training_keeps_the_cross_validation(three_sources, 
                      str(tmp_path / "not-crossval.json"), *TINY]) == 2
     assert "is not the crossval.json" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_a_class_no_training_source_labels_is_untrained_not_a_figure():
+    """Left out by source, SPIDER is the only source that labels the canal: the fold without it never learnt the
+    canal, so its canal Dice is shown as untrained and left out of the means (the crossval table and the card)."""
+    from ivdseg.eval.crossval import _table, summarize
+    from ivdseg.models.card import render, untrained_classes
+
+    classes = ["intervertebral disc", "spinal canal"]
+    sources = {"spider": {"labelled_classes": classes}, "fmrp": {"labelled_classes": ["intervertebral disc"]},
+               "third": {"labelled_classes": ["intervertebral disc"]}}
+
+    def fold(held_out, disc, canal):
+        scores = {"dice": {"intervertebral disc": disc, "spinal canal": canal}, "patients": 2,
+                  "volume_ratio": {}, "dice_patient_mean": {}}
+        return {"name": f"without-{held_out}", "held_out_source": held_out, "patients": {"held_out": 2},
+                "held_out": {"overall": scores, "per_source": {held_out: scores}}}
+
+    folds = [fold("spider", 0.75, 0.15), fold("fmrp", 0.79, None), fold("third", 0.71, None)]
+    assert [untrained_classes(f, sources) for f in folds] == [["spinal canal"], [], []]
+    assert untrained_classes({"name": "fold-1"}, sources) == []  # by patient: every fold has every source
+    summary = summarize(folds, classes, sources)
+    assert summary["overall"]["spinal canal"] == {"mean": None, "sd": None, "n": 0}
+    assert summary["overall"]["intervertebral disc"]["n"] == 3 and summarize(folds, classes)["overall"][
+        "spinal canal"]["mean"] == 0.15  # without the sources, as tables written before this was known
+    table = {"by": "source", "dataset_name": "ds", "classes": classes, "config": {"network": "unet2d", "size": 64},
+             "sources": sources, "folds": folds, "summary": summary}
+    markdown = _table(table)
+    assert "| without-spider | spider | 2 | 0.7500 | untrained (0.1500) |" in markdown and "never learnt" in markdown
+    card = {"name": "m", "version": "1", "network": "unet2d", "input_size": 64, "channels": 1, "slice_plane": "sagittal",
+            "normalization": {}, "classes": [{"value": 1, "name": classes[0]}, {"value": 2, "name": classes[1]}],
+            "training": {"sources": sources}, "crossval": {"by": "source", "folds": folds}}
+    assert "| without-spider | 2 | 0.7500 | untrained (0.1500) |" in render(card)
+    assert "| without-fmrp | 2 | 0.7900 | n/a |" in render(card)

@@ -176,7 +176,8 @@ def crossval_summary(table: dict, path) -> dict:
     try:
         folds = [{"name": f["name"], "held_out_source": f.get("held_out_source"), "patients": f["patients"],
                   "held_out": {"overall": f["held_out"]["overall"]}} for f in table["folds"]]
-        return {"by": table["by"], "complete": bool(table["complete"]), "folds": folds, "summary": table["summary"]}
+        return {"by": table["by"], "complete": bool(table["complete"]), "folds": folds, "summary": table["summary"],
+                **({"sources": table["sources"]} if "sources" in table else {})}
     except (KeyError, TypeError):
         raise IvdsegError(f"--crossval {path} is not the crossval.json of ivdseg crossval.") from None
 

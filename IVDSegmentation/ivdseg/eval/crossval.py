@@ -26,7 +26,7 @@ from ivdseg.data import dataset as ds
 from ivdseg.data.splits import split_patients, stratified_group_kfold
 from ivdseg.errors import IvdsegError
 from ivdseg.io.atomic import atomic_write, write_json
-from ivdseg.models.card import size_text
+from ivdseg.models.card import UNTRAINED_NOTE, size_text, untrained_classes, untrained_text
 
 BY = ("source", "patient")
 
@@ -88,14 +88,18 @@ def _spread(values) -> dict:
     return {"mean": round(float(np.mean(values)), 4), "sd": sd, "n": len(values)}
 
 
-def summarize(folds: list, classes: list) -> dict:
-    """Mean and spread over folds, overall and per held-out source, of each class's Dice."""
+def summarize(folds: list, classes: list, sources: dict | None = None) -> dict:
+    """Mean and spread over folds, overall and per held-out source, of each class's Dice; a class a fold's network
+    was never taught (:func:`untrained_classes`, with ``sources``) counts as not measured there."""
     per_source: dict[str, dict[str, list]] = {}
-    for fold in folds:
+    untrained = [set(untrained_classes(fold, sources or {})) for fold in folds]
+    for fold, skip in zip(folds, untrained):
         for source, scores in fold["held_out"]["per_source"].items():
             for name in classes:
-                per_source.setdefault(source, {}).setdefault(name, []).append(scores["dice"].get(name))
-    overall = {name: _spread([f["held_out"]["overall"]["dice"].get(name) for f in folds]) for name in classes}
+                dice = None if name in skip else scores["dice"].get(name)
+                per_source.setdefault(source, {}).setdefault(name, []).append(dice)
+    overall = {name: _spread([None if name in skip else f["held_out"]["overall"]["dice"].get(name)
+                              for f, skip in zip(folds, untrained)]) for name in classes}
     return {"overall": overall,
             "per_source": {s: {name: _spread(v) for name, v in scores.items()} for s, scores in per_source.items()}}
 
@@ -109,9 +113,11 @@ def _table(result: dict) -> str:
              "| fold | held-out source | patients | " + " | ".join(classes) + " | predicted / true size |",
              "|---|---|---|" + "---|" * len(classes) + "---|"]
     for fold in result["folds"]:
+        skip = set(untrained_classes(fold, result.get("sources", {})))
         for source, s in fold["held_out"]["per_source"].items():
             lines.append(f"| {fold['name']} | {source} | {s['patients']} | "
-                         + " | ".join(fmt(s["dice"].get(c)) for c in classes) + f" | {size_text(s, classes)} |")
+                         + " | ".join(untrained_text(s["dice"].get(c), fmt) if c in skip else fmt(s["dice"].get(c))
+                                      for c in classes) + f" | {size_text(s, classes)} |")
     lines += ["", "| source | folds | " + " | ".join(f"{c} mean ± sd" for c in classes) + " |",
               "|---|---|" + "---|" * len(classes)]
     for source, scores in [*result["summary"]["per_source"].items(), ("all (pooled per fold)",
@@ -120,6 +126,8 @@ def _table(result: dict) -> str:
         lines.append(f"| {source} | {n} | " + " | ".join(
             "n/a" if v["mean"] is None else fmt(v["mean"]) if v["sd"] is None else f"{fmt(v['mean'])} ± {fmt(v['sd'])}"
             for v in scores.values()) + " |")
+    if any(untrained_classes(fold, result.get("sources", {})) for fold in result["folds"]):
+        lines += ["", UNTRAINED_NOTE]
     return "\n".join(lines) + "\n"
 
 
@@ -264,8 +272,10 @@ def _fold_result(fold, package, out_dir) -> dict:
 
 def _write_tables(out_dir, dataset_dir, info, by, config, results, planned, reporter, extra) -> dict:
     classes = info.classes[1:]
+    sources = {name: {"labelled_classes": s.get("labelled_classes", [])} for name, s in info.sources.items()}
     table = {"by": by, "dataset_name": Path(dataset_dir).name, "classes": classes, "config": config, **extra,
-             "folds": results, "summary": summarize(results, classes), "complete": len(results) == planned}
+             "sources": sources, "folds": results, "summary": summarize(results, classes, sources),
+             "complete": len(results) == planned}
     write_json(out_dir / "crossval.json", table)
     markdown = _table(table)
     atomic_write(out_dir / "crossval.md", lambda temp: Path(temp).write_text(markdown, encoding="utf-8"),

@@ -30,14 +30,38 @@ def _dice_table(validation: dict, classes: list[str]) -> list[str]:
     return rows
 
 
-def _crossval_table(crossval: dict, classes: list[str]) -> list[str]:
+UNTRAINED_NOTE = ("untrained: no training source of that fold labels the class, so the network never learnt it and "
+                  "its Dice there estimates nothing (left out of the means).")
+
+
+def untrained_classes(fold: dict, sources: dict) -> list[str]:
+    """The classes a held-out source labels that no training source of its fold does (leave one source out).
+
+    Args:
+        fold: a cross-validation fold (its ``held_out_source``; none for folds by patient).
+        sources: source name -> a summary with ``labelled_classes`` (a dataset's, or a card's training sources).
+    """
+    held_out = fold.get("held_out_source")
+    if not held_out or held_out not in sources:
+        return []
+    taught = {c for name, s in sources.items() if name != held_out for c in s.get("labelled_classes", [])}
+    return [c for c in sources[held_out].get("labelled_classes", []) if c not in taught]
+
+
+def untrained_text(dice, fmt=_fmt) -> str:
+    return f"untrained ({fmt(dice)})"
+
+
+def _crossval_table(crossval: dict, classes: list[str], sources: dict) -> list[str]:
     rows = ["| held out | patients | " + " | ".join(f"Dice {c}" for c in classes) + " |",
             "|---|---|" + "---|" * len(classes)]
+    untrained = False
     for fold in crossval.get("folds", []):
-        s = fold["held_out"]["overall"]
-        rows.append(f"| {fold['name']} | {s['patients']} | " + " | ".join(_fmt(s["dice"].get(c)) for c in classes)
-                    + " |")
-    return rows
+        s, skip = fold["held_out"]["overall"], set(untrained_classes(fold, sources))
+        untrained |= bool(skip)
+        rows.append(f"| {fold['name']} | {s['patients']} | " + " | ".join(
+            untrained_text(s["dice"].get(c)) if c in skip else _fmt(s["dice"].get(c)) for c in classes) + " |")
+    return rows + (["", UNTRAINED_NOTE] if untrained else [])
 
 
 def _inference_lines(timing: dict | None) -> list[str]:
@@ -128,7 +152,8 @@ def render(card: dict) -> str:
         lines += _dice_table(card["test"], classes) + [""]
     if "crossval" in card:
         lines += ["## Leave one source out (a hospital never seen)", ""]
-        lines += _crossval_table(card["crossval"], classes) + [""]
+        sources = card["crossval"].get("sources") or t.get("sources", {})
+        lines += _crossval_table(card["crossval"], classes, sources) + [""]
     if "validation" in card:
         lines += ["## Validation (native resolution; these patients chose the checkpoint and post-processing)", ""]
         lines += _dice_table(card["validation"], classes) + [""]
