@@ -56,6 +56,10 @@ def test_card_is_complete():
     rule = card["instances"]["intervertebral disc"]
     assert rule["anchor_model"] == "ivd-lumbosacral-2d" and 0 < rule["review_threshold"] < 1
     assert card["keypoint_model"] == "ivd-disc-centres-2d"
+    # its disc table against the manual labels' on the test patients: the height index and signal ratio it adds
+    spider = card["measurements"]["per_source"]["spider"]["measures"]
+    assert spider["disc_height_index"]["n"] >= 30 and spider["signal_ratio"]["n"] >= 30
+    assert spider["disc_height_index"]["mean_abs_difference"] < 0.5 * spider["disc_height_index"]["manual_sd"]
     assert (package / "model.onnx").is_file()
     assert sum(f.stat().st_size for f in package.iterdir()) < 20e6  # each package stays at most ~20 MB
 

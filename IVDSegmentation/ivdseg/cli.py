@@ -13,7 +13,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from ivdseg.commands import batch, inference, keypoints, training
+from ivdseg.commands import batch, evaluation, inference, keypoints, training
 from ivdseg.errors import IvdsegError, IvdsegWarning
 from ivdseg.nn.augment import SOURCE_SAMPLING
 
@@ -306,6 +306,19 @@ def _add_evaluate(sub):
                          "write it into the disc model's card")
     lv.add_argument("--json", type=Path, help="also write the figures to this JSON file")
 
+    ms = sub.add_parser("evaluate-measurements", help="the disc table of a model (heights, disc height index, signal "
+                                                      "ratio) against the same table made from the manual labels")
+    ms.add_argument("dataset", type=Path, help="a dataset with an 'intervertebral disc' class (the disc height index "
+                                               "and signal ratio also need its vertebrae or canal)")
+    ms.add_argument("--model", help="model package folder/.zip or bundled name (default: the bundled disc model)")
+    ms.add_argument("--split", choices=["val", "test", "all"], default="test")
+    ms.add_argument("--backend", choices=["auto", "onnx", "tensorflow"], default="auto")
+    ms.add_argument("--device", choices=["auto", "gpu", "cpu"], default="auto")
+    ms.add_argument("--batch-size", type=int, default=16)
+    ms.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    ms.add_argument("--record", action="store_true",
+                    help="with --split test: write the agreement into the model's card")
+
 
 def _add_inference_commands(sub):
     g = sub.add_parser("segment", help="segment the discs of a volume (DICOM folder, NIfTI or NRRD)")
@@ -353,7 +366,9 @@ def _inference_args(g):
 
 COMMANDS = {"export": training.export, "train": training.train, "crossval": training.crossval,
             "ensemble": training.ensemble,
-            "evaluate": training.evaluate, "evaluate-levels": training.evaluate_levels, "segment": inference.segment, "demo": inference.demo,
+            "evaluate": training.evaluate, "evaluate-levels": evaluation.evaluate_levels,
+            "evaluate-measurements": evaluation.evaluate_measurements, "segment": inference.segment,
+            "demo": inference.demo,
             "series": inference.series, "export-keypoints": keypoints.export_keypoints,
             "train-keypoints": keypoints.train_keypoints, "keypoints": keypoints.keypoints,
             "serve-keypoints": keypoints.serve_keypoints, "evaluate-keypoints": keypoints.evaluate_keypoints,

@@ -13,7 +13,7 @@
 #    the validation patients, and the test patients are scored once, by the final package, into its card.
 # 4. Test-time augmentation, enabled only if the validation patients gain from it; the test patients scored again
 #    as shipped; the inference time of a 67-slice volume on this machine, into the card.
-# 5. The review threshold of the disc levels (below).
+# 5. The review threshold of the disc levels (below); the disc table against the manual labels' (the test patients).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 RUNS=${1:-runs}
@@ -34,6 +34,11 @@ ivdseg evaluate "$RUNS/disc_long256/model" "$RUNS/ds_disc_v3_pad" --split val --
 # the test patients scored once more, as shipped (with the test-time augmentation if the validation chose it)
 ivdseg evaluate "$RUNS/disc_long256/model" "$RUNS/ds_disc_v3_pad" --split test --record
 python Testing/benchmarks/bench_segment.py --model "$RUNS/disc_long256/model" --record
+# its disc table's heights against the manual labels' on the same test patients, in the export that also labels
+# vertebrae and canal (the split is the same patient for patient)
+[ -d "$RUNS/ds_spine_v3_pad" ] || ivdseg export "$RUNS/ds_spine_v3_pad" --spec Resources/recipes/ivd-spine-2d.export.json \
+    --sizes 128,256 --val-fraction 0.15 --test-fraction 0.15 --seed 0 --resize pad
+ivdseg evaluate-measurements "$RUNS/ds_spine_v3_pad" --model "$RUNS/disc_long256/model" --split test --record
 # 5. The review threshold of the disc levels, chosen on the validation patients as the model ships (test-time
 #    augmentation averages probabilities, so it changes the uncertainty the threshold is compared with), then the
 #    levels reported once on the test patients (the dataset of Resources/recipes/ivd-lumbosacral-2d.sh).

@@ -25,6 +25,8 @@ ivdseg train "$RUNS/ds_spine_v3_pad" -o "$RUNS/spine_long256" "${STAGE2[@]}" --i
 ivdseg evaluate "$RUNS/spine_long256/model" "$RUNS/ds_spine_v3_pad" --split val --choose-tta
 ivdseg evaluate "$RUNS/spine_long256/model" "$RUNS/ds_spine_v3_pad" --split test --record
 python Testing/benchmarks/bench_segment.py --model "$RUNS/spine_long256/model" --record
+# its disc table (heights, disc height index, signal ratio) against the manual labels' table, on the test patients
+ivdseg evaluate-measurements "$RUNS/ds_spine_v3_pad" --model "$RUNS/spine_long256/model" --split test --record
 # The review threshold of the disc levels, chosen on the validation patients, then the levels reported once on the
 # test patients (the dataset of Resources/recipes/ivd-lumbosacral-2d.sh).
 [ -d "$RUNS/ds_lumbosacral" ] || { python Resources/recipes/derive_lumbosacral_labels.py "$RUNS/lumbosacral_data" &&

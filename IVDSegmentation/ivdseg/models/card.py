@@ -64,6 +64,20 @@ def _crossval_table(crossval: dict, classes: list[str], sources: dict) -> list[s
     return rows + (["", UNTRAINED_NOTE] if untrained else [])
 
 
+def _measurement_table(result: dict) -> list[str]:
+    """The agreement of ``ivdseg evaluate-measurements --record``: one row per source and measurement."""
+    rows = ["| source | measurement | discs | bias (model - manual) | 95 % limits of agreement | mean absolute "
+            "difference | manual mean ± sd |", "|---|---|---|---|---|---|---|"]
+    for source, s in result.get("per_source", {}).items():
+        for name, m in s["measures"].items():
+            if m["n"]:
+                unit = f" ({s['unit']})" if name.endswith("_mm") else ""
+                rows.append(f"| {source} | {name.replace('_mm', '')}{unit} | {m['n']} | {m['bias']:.3f} | "
+                            f"{m['limits'][0]:.3f} to {m['limits'][1]:.3f} | {m['mean_abs_difference']:.3f} | "
+                            f"{m['manual_mean']:.3f} ± {'n/a' if m['manual_sd'] is None else format(m['manual_sd'], '.3f')} |")
+    return rows + ["", f"Each manual disc matched to the nearest predicted disc ({result.get('command', '')})."]
+
+
 def _inference_lines(timing: dict | None) -> list[str]:
     if not timing:
         return []
@@ -154,6 +168,9 @@ def render(card: dict) -> str:
         lines += ["## Leave one source out (a hospital never seen)", ""]
         sources = card["crossval"].get("sources") or t.get("sources", {})
         lines += _crossval_table(card["crossval"], classes, sources) + [""]
+    if "measurements" in card:
+        lines += ["## The disc table against the manual labels' (test patients)", ""]
+        lines += _measurement_table(card["measurements"]) + [""]
     if "validation" in card:
         lines += ["## Validation (native resolution; these patients chose the checkpoint and post-processing)", ""]
         lines += _dice_table(card["validation"], classes) + [""]
