@@ -218,7 +218,11 @@ def test_install_and_list_models(mrml, tmp_path, monkeypatch, bundled):
     info = logic.installModel(archive)
     assert not info.builtin and Path(info.path).parent == tmp_path / "user"
     assert len(logic.listModels()) == len(names) + 1
-    assert "intervertebral disc" in cardSummary(info)
+    summary = cardSummary(info)  # the figures that chose nothing, not the validation patients'
+    assert summary.startswith("intervertebral disc; input 256 px; test Dice 0.880 (8 patients who chose nothing); "
+                              "on a source left out of training 0.749") and "validation" not in summary
+    spine = next(m for m in logic.listModels() if m.name == "ivd-spine-2d")
+    assert cardSummary(spine).endswith("on a source left out of training 0.749 / 0.713 / n/a")  # the canal: untrained
     with pytest.raises(ValueError, match="already installed"):
         logic.installModel(archive)
     (tmp_path / "junk").mkdir()

@@ -187,6 +187,10 @@ def test_train_two_epochs_with_curves_and_register(pairs, tmp_path, monkeypatch)
     package = logic.packageOf(job, tmp_path / "run")
     info = SegmentationLogic().installModel(str(package))
     assert info.name == "scene-model" and info.validationDice is not None
+    from IVDSegmentationLib.logic import cardSummary
+
+    summary = cardSummary(info)
+    assert ("test Dice" in summary) if info.testDice else ("chose the checkpoint; no test figure" in summary)
     assert "scene-model" in [m.name for m in SegmentationLogic().listModels()]
     # the run goes on for a third epoch, as the panel's "continue" does: the curves show the whole run
     from IVDSegmentationLib.training import earlierRun

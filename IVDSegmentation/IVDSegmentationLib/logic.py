@@ -38,18 +38,42 @@ class ModelInfo:
     builtin: bool
     levels: bool = False  # its card names disc levels (segment --levels)
     correctable: bool = False  # its card names a keypoint model that moves the disc centres (Correct points)
+    testDice: dict | None = None  # pooled Dice per class on the card's test patients (they chose nothing)
+    testPatients: int | None = None
+    heldOutDice: dict | None = None  # mean Dice per class over the card's leave-one-source-out folds
 
     @classmethod
     def fromPackage(cls, path: Path, builtin: bool) -> "ModelInfo":
         from ivdseg.inference.levels import level_support
 
         card = read_card(path)
+        classes = [c["name"] for c in card["classes"]]
         validation = (card.get("validation") or {}).get("overall") or {}
-        return cls(name=card["name"], version=str(card["version"]), path=str(path),
-                   classes=[c["name"] for c in card["classes"]], inputSize=int(card["input_size"]),
-                   validationDice=validation.get("mean_dice"), description=card.get("description", ""),
-                   builtin=builtin, levels=level_support(card) is not None,
-                   correctable=bool(card.get("keypoint_model")))
+        test = (card.get("test") or {}).get("overall") or {}
+        return cls(name=card["name"], version=str(card["version"]), path=str(path), classes=classes,
+                   inputSize=int(card["input_size"]), validationDice=validation.get("mean_dice"),
+                   description=card.get("description", ""), builtin=builtin, levels=level_support(card) is not None,
+                   correctable=bool(card.get("keypoint_model")),
+                   testDice={c: test["dice"].get(c) for c in classes} if test.get("dice") else None,
+                   testPatients=test.get("patients"), heldOutDice=_heldOutDice(card, classes))
+
+
+def _heldOutDice(card: dict, classes: list) -> dict | None:
+    """Mean Dice per class over a card's leave-one-source-out folds; a class a fold never learnt (no training source
+    of it labels the class) does not count."""
+    from ivdseg.models.card import untrained_classes
+
+    crossval = card.get("crossval") or {}
+    if crossval.get("by") != "source" or not crossval.get("folds"):
+        return None
+    sources = crossval.get("sources") or (card.get("training") or {}).get("sources") or {}
+    out = {}
+    for name in classes:
+        values = [f["held_out"]["overall"]["dice"].get(name) for f in crossval["folds"]
+                  if name not in untrained_classes(f, sources)]
+        values = [v for v in values if v is not None]
+        out[name] = sum(values) / len(values) if values else None
+    return out
 
 
 def _overlapping(modelPath) -> bool:
@@ -322,9 +346,21 @@ class SegmentationLogic:
 
 
 def cardSummary(info: ModelInfo) -> str:
-    """One line for the model selector: classes, input size and validation Dice."""
-    dice = f"{info.validationDice:.3f}" if info.validationDice is not None else "n/a"
-    return f"{', '.join(info.classes)}; input {info.inputSize} px; validation Dice {dice}"
+    """One line for the model selector: classes, input size and the Dice that can be trusted: on the card's test
+    patients (who chose nothing) and on sources left out of training, else on the validation patients, said so
+    (they chose the checkpoint, so the figure flatters)."""
+    def figures(dice: dict) -> str:
+        return " / ".join("n/a" if dice.get(c) is None else f"{dice[c]:.3f}" for c in info.classes)
+
+    parts = [", ".join(info.classes), f"input {info.inputSize} px"]
+    if info.testDice:
+        parts.append(f"test Dice {figures(info.testDice)} ({info.testPatients} patients who chose nothing)")
+    if info.heldOutDice and any(v is not None for v in info.heldOutDice.values()):
+        parts.append(f"on a source left out of training {figures(info.heldOutDice)}")
+    if not info.testDice:
+        dice = f"{info.validationDice:.3f}" if info.validationDice is not None else "n/a"
+        parts.append(f"validation Dice {dice} (the patients that chose the checkpoint; no test figure)")
+    return "; ".join(parts)
 
 
 def modelKey(info: ModelInfo) -> str:
