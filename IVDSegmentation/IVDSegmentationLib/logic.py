@@ -59,21 +59,15 @@ class ModelInfo:
 
 
 def _heldOutDice(card: dict, classes: list) -> dict | None:
-    """Mean Dice per class over a card's leave-one-source-out folds; a class a fold never learnt (no training source
-    of it labels the class) does not count."""
-    from ivdseg.models.card import untrained_classes
+    """Mean Dice per class over a card's leave-one-source-out folds; a class a fold never learnt does not count."""
+    from ivdseg.eval.crossval import summarize
+    from ivdseg.models.card import crossval_sources
 
     crossval = card.get("crossval") or {}
     if crossval.get("by") != "source" or not crossval.get("folds"):
         return None
-    sources = crossval.get("sources") or (card.get("training") or {}).get("sources") or {}
-    out = {}
-    for name in classes:
-        values = [f["held_out"]["overall"]["dice"].get(name) for f in crossval["folds"]
-                  if name not in untrained_classes(f, sources)]
-        values = [v for v in values if v is not None]
-        out[name] = sum(values) / len(values) if values else None
-    return out
+    overall = summarize(crossval["folds"], classes, crossval_sources(card))["overall"]
+    return {name: overall[name]["mean"] for name in classes}
 
 
 def _overlapping(modelPath) -> bool:

@@ -296,28 +296,28 @@ def _add_evaluate(sub):
                                                 "dataset whose labels say the levels")
     lv.add_argument("dataset", type=Path, help="a dataset with the classes 'intervertebral disc' and "
                                                "'lumbosacral disc' (Resources/recipes/ivd-lumbosacral-2d.sh)")
-    lv.add_argument("--model", help="the disc model (default: the bundled one); its card names the anchor model")
-    lv.add_argument("--split", choices=["val", "test", "all"], default="test")
-    lv.add_argument("--backend", choices=["auto", "onnx", "tensorflow"], default="auto")
-    lv.add_argument("--device", choices=["auto", "gpu", "cpu"], default="auto")
-    lv.add_argument("--batch-size", type=int, default=16)
+    _model_on_dataset_args(lv, "the disc model (default: the bundled one); its card names the anchor model")
     lv.add_argument("--choose-review-threshold", action="store_true",
                     help="with --split val: choose the uncertainty above which a disc is flagged for review and "
                          "write it into the disc model's card")
-    lv.add_argument("--json", type=Path, help="also write the figures to this JSON file")
 
     ms = sub.add_parser("evaluate-measurements", help="the disc table of a model (heights, disc height index, signal "
                                                       "ratio) against the same table made from the manual labels")
     ms.add_argument("dataset", type=Path, help="a dataset with an 'intervertebral disc' class (the disc height index "
                                                "and signal ratio also need its vertebrae or canal)")
-    ms.add_argument("--model", help="model package folder/.zip or bundled name (default: the bundled disc model)")
-    ms.add_argument("--split", choices=["val", "test", "all"], default="test")
-    ms.add_argument("--backend", choices=["auto", "onnx", "tensorflow"], default="auto")
-    ms.add_argument("--device", choices=["auto", "gpu", "cpu"], default="auto")
-    ms.add_argument("--batch-size", type=int, default=16)
-    ms.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    _model_on_dataset_args(ms, "model package folder/.zip or bundled name (default: the bundled disc model)")
     ms.add_argument("--record", action="store_true",
                     help="with --split test: write the agreement into the model's card")
+
+
+def _model_on_dataset_args(p, model_help: str) -> None:
+    """The options of a command that runs a model over a dataset split (evaluate-levels, evaluate-measurements)."""
+    p.add_argument("--model", help=model_help)
+    p.add_argument("--split", choices=["val", "test", "all"], default="test")
+    p.add_argument("--backend", choices=["auto", "onnx", "tensorflow"], default="auto")
+    p.add_argument("--device", choices=["auto", "gpu", "cpu"], default="auto")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--json", type=Path, help="also write the figures to this JSON file")
 
 
 def _add_inference_commands(sub):

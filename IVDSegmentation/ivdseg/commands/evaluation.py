@@ -7,6 +7,15 @@ from ivdseg.commands.inference import check_batch_size, check_folder_of
 from ivdseg.errors import IvdsegError
 
 
+def _split_cases(info, a) -> list[str]:
+    """The dataset's cases of ``--split`` (val, test or all); one sentence when it has none."""
+    _, val_cases = info.split_cases()
+    cases = {"val": val_cases, "test": info.test_cases(), "all": sorted(info.cases)}[a.split]
+    if not cases:
+        raise IvdsegError(f"{a.dataset} has no {a.split} patients.")
+    return cases
+
+
 def evaluate_levels(a) -> int:
     from ivdseg.data import dataset as ds
     from ivdseg.eval.levels import choose_review_threshold, evaluate_levels
@@ -24,10 +33,7 @@ def evaluate_levels(a) -> int:
         raise IvdsegError(f"The model {disc.card['name']} {disc.card['version']} names no anchor model for its "
                           "levels; there is nothing to evaluate.")
     anchor = load_backend(resolve_model(support[1]["anchor_model"]), a.backend, a.device)
-    train_cases, val_cases = info.split_cases()
-    cases = {"val": val_cases, "test": info.test_cases(), "all": sorted(info.cases)}[a.split]
-    if not cases:
-        raise IvdsegError(f"{a.dataset} has no {a.split} patients.")
+    cases = _split_cases(info, a)
     result = evaluate_levels(disc, anchor, info, cases, a.batch_size, a.stop.guard(None))
     print(f"{'source':<24}{'cases':>6}{'discs':>7}{'levels right':>14}{'cases all right':>17}{'anchor found':>14}"
           f"  centre error median / mean")
@@ -86,10 +92,7 @@ def evaluate_measurements(a) -> int:
                           "and a package folder (unpack a .zip first).")
     info = ds.open_dataset(a.dataset)
     backend = load_backend(resolve_model(a.model), a.backend, a.device)
-    train_cases, val_cases = info.split_cases()
-    cases = {"val": val_cases, "test": info.test_cases(), "all": sorted(info.cases)}[a.split]
-    if not cases:
-        raise IvdsegError(f"{a.dataset} has no {a.split} patients.")
+    cases = _split_cases(info, a)
     result = measurement_agreement(backend, info, cases, a.batch_size, a.stop.guard(None))
     print(f"{'source':<24}{'measurement':<20}{'discs':>6}  {'bias':>8}  {'95 % limits':>19}  {'mean |diff|':>11}  "
           "manual mean +- sd")

@@ -94,7 +94,7 @@ def summarize(folds: list, classes: list, sources: dict | None = None) -> dict:
     per_source: dict[str, dict[str, list]] = {}
     untrained = [set(untrained_classes(fold, sources or {})) for fold in folds]
     for fold, skip in zip(folds, untrained):
-        for source, scores in fold["held_out"]["per_source"].items():
+        for source, scores in fold["held_out"].get("per_source", {}).items():  # a card keeps only "overall"
             for name in classes:
                 dice = None if name in skip else scores["dice"].get(name)
                 per_source.setdefault(source, {}).setdefault(name, []).append(dice)

@@ -31,6 +31,21 @@ def _truth(label, volume, info):
     return [(d.level, np.array(d.centre_ras), result.labels == d.value) for d in result.discs]
 
 
+def nearest_matches(truth_centres, predicted_centres) -> list[tuple[int | None, float | None]]:
+    """For each truth disc (superior first): the index of the predicted disc whose centre is nearest and the
+    distance, when it is closer than half the median spacing between truth discs; else (None, None)."""
+    truth = np.asarray(truth_centres, float).reshape(-1, 3)
+    predicted = np.asarray(predicted_centres, float).reshape(-1, 3)
+    steps = np.linalg.norm(np.diff(truth, axis=0), axis=1)
+    reach = 0.5 * float(np.median(steps)) if len(steps) else np.inf
+    out = []
+    for centre in truth:
+        distance = np.linalg.norm(predicted - centre, axis=1)
+        j = int(np.argmin(distance)) if len(distance) else None
+        out.append((j, float(distance[j])) if j is not None and distance[j] < reach else (None, None))
+    return out
+
+
 def evaluate_levels(disc_backend, anchor_backend, info: ds.DatasetInfo, case_ids, batch_size=16, progress=None):
     """Per-source and overall level accuracy and centre error; see the module docstring.
 
@@ -60,18 +75,12 @@ def evaluate_levels(disc_backend, anchor_backend, info: ds.DatasetInfo, case_ids
                                 device=anchor_backend.device)
         predicted, _, _ = disc_levels(disc.labelmap, disc_backend.card, anchor.labelmap.array == value,
                                       anchor_backend.card["name"])
-        centres = np.array([d.centre_ras for d in predicted.discs]).reshape(-1, 3)
-        steps = np.linalg.norm(np.diff([c for _, c, _ in truth], axis=0), axis=1) if len(truth) > 1 else [np.inf]
-        reach = 0.5 * float(np.median(steps))
+        matches = nearest_matches([c for _, c, _ in truth], [d.centre_ras for d in predicted.discs])
         entropy = disc.entropy.array.astype(np.float32)
         right, errors, per_disc = 0, [], []
-        for level, centre, truth_mask in truth:
-            if not len(centres):
-                continue
-            dist = np.linalg.norm(centres - centre, axis=1)
-            j = int(np.argmin(dist))
-            if dist[j] < reach:
-                errors.append(float(dist[j]))
+        for (level, _, truth_mask), (j, distance) in zip(truth, matches):
+            if j is not None:
+                errors.append(distance)
                 right += int(predicted.discs[j].level == level and level is not None)
                 mask = predicted.labels == predicted.discs[j].value
                 dice = 2.0 * (mask & truth_mask).sum() / max(mask.sum() + truth_mask.sum(), 1)

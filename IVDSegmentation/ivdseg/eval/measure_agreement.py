@@ -16,6 +16,7 @@ import numpy as np
 
 from ivdseg.data import dataset as ds
 from ivdseg.errors import IvdsegError
+from ivdseg.eval.levels import nearest_matches
 from ivdseg.inference.levels import name_levels, split_instances
 from ivdseg.inference.measure import measure_discs
 from ivdseg.inference.segment import segment_volume
@@ -38,20 +39,10 @@ def table_of(labelmap: Volume, image: Volume, classes: list[dict]) -> list[tuple
 
 
 def matched_pairs(manual: list, model: list) -> list[tuple[object, object]]:
-    """(manual row, model row) for each manual disc with a predicted disc nearer than half the manual spacing."""
-    if not manual or not model:
-        return []
-    centres = np.array([c for c, _ in manual])
-    steps = np.linalg.norm(np.diff(centres, axis=0), axis=1)
-    reach = 0.5 * float(np.median(steps)) if len(steps) else np.inf
-    predicted = np.array([c for c, _ in model])
-    pairs = []
-    for centre, row in manual:
-        distance = np.linalg.norm(predicted - centre, axis=1)
-        j = int(np.argmin(distance))
-        if distance[j] < reach:
-            pairs.append((row, model[j][1]))
-    return pairs
+    """(manual row, model row) for each manual disc with a predicted disc nearer than half the manual spacing (the
+    matching of ``evaluate-levels``)."""
+    matches = nearest_matches([c for c, _ in manual], [c for c, _ in model])
+    return [(row, model[j][1]) for (_, row), (j, _) in zip(manual, matches) if j is not None]
 
 
 def differences(pairs) -> dict[str, list[tuple[float, float]]]:

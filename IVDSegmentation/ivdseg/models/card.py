@@ -48,6 +48,12 @@ def untrained_classes(fold: dict, sources: dict) -> list[str]:
     return [c for c in sources[held_out].get("labelled_classes", []) if c not in taught]
 
 
+def crossval_sources(card: dict) -> dict:
+    """The sources (with their labelled classes) of a card's cross-validation: recorded with it, else the card's
+    own training sources (the same dataset)."""
+    return card["crossval"].get("sources") or card.get("training", {}).get("sources", {})
+
+
 def untrained_text(dice, fmt=_fmt) -> str:
     return f"untrained ({fmt(dice)})"
 
@@ -64,6 +70,10 @@ def _crossval_table(crossval: dict, classes: list[str], sources: dict) -> list[s
     return rows + (["", UNTRAINED_NOTE] if untrained else [])
 
 
+def _fmt3(v) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
+
+
 def _measurement_table(result: dict) -> list[str]:
     """The agreement of ``ivdseg evaluate-measurements --record``: one row per source and measurement."""
     rows = ["| source | measurement | discs | bias (model - manual) | 95 % limits of agreement | mean absolute "
@@ -74,7 +84,7 @@ def _measurement_table(result: dict) -> list[str]:
                 unit = f" ({s['unit']})" if name.endswith("_mm") else ""
                 rows.append(f"| {source} | {name.replace('_mm', '')}{unit} | {m['n']} | {m['bias']:.3f} | "
                             f"{m['limits'][0]:.3f} to {m['limits'][1]:.3f} | {m['mean_abs_difference']:.3f} | "
-                            f"{m['manual_mean']:.3f} ± {'n/a' if m['manual_sd'] is None else format(m['manual_sd'], '.3f')} |")
+                            f"{m['manual_mean']:.3f} ± {_fmt3(m['manual_sd'])} |")
     return rows + ["", f"Each manual disc matched to the nearest predicted disc ({result.get('command', '')})."]
 
 
@@ -166,8 +176,7 @@ def render(card: dict) -> str:
         lines += _dice_table(card["test"], classes) + [""]
     if "crossval" in card:
         lines += ["## Leave one source out (a hospital never seen)", ""]
-        sources = card["crossval"].get("sources") or t.get("sources", {})
-        lines += _crossval_table(card["crossval"], classes, sources) + [""]
+        lines += _crossval_table(card["crossval"], classes, crossval_sources(card)) + [""]
     if "measurements" in card:
         lines += ["## The disc table against the manual labels' (test patients)", ""]
         lines += _measurement_table(card["measurements"]) + [""]
